@@ -1,0 +1,1 @@
+"""Composes designs, runs workers, measures and reports."""

@@ -1,0 +1,148 @@
+"""The one shared-memory segment of a run.
+
+Every array that workers share is a named view into a single file in
+/dev/shm, mapped before the workers fork, so they inherit the mapping.  We
+map the file ourselves instead of using multiprocessing.shared_memory:
+Python 3.11's resource tracker would otherwise register the segment, warn
+about it at exit and unlink it behind our back.  The segment is unlinked by
+the process that created it on every exit path: normal return, exception,
+signal (the CLI turns SIGINT and SIGTERM into exceptions), and at
+interpreter exit as a last resort; segments left by a process that died
+anyway (SIGKILL) are found by their owner's pid and removed by the next run.
+"""
+import atexit
+import itertools
+import mmap
+import os
+import re
+
+import numpy as np
+
+SHM_DIR = "/dev/shm"
+PREFIX = "iommu-stress-"
+ALIGN = 128                       # each array starts on its own cache-line pair
+_NAME = re.compile(r"^iommu-stress-(\d+)-(\d+)$")
+_counter = itertools.count()
+_live = {}                        # path -> Arena, for the atexit sweep
+
+
+class ArenaError(Exception):
+    """The segment cannot be created (size, space, permissions)."""
+
+
+def shm_available(directory=SHM_DIR):
+    """Bytes free in the shared-memory filesystem; IOMMU_STRESS_SHM_AVAIL
+    overrides it, so that a small container can be imitated in tests."""
+    forced = os.environ.get("IOMMU_STRESS_SHM_AVAIL")
+    if forced is not None:
+        return int(forced)
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale(directory=SHM_DIR):
+    """Unlink segments of our name pattern whose creating process is gone.
+    Returns the names removed."""
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        m = _NAME.match(name)
+        if m and not _pid_alive(int(m.group(1))):
+            try:
+                os.unlink(os.path.join(directory, name))
+                removed.append(name)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+class Arena:
+    """A set of named int64 (or other dtype) arrays in one segment."""
+
+    def __init__(self, specs, directory=SHM_DIR):
+        self.offsets = {}
+        self.specs = {}
+        off = 0
+        for name, dtype, shape in specs:
+            if name in self.specs:
+                raise ValueError("arena array %r declared twice" % name)
+            dtype = np.dtype(dtype)
+            shape = tuple(int(s) for s in shape)
+            nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+            self.offsets[name] = off
+            self.specs[name] = (dtype, shape)
+            off += max(ALIGN, (nbytes + ALIGN - 1) // ALIGN * ALIGN)
+        self.size = max(off, mmap.PAGESIZE)
+        self.directory = directory
+        self.owner = os.getpid()
+        self.name = "%s%d-%d" % (PREFIX, self.owner, next(_counter))
+        self.path = os.path.join(directory, self.name)
+        self._map = None
+        self.views = {}
+
+    def create(self):
+        avail = shm_available(self.directory)
+        if self.size > avail:
+            raise ArenaError(
+                "%s has %.1f MiB free but this run needs %.1f MiB of shared "
+                "memory; free some, use fewer workers or a smaller space, or "
+                "run where %s is larger" % (self.directory, avail / 2**20,
+                                            self.size / 2**20, self.directory))
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        except OSError as e:
+            raise ArenaError("cannot create %s: %s" % (self.path, e.strerror))
+        _live[self.path] = self
+        try:
+            os.ftruncate(fd, self.size)
+            self._map = mmap.mmap(fd, self.size, mmap.MAP_SHARED,
+                                  mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as e:
+            self.unlink()
+            raise ArenaError("cannot map %s: %s" % (self.path, e.strerror))
+        finally:
+            os.close(fd)
+        for name, (dtype, shape) in self.specs.items():
+            self.views[name] = np.ndarray(shape, dtype=dtype, buffer=self._map,
+                                          offset=self.offsets[name])
+        return self
+
+    def __getitem__(self, name):
+        return self.views[name]
+
+    def unlink(self):
+        """Remove the segment's name; only its creator may.  Mappings stay
+        valid until the processes holding them exit."""
+        if os.getpid() != self.owner:
+            return
+        _live.pop(self.path, None)
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self):
+        return self.create()
+
+    def __exit__(self, *exc):
+        self.unlink()
+        return False
+
+
+@atexit.register
+def _unlink_all():
+    for arena in list(_live.values()):
+        arena.unlink()

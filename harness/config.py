@@ -1,0 +1,219 @@
+"""Run options: defaults, TOML files, command-line values, one validation.
+
+Every option has one entry in OPTIONS; a TOML file and the command line set
+the same names.  Errors name the file and line (TOML) or the flag, say what
+was expected, and are raised as UsageError.
+"""
+import re
+import tomllib
+from pathlib import Path
+
+from harness.errors import UsageError
+from hwmodel.locks import KINDS
+
+MAX_THREADS = 1024
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs"
+
+
+def _threads(v):
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = [v]
+    if isinstance(v, list):
+        out = []
+        for x in v:
+            if not isinstance(x, int) or isinstance(x, bool):
+                raise ValueError("a list of integers 1..%d" % MAX_THREADS)
+            out.append(x)
+    elif isinstance(v, str):
+        out = parse_threads(v)
+    else:
+        raise ValueError("a thread list such as \"1,2,4\" or \"1-1024\"")
+    for x in out:
+        if not 1 <= x <= MAX_THREADS:
+            raise ValueError("thread counts in the range 1..%d, got %d" % (MAX_THREADS, x))
+    if not out:
+        raise ValueError("at least one thread count")
+    return sorted(set(out))
+
+
+def parse_threads(text):
+    """"1,2,8" or "1-1024" (the powers of two in between) or a mix."""
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        m = re.fullmatch(r"(\d+)-(\d+)", part)
+        if m:
+            lo, hi = int(m.group(1)), int(m.group(2))
+            if lo > hi or lo < 1:
+                raise ValueError("a range lo-hi with 1 <= lo <= hi, got %r" % part)
+            t = 1
+            while t < lo:
+                t *= 2
+            if lo not in (t,):
+                out.append(lo)
+            while t <= hi:
+                out.append(t)
+                t *= 2
+        elif re.fullmatch(r"\d+", part):
+            out.append(int(part))
+        else:
+            raise ValueError("thread counts such as \"1,2,4\" or \"1-1024\", got %r" % part)
+    return out
+
+
+def _designs(v):
+    if isinstance(v, str):
+        v = [s.strip() for s in v.split(",") if s.strip()]
+    if not isinstance(v, list) or not v or not all(isinstance(x, str) for x in v):
+        raise ValueError("a list of design names")
+    return v
+
+
+def _number(lo, hi, integer=False):
+    def conv(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
+            if isinstance(v, str):
+                try:
+                    v = int(v) if integer else float(v)
+                except ValueError:
+                    raise ValueError("a number in %s..%s, got %r" % (lo, hi, v)) from None
+            else:
+                raise ValueError("%s in %s..%s" % ("an integer" if integer else "a number", lo, hi))
+        if v != v or not lo <= v <= hi:
+            raise ValueError("a number in the range %s..%s, got %s" % (lo, hi, v))
+        return v
+    return conv
+
+
+def _choice(choices):
+    def conv(v):
+        if v not in choices:
+            raise ValueError("one of %s, got %r" % (", ".join(choices), v))
+        return v
+    return conv
+
+
+def _bool(v):
+    if not isinstance(v, bool):
+        raise ValueError("true or false")
+    return v
+
+
+def _power_of_two(v):
+    v = _number(1, 1 << 40, integer=True)(v)
+    if v & (v - 1):
+        raise ValueError("a power of two, got %d" % v)
+    return v
+
+
+def _sizes(v):
+    """Request sizes in pages with weights: [[pages, weight], ...] or
+    "1:0.9,64:0.1"."""
+    if isinstance(v, str):
+        pairs = []
+        for part in v.split(","):
+            pages, _, weight = part.partition(":")
+            try:
+                pairs.append([int(pages), float(weight or 1)])
+            except ValueError:
+                raise ValueError("pages:weight pairs such as \"1:0.9,64:0.1\", got %r" % part) from None
+        v = pairs
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = [[v, 1.0]]
+    if not isinstance(v, list) or not v:
+        raise ValueError("a list of [pages, weight] pairs")
+    out = []
+    for pair in v:
+        if (not isinstance(pair, list) or len(pair) != 2 or not isinstance(pair[0], int)
+                or isinstance(pair[1], bool) or not isinstance(pair[1], (int, float))):
+            raise ValueError("[pages, weight] pairs of an integer and a number")
+        pages, weight = pair
+        if not 1 <= pages <= 4096:
+            raise ValueError("request sizes in the range 1..4096 pages, got %d" % pages)
+        if weight < 0:
+            raise ValueError("weights >= 0")
+        out.append((pages, float(weight)))
+    if sum(w for _, w in out) <= 0:
+        raise ValueError("at least one weight > 0")
+    return out
+
+
+OPTIONS = {
+    # name: (converter, default, help)
+    "designs": (_designs, ["direct", "bitmap"], "designs to compare"),
+    "threads": (_threads, [1, 2], "worker counts"),
+    "duration": (_number(0.01, 3600.0), 1.0, "seconds of each measurement window"),
+    "warmup": (_number(0.0, 600.0), 0.2, "seconds run before each window"),
+    "repeats": (_number(1, 100, integer=True), 3, "windows per point; the median is reported"),
+    "lock": (_choice(KINDS), "ttas", "lock kind"),
+    "spin_bound": (_number(1, 10**9, integer=True), 1000, "spins before a waiter yields"),
+    "depth": (_number(1, 1024, integer=True), 32, "mappings in flight per worker"),
+    "sizes": (_sizes, [(1, 1.0)], "request sizes in pages with weights"),
+    "pages": (_power_of_two, 1 << 20, "IOVA space in 4 KiB pages"),
+    "boundary": (_power_of_two, 1 << 20, "segment boundary in pages"),
+    "check": (_bool, False, "ownership map: catch any double mapping"),
+    "seed": (_number(0, 2**31, integer=True), 1, "random seed of the request sizes"),
+}
+
+
+def defaults():
+    return {k: (list(d) if isinstance(d, list) else d) for k, (_, d, _) in OPTIONS.items()}
+
+
+def _line_of(text, key):
+    for i, line in enumerate(text.splitlines(), 1):
+        if re.match(r"\s*%s\s*=" % re.escape(key), line):
+            return i
+    return None
+
+
+def load_toml(path):
+    """Options from a TOML file, validated; errors name the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise UsageError("%s: cannot read: %s" % (path, e.strerror)) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        msg = str(e)
+        m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
+        if m:
+            msg = "%s:%s: %s" % (path, m.group(1), msg[:m.start()].strip())
+        else:
+            msg = "%s: %s" % (path, msg)
+        raise UsageError(msg) from None
+    out = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        line = _line_of(text, key)
+        where = "%s:%s" % (path, line) if line else str(path)
+        if name not in OPTIONS:
+            raise UsageError("%s: unknown key %r; valid keys: %s"
+                             % (where, key, ", ".join(OPTIONS)))
+        try:
+            out[name] = OPTIONS[name][0](value)
+        except ValueError as e:
+            raise UsageError("%s: %s: expected %s" % (where, key, e)) from None
+    return out
+
+
+def convert(name, value, source):
+    """One option's value from the command line, validated."""
+    try:
+        return OPTIONS[name][0](value)
+    except ValueError as e:
+        raise UsageError("%s: expected %s" % (source, e)) from None
+
+
+def find_config(name):
+    """A config given by path, or by name under configs/."""
+    p = Path(name)
+    if p.exists():
+        return p
+    for cand in (CONFIGS / name, CONFIGS / (name + ".toml")):
+        if cand.exists():
+            return cand
+    raise UsageError("%s: no such config file" % name)

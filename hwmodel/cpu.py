@@ -1,0 +1,252 @@
+"""CPU primitives for the hot loops: atomics, pause, the cycle counter.
+
+Numba has no atomics of its own, so each one is an LLVM instruction emitted
+through an intrinsic.  They act on one element of an int64 array (every
+shared word in the arena is one) and are sequentially consistent unless the
+name says otherwise: the kernel's spinlocks are built from x86 `lock`-prefixed
+instructions, which are full barriers anyway.
+"""
+import time
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+
+def hot(fn=None, **kw):
+    """`njit` for code on the measured path.  Without numba's reference
+    counting: arrays passed in namedtuples would otherwise be incref'd and
+    decref'd (atomic instructions) at every call boundary, tripling the cost
+    of a bitmap allocation.  Such code must not create arrays."""
+    kw["_nrt"] = False
+    if fn is None:
+        return njit(**kw)
+    return njit(**kw)(fn)
+
+
+def _element_ptr(context, builder, aryty, ary, idx):
+    array = context.make_array(aryty)(context, builder, ary)
+    return cgutils.get_item_pointer(context, builder, aryty, array, [idx],
+                                    wraparound=False)
+
+
+def _check_int64_array(ary):
+    return (isinstance(ary, types.Array) and ary.dtype == types.int64)
+
+
+@intrinsic
+def cas(typingctx, ary, idx, expected, new):
+    """Compare-and-swap ary[idx]: returns the old value (== expected on success)."""
+    if not _check_int64_array(ary):
+        return None
+    sig = types.int64(ary, types.intp, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        a, i, e, n = args
+        i = context.cast(builder, i, signature.args[1], types.intp)
+        e = context.cast(builder, e, signature.args[2], types.int64)
+        n = context.cast(builder, n, signature.args[3], types.int64)
+        ptr = _element_ptr(context, builder, signature.args[0], a, i)
+        res = builder.cmpxchg(ptr, e, n, "seq_cst", "seq_cst")
+        return builder.extract_value(res, 0)
+
+    return sig, codegen
+
+
+def _rmw(op):
+    @intrinsic
+    def rmw(typingctx, ary, idx, val):
+        if not _check_int64_array(ary):
+            return None
+        sig = types.int64(ary, types.intp, types.int64)
+
+        def codegen(context, builder, signature, args):
+            a, i, v = args
+            i = context.cast(builder, i, signature.args[1], types.intp)
+            v = context.cast(builder, v, signature.args[2], types.int64)
+            ptr = _element_ptr(context, builder, signature.args[0], a, i)
+            return builder.atomic_rmw(op, ptr, v, "seq_cst")
+
+        return sig, codegen
+    return rmw
+
+
+fetch_add = _rmw("add")   # returns the old value
+xchg = _rmw("xchg")       # returns the old value
+fetch_or = _rmw("or")
+fetch_and = _rmw("and")
+
+
+@intrinsic
+def load(typingctx, ary, idx):
+    """Atomic load with acquire ordering.  Spin loops must use this: a plain
+    `ary[i]` read is loop-invariant to LLVM and gets hoisted."""
+    if not _check_int64_array(ary):
+        return None
+    sig = types.int64(ary, types.intp)
+
+    def codegen(context, builder, signature, args):
+        a, i = args
+        i = context.cast(builder, i, signature.args[1], types.intp)
+        ptr = _element_ptr(context, builder, signature.args[0], a, i)
+        return builder.load_atomic(ptr, "acquire", 8)
+
+    return sig, codegen
+
+
+@intrinsic
+def store(typingctx, ary, idx, val):
+    """Atomic store with release ordering."""
+    if not _check_int64_array(ary):
+        return None
+    sig = types.void(ary, types.intp, types.int64)
+
+    def codegen(context, builder, signature, args):
+        a, i, v = args
+        i = context.cast(builder, i, signature.args[1], types.intp)
+        v = context.cast(builder, v, signature.args[2], types.int64)
+        ptr = _element_ptr(context, builder, signature.args[0], a, i)
+        builder.store_atomic(v, ptr, "release", 8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def fence(typingctx):
+    """Full memory barrier (mfence on x86)."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        builder.fence("seq_cst")
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def pause(typingctx):
+    """The spin-loop hint (x86 `pause`; a compiler barrier elsewhere)."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        import platform
+        if platform.machine() in ("x86_64", "AMD64", "i686"):
+            fnty = ir.FunctionType(ir.VoidType(), [])
+            fn = cgutils.get_or_insert_function(builder.module, fnty,
+                                                "llvm.x86.sse2.pause")
+            builder.call(fn, [])
+        else:
+            builder.asm(ir.FunctionType(ir.VoidType(), []), "", "~{memory}",
+                        [], side_effect=True)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def cycles(typingctx):
+    """The CPU's cycle counter (rdtsc on x86: constant rate, shared by cores)."""
+    sig = types.int64()
+
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(ir.IntType(64), [])
+        fn = cgutils.get_or_insert_function(builder.module, fnty,
+                                            "llvm.readcyclecounter")
+        return builder.call(fn, [])
+
+    return sig, codegen
+
+
+@intrinsic
+def sched_yield(typingctx):
+    """Give the core away: a preempted lock holder needs it back.  A direct
+    call of libc's symbol, so that the functions using it can be cached."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(ir.IntType(32), [])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "sched_yield")
+        builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True)
+def _now():
+    return cycles()
+
+
+@hot(cache=True)
+def busy_wait_cycles(n):
+    """Poll the cycle counter for n cycles, as the kernel polls hardware."""
+    if n <= 0:
+        return
+    end = cycles() + n
+    while cycles() < end:
+        pause()
+
+
+def calibrate(seconds=0.05):
+    """Cycles per ns of the counter, measured against perf_counter_ns."""
+    _now()  # compile outside the measurement
+    best = None
+    for _ in range(3):
+        t0, c0 = time.perf_counter_ns(), _now()
+        end = t0 + int(seconds * 1e9 / 3)
+        while time.perf_counter_ns() < end:
+            pass
+        t1, c1 = time.perf_counter_ns(), _now()
+        rate = (c1 - c0) / (t1 - t0)
+        best = rate if best is None else max(best, rate)
+    if not best or best <= 0:
+        raise RuntimeError("the cycle counter does not advance")
+    return best
+
+
+
+def _bitcount(name):
+    @intrinsic
+    def count(typingctx, x):
+        if not isinstance(x, types.Integer):
+            return None
+        sig = types.int64(types.uint64)
+
+        def codegen(context, builder, signature, args):
+            v = context.cast(builder, args[0], signature.args[0], types.uint64)
+            i64 = ir.IntType(64)
+            if name == "ctpop":
+                fnty = ir.FunctionType(i64, [i64])
+                fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.ctpop.i64")
+                return builder.call(fn, [v])
+            fnty = ir.FunctionType(i64, [i64, ir.IntType(1)])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.%s.i64" % name)
+            return builder.call(fn, [v, ir.Constant(ir.IntType(1), 0)])
+
+        return sig, codegen
+    return count
+
+
+ctz = _bitcount("cttz")      # count trailing zeros; 64 for 0
+clz = _bitcount("ctlz")      # count leading zeros; 64 for 0
+popcount = _bitcount("ctpop")
+
+
+# Python-callable forms, for the parent and the parked workers (an
+# intrinsic can only be called from compiled code).
+@njit(cache=True)
+def atomic_load(ary, idx):
+    return load(ary, idx)
+
+
+@njit(cache=True)
+def atomic_store(ary, idx, val):
+    store(ary, idx, val)
+
+
+@njit(cache=True)
+def atomic_add(ary, idx, val):
+    return fetch_add(ary, idx, val)

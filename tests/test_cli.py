@@ -1,0 +1,111 @@
+"""The command line: bad input is one line and exit 2; a sweep writes the
+documented results and leaves nothing behind."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from harness.cli import main
+
+
+def run_cli(*args, timeout=300):
+    """Runs the command; returns the CompletedProcess with its pid."""
+    p = subprocess.Popen([sys.executable, "-m", "harness.cli", *args],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = p.communicate(timeout=timeout)
+    r = subprocess.CompletedProcess(p.args, p.returncode, out, err)
+    r.pid = p.pid
+    return r
+
+
+def segments_of(pid):
+    return [n for n in os.listdir("/dev/shm") if n.startswith("iommu-stress-%d-" % pid)]
+
+
+def one_error_line(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1, err
+    assert "Traceback" not in err[0]
+    return err[0]
+
+
+def test_unknown_design_lists_the_valid_ones(capsys):
+    line = one_error_line(capsys, ["sweep", "--designs", "direct,splay"])
+    assert "splay" in line and "bitmap" in line and "rbtree" in line and "linux-2008" in line
+
+
+def test_unknown_lock_lists_the_valid_ones(capsys):
+    line = one_error_line(capsys, ["sweep", "--lock", "rcu"])
+    assert "tas, ttas, ticket, mcs" in line
+
+
+@pytest.mark.parametrize("threads", ["0", "2000", "1-2048"])
+def test_threads_out_of_range(capsys, threads):
+    assert "1..1024" in one_error_line(capsys, ["sweep", "--threads", threads])
+
+
+@pytest.mark.parametrize("duration", ["abc", "-1", "0", "nan"])
+def test_bad_duration(capsys, duration):
+    line = one_error_line(capsys, ["sweep", "--duration", duration])
+    assert "--duration" in line
+
+
+def test_malformed_toml_names_file_and_line(capsys, tmp_path):
+    f = tmp_path / "bad.toml"
+    f.write_text('designs = ["direct"]\nthreads = "1,2"\nduration = = 3\n')
+    line = one_error_line(capsys, ["sweep", "--config", str(f)])
+    assert "%s:3:" % f in line
+
+
+def test_unknown_toml_key_names_the_line(capsys, tmp_path):
+    f = tmp_path / "bad.toml"
+    f.write_text('designs = ["direct"]\n\nthread = 4\n')
+    line = one_error_line(capsys, ["sweep", "--config", str(f)])
+    assert "%s:3:" % f in line and "thread" in line and "threads" in line
+
+
+def test_wrong_type_in_toml(capsys, tmp_path):
+    f = tmp_path / "bad.toml"
+    f.write_text('repeats = "three"\n')
+    line = one_error_line(capsys, ["sweep", "--config", str(f)])
+    assert "%s:1:" % f in line and "repeats" in line
+
+
+def test_missing_config_file(capsys):
+    assert "no such config" in one_error_line(capsys, ["sweep", "--config", "/nonexistent.toml"])
+
+
+def test_unknown_option_is_one_line(capsys):
+    one_error_line(capsys, ["sweep", "--thraeds", "4"])
+
+
+def test_sweep_writes_results_and_cleans_up(tmp_path):
+    out = tmp_path / "out.json"
+    r = run_cli("sweep", "--designs", "direct,bitmap", "--threads", "1-4", "--duration", "0.1",
+                "--warmup", "0", "--repeats", "2", "--check", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("machine: ")
+    rows = [l.split()[0] for l in lines if l[:1].isdigit()]
+    cores = len(os.sched_getaffinity(0))
+    assert rows == ["%d%s" % (t, "*" if t > cores else "") for t in (1, 2, 4)]
+    doc = json.loads(out.read_text())
+    assert doc["format"] == "iommu-stress-results" and doc["complete"]
+    for key in ("cpu_model", "cores_allowed", "numba"):
+        assert key in doc["machine"]
+    assert len(doc["points"]) == 6
+    for p in doc["points"]:
+        assert p["design"] in ("direct", "bitmap")
+        assert len(p["runs"]) == 2 and all(r > 0 for r in p["runs"])
+        assert sorted(p["runs"])[0] <= p["ops_per_sec"] <= sorted(p["runs"])[-1]
+        assert len(p["per_worker_ops"]) == p["threads"]
+        assert all(n > 0 for n in p["per_worker_ops"])
+        assert p["oversubscribed"] == (p["threads"] > len(os.sched_getaffinity(0)))
+    bitmap = [p for p in doc["points"] if p["design"] == "bitmap"]
+    assert all(p["locks"][0]["name"] == "bitmap" and p["locks"][0]["acquisitions"] > 0
+               for p in bitmap)
+    assert segments_of(r.pid) == []
