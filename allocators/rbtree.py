@@ -1,0 +1,883 @@
+"""Top-down allocation over a red-black tree of allocated ranges: mainline
+`drivers/iommu/iova.c` (Linux 6.7+) `alloc_iova(..., size_aligned=true)`,
+`find_iova`, `free_iova` / `__free_iova`, under one global lock
+(`iova_rbtree_lock`).
+
+Placement is the kernel's, decision for decision:
+
+* a request of `size` pages below the inclusive `limit` searches down from
+  `limit + 1`, the start aligned to `size` rounded up to a power of two;
+* the walk starts at a cached node (`cached32_node` for limits at or below
+  4 GiB, `cached_node` above), so holes above the cache are invisible until
+  a free moves the cache back up;
+* when the walk reaches the bottom, it retries once from the top of the
+  limit down to just above the node it started from (`iova_find_limit`);
+* a failure below 4 GiB remembers its size in `max32_alloc_size`, and every
+  later 32-bit request at least that large fails at once, until a free
+  below 4 GiB resets it.  The kernel writes the remembered size on every
+  failure, 64-bit ones included; so do we.
+
+The tree is a real red-black tree (the insert and erase rebalancing of
+lib/rbtree.c, written out over arrays), so its shape, and the number of
+nodes an operation walks, are the kernel's too.  Nodes live in one int64
+array, eight words (64 bytes) each: the kernel's `struct iova` is 40 bytes
+but its slab (`SLAB_HWCACHE_ALIGN`) hands out 64-byte objects, so a node
+here occupies a cache line of its own, as there.  Nodes come from a free
+list, taken and returned under the tree lock (the kernel allocates outside
+the lock; the difference is a few instructions of hold time).
+
+Kernel `unsigned long` values are int64 here.  The anchor node, which the
+kernel places at ~0UL, sits at IOVA_ANCHOR = 2**63 - 1: every comparison
+the kernel makes against it comes out the same, and no pfn comes near it.
+Where the kernel's unsigned subtraction `high_pfn - size` wraps around,
+ours goes negative; both leave the walk at the same step and fail the same
+test, so the outcome is identical.
+"""
+from collections import namedtuple
+
+import numpy as np
+from numba import njit
+
+from allocators import PAGE_SHIFT, STAT_LINE
+from hwmodel.cpu import clz, hot
+from hwmodel.locks import acquire, release
+
+NAME = "rbtree"
+LOCK_CLASSES = ("rbtree",)
+STATS = ("allocs", "fails", "frees", "nodes_visited", "retries", "fastfails",
+         "bad_frees", "nomem")
+S_ALLOCS, S_FAILS, S_FREES, S_VISITED, S_RETRIES, S_FASTFAILS, S_BAD_FREES, \
+    S_NOMEM = range(8)
+
+# drivers/iommu/iova.c: the anchor sits above the top of the usable space
+IOVA_ANCHOR = np.iinfo(np.int64).max        # ~0UL in the kernel
+
+# Footprint, in bytes of kernel memory (x86-64, no lock debugging):
+# include/linux/iova.h struct iova = rb_node (24) + pfn_hi (8) + pfn_lo (8);
+# struct iova_domain (6.7+) = iova_rbtree_lock (4, padded to 8) + rbroot 8
+# + cached_node 8 + cached32_node 8 + granule 8 + start_pfn 8
+# + dma_32bit_pfn 8 + max32_alloc_size 8 + anchor (a struct iova, 40)
+# + rcaches 8 + cpuhp_dead (hlist_node, 16) = 128.  The anchor is part of
+# the domain, so only the other nodes count at IOVA_BYTES each.
+IOVA_BYTES = 40
+DOMAIN_BYTES = 128
+
+# One node: eight int64 words.
+NW = 8
+LO, HI, LEFT, RIGHT, PARENT, COLOR = range(6)
+# lib/rbtree.c colours; UNUSED marks a node on the free list
+RED, BLACK, UNUSED = 0, 1, 2
+NIL = -1
+ANCHOR = 0          # node index of the anchor
+
+# meta words (all under the tree lock; M_NODES is also read without it)
+M_ROOT = 0
+M_CACHED = 1        # iovad->cached_node
+M_CACHED32 = 2      # iovad->cached32_node
+M_MAX32 = 3         # iovad->max32_alloc_size
+M_DMA32 = 4         # iovad->dma_32bit_pfn
+M_START = 5         # iovad->start_pfn
+M_FREE = 6          # head of the node free list
+M_NODES = 7         # nodes in the tree, the anchor included
+M_PEAK = 8          # most nodes ever in the tree
+M_CAP = 9           # nodes in the pool
+
+TREE_LOCK = 0       # lock index of iova_rbtree_lock
+
+State = namedtuple("State", ["nodes", "meta", "stats", "lk"])
+
+
+def node_capacity(p, cached=0):
+    """Nodes the pool must hold: every range alive at once (`p.max_live`),
+    plus `cached` ranges a cache above the tree may keep (the magazines
+    module computes its own bound), plus the anchor.  No more ranges than
+    pages fit in the space, which caps the count for large caches."""
+    return 1 + min(p.max_live + cached, p.pages)
+
+
+def layout_nodes(p, capacity):
+    """The arrays of a tree whose pool holds `capacity` nodes."""
+    return [("nodes", np.int64, (capacity * NW,)),
+            ("meta", np.int64, (STAT_LINE,)),
+            ("stats", np.int64, (p.nworkers * STAT_LINE,))]
+
+
+def layout(p):
+    return layout_nodes(p, node_capacity(p))
+
+
+def locks(p):
+    return [0]
+
+
+def make(views, lk):
+    return State(views["nodes"], views["meta"], views["stats"], lk)
+
+
+def init(st, p):
+    """init_iova_domain(iovad, 4 KiB, p.start_pfn): an empty tree holding
+    only the anchor, both cached nodes on the anchor."""
+    cap = len(st.nodes) // NW
+    nd = st.nodes.reshape(cap, NW)
+    nd[:] = 0
+    nd[:, COLOR] = UNUSED
+    nd[:, LEFT] = np.arange(1, cap + 1)     # free list: 1, 2, ..., cap-1
+    nd[cap - 1, LEFT] = NIL
+    nd[ANCHOR] = (IOVA_ANCHOR, IOVA_ANCHOR, NIL, NIL, NIL, BLACK, 0, 0)
+    st.meta[:] = 0
+    st.stats[:] = 0
+    m = st.meta
+    m[M_ROOT] = ANCHOR
+    m[M_CACHED] = ANCHOR
+    m[M_CACHED32] = ANCHOR
+    m[M_DMA32] = 1 << (32 - PAGE_SHIFT)     # granule 4 KiB: iova_shift = 12
+    m[M_MAX32] = m[M_DMA32]
+    m[M_START] = p.start_pfn
+    m[M_FREE] = 1 if cap > 1 else NIL
+    m[M_NODES] = 1
+    m[M_PEAK] = 1
+    m[M_CAP] = cap
+
+
+# ---------------------------------------------------------------- the tree
+
+
+@hot
+def _rb_prev(nd, n):
+    """The in-order predecessor of n, or NIL."""
+    c = nd[n * NW + LEFT]
+    if c != NIL:
+        n = c
+        c = nd[n * NW + RIGHT]
+        while c != NIL:
+            n = c
+            c = nd[n * NW + RIGHT]
+        return n
+    p = nd[n * NW + PARENT]
+    while p != NIL and n == nd[p * NW + LEFT]:
+        n = p
+        p = nd[n * NW + PARENT]
+    return p
+
+
+@hot
+def _rb_next(nd, n):
+    """The in-order successor of n, or NIL."""
+    c = nd[n * NW + RIGHT]
+    if c != NIL:
+        n = c
+        c = nd[n * NW + LEFT]
+        while c != NIL:
+            n = c
+            c = nd[n * NW + LEFT]
+        return n
+    p = nd[n * NW + PARENT]
+    while p != NIL and n == nd[p * NW + RIGHT]:
+        n = p
+        p = nd[n * NW + PARENT]
+    return p
+
+
+@hot
+def _change_child(nd, meta, old, new, parent):
+    """Make `new` take `old`'s place under `parent` (or at the root)."""
+    if parent != NIL:
+        if nd[parent * NW + LEFT] == old:
+            nd[parent * NW + LEFT] = new
+        else:
+            nd[parent * NW + RIGHT] = new
+    else:
+        meta[M_ROOT] = new
+
+
+@hot
+def _rotate_set_parents(nd, meta, old, new, color):
+    """After a rotation: `new` takes over `old`'s parent and colour, `old`
+    goes under `new` with the given colour."""
+    parent = nd[old * NW + PARENT]
+    nd[new * NW + PARENT] = parent
+    nd[new * NW + COLOR] = nd[old * NW + COLOR]
+    nd[old * NW + PARENT] = new
+    nd[old * NW + COLOR] = color
+    _change_child(nd, meta, old, new, parent)
+
+
+@hot
+def _insert_color(nd, meta, node):
+    """Rebalance after linking a red leaf (lib/rbtree.c __rb_insert)."""
+    parent = nd[node * NW + PARENT]
+    while True:
+        if parent == NIL:
+            # the root is black
+            nd[node * NW + COLOR] = BLACK
+            return
+        if nd[parent * NW + COLOR] == BLACK:
+            return
+        gparent = nd[parent * NW + PARENT]   # a red parent is never the root
+        tmp = nd[gparent * NW + RIGHT]
+        if parent != tmp:
+            # parent is the left child
+            if tmp != NIL and nd[tmp * NW + COLOR] == RED:
+                # red uncle: push the blackness down, continue from gparent
+                nd[tmp * NW + COLOR] = BLACK
+                nd[parent * NW + COLOR] = BLACK
+                node = gparent
+                parent = nd[node * NW + PARENT]
+                nd[node * NW + COLOR] = RED
+                continue
+            tmp = nd[parent * NW + RIGHT]
+            if node == tmp:
+                # inner grandchild: rotate it outside (left at parent)
+                tmp = nd[node * NW + LEFT]
+                nd[parent * NW + RIGHT] = tmp
+                nd[node * NW + LEFT] = parent
+                if tmp != NIL:
+                    nd[tmp * NW + PARENT] = parent
+                    nd[tmp * NW + COLOR] = BLACK
+                nd[parent * NW + PARENT] = node
+                nd[parent * NW + COLOR] = RED
+                parent = node
+                tmp = nd[node * NW + RIGHT]
+            # outer grandchild: rotate right at gparent
+            nd[gparent * NW + LEFT] = tmp
+            nd[parent * NW + RIGHT] = gparent
+            if tmp != NIL:
+                nd[tmp * NW + PARENT] = gparent
+                nd[tmp * NW + COLOR] = BLACK
+            _rotate_set_parents(nd, meta, gparent, parent, RED)
+            return
+        else:
+            tmp = nd[gparent * NW + LEFT]
+            if tmp != NIL and nd[tmp * NW + COLOR] == RED:
+                nd[tmp * NW + COLOR] = BLACK
+                nd[parent * NW + COLOR] = BLACK
+                node = gparent
+                parent = nd[node * NW + PARENT]
+                nd[node * NW + COLOR] = RED
+                continue
+            tmp = nd[parent * NW + LEFT]
+            if node == tmp:
+                tmp = nd[node * NW + RIGHT]
+                nd[parent * NW + LEFT] = tmp
+                nd[node * NW + RIGHT] = parent
+                if tmp != NIL:
+                    nd[tmp * NW + PARENT] = parent
+                    nd[tmp * NW + COLOR] = BLACK
+                nd[parent * NW + PARENT] = node
+                nd[parent * NW + COLOR] = RED
+                parent = node
+                tmp = nd[node * NW + LEFT]
+            nd[gparent * NW + RIGHT] = tmp
+            nd[parent * NW + LEFT] = gparent
+            if tmp != NIL:
+                nd[tmp * NW + PARENT] = gparent
+                nd[tmp * NW + COLOR] = BLACK
+            _rotate_set_parents(nd, meta, gparent, parent, RED)
+            return
+
+
+@hot
+def _erase_color(nd, meta, parent):
+    """Restore the black heights after a black node left from under
+    `parent` (lib/rbtree.c ____rb_erase_color)."""
+    node = NIL
+    while True:
+        sibling = nd[parent * NW + RIGHT]
+        if node != sibling:
+            # node is the left child (possibly NIL)
+            if nd[sibling * NW + COLOR] == RED:
+                # red sibling: rotate left at parent so the sibling is black
+                tmp1 = nd[sibling * NW + LEFT]
+                nd[parent * NW + RIGHT] = tmp1
+                nd[sibling * NW + LEFT] = parent
+                nd[tmp1 * NW + PARENT] = parent
+                nd[tmp1 * NW + COLOR] = BLACK
+                _rotate_set_parents(nd, meta, parent, sibling, RED)
+                sibling = tmp1
+            tmp1 = nd[sibling * NW + RIGHT]
+            if tmp1 == NIL or nd[tmp1 * NW + COLOR] == BLACK:
+                tmp2 = nd[sibling * NW + LEFT]
+                if tmp2 == NIL or nd[tmp2 * NW + COLOR] == BLACK:
+                    # black sibling with black children: recolour, and go
+                    # up unless the parent can absorb the missing black
+                    nd[sibling * NW + PARENT] = parent
+                    nd[sibling * NW + COLOR] = RED
+                    if nd[parent * NW + COLOR] == RED:
+                        nd[parent * NW + COLOR] = BLACK
+                    else:
+                        node = parent
+                        parent = nd[node * NW + PARENT]
+                        if parent != NIL:
+                            continue
+                    return
+                # red inner nephew: rotate right at the sibling
+                tmp1 = nd[tmp2 * NW + RIGHT]
+                nd[sibling * NW + LEFT] = tmp1
+                nd[tmp2 * NW + RIGHT] = sibling
+                nd[parent * NW + RIGHT] = tmp2
+                if tmp1 != NIL:
+                    nd[tmp1 * NW + PARENT] = sibling
+                    nd[tmp1 * NW + COLOR] = BLACK
+                tmp1 = sibling
+                sibling = tmp2
+            # red outer nephew: rotate left at parent and recolour
+            tmp2 = nd[sibling * NW + LEFT]
+            nd[parent * NW + RIGHT] = tmp2
+            nd[sibling * NW + LEFT] = parent
+            nd[tmp1 * NW + PARENT] = sibling
+            nd[tmp1 * NW + COLOR] = BLACK
+            if tmp2 != NIL:
+                nd[tmp2 * NW + PARENT] = parent
+            _rotate_set_parents(nd, meta, parent, sibling, BLACK)
+            return
+        else:
+            sibling = nd[parent * NW + LEFT]
+            if nd[sibling * NW + COLOR] == RED:
+                tmp1 = nd[sibling * NW + RIGHT]
+                nd[parent * NW + LEFT] = tmp1
+                nd[sibling * NW + RIGHT] = parent
+                nd[tmp1 * NW + PARENT] = parent
+                nd[tmp1 * NW + COLOR] = BLACK
+                _rotate_set_parents(nd, meta, parent, sibling, RED)
+                sibling = tmp1
+            tmp1 = nd[sibling * NW + LEFT]
+            if tmp1 == NIL or nd[tmp1 * NW + COLOR] == BLACK:
+                tmp2 = nd[sibling * NW + RIGHT]
+                if tmp2 == NIL or nd[tmp2 * NW + COLOR] == BLACK:
+                    nd[sibling * NW + PARENT] = parent
+                    nd[sibling * NW + COLOR] = RED
+                    if nd[parent * NW + COLOR] == RED:
+                        nd[parent * NW + COLOR] = BLACK
+                    else:
+                        node = parent
+                        parent = nd[node * NW + PARENT]
+                        if parent != NIL:
+                            continue
+                    return
+                tmp1 = nd[tmp2 * NW + LEFT]
+                nd[sibling * NW + RIGHT] = tmp1
+                nd[tmp2 * NW + LEFT] = sibling
+                nd[parent * NW + LEFT] = tmp2
+                if tmp1 != NIL:
+                    nd[tmp1 * NW + PARENT] = sibling
+                    nd[tmp1 * NW + COLOR] = BLACK
+                tmp1 = sibling
+                sibling = tmp2
+            tmp2 = nd[sibling * NW + RIGHT]
+            nd[parent * NW + LEFT] = tmp2
+            nd[sibling * NW + RIGHT] = parent
+            nd[tmp1 * NW + PARENT] = sibling
+            nd[tmp1 * NW + COLOR] = BLACK
+            if tmp2 != NIL:
+                nd[tmp2 * NW + PARENT] = parent
+            _rotate_set_parents(nd, meta, parent, sibling, BLACK)
+            return
+
+
+@hot
+def _erase(nd, meta, node):
+    """Unlink `node` and rebalance (lib/rbtree.c rb_erase)."""
+    child = nd[node * NW + RIGHT]
+    tmp = nd[node * NW + LEFT]
+    if tmp == NIL:
+        # no left child: the right child (red, if any) takes its place
+        parent = nd[node * NW + PARENT]
+        color = nd[node * NW + COLOR]
+        _change_child(nd, meta, node, child, parent)
+        if child != NIL:
+            nd[child * NW + PARENT] = parent
+            nd[child * NW + COLOR] = color
+            rebalance = NIL
+        else:
+            rebalance = parent if color == BLACK else NIL
+    elif child == NIL:
+        # only a left child, necessarily red: it takes node's place
+        parent = nd[node * NW + PARENT]
+        nd[tmp * NW + PARENT] = parent
+        nd[tmp * NW + COLOR] = nd[node * NW + COLOR]
+        _change_child(nd, meta, node, tmp, parent)
+        rebalance = NIL
+    else:
+        # two children: the successor takes node's place
+        successor = child
+        tmp = nd[child * NW + LEFT]
+        if tmp == NIL:
+            # the successor is the right child itself
+            parent = successor
+            child2 = nd[successor * NW + RIGHT]
+        else:
+            # the successor is the leftmost node of the right subtree
+            while True:
+                parent = successor
+                successor = tmp
+                tmp = nd[tmp * NW + LEFT]
+                if tmp == NIL:
+                    break
+            child2 = nd[successor * NW + RIGHT]
+            nd[parent * NW + LEFT] = child2
+            nd[successor * NW + RIGHT] = child
+            nd[child * NW + PARENT] = successor
+        tmp = nd[node * NW + LEFT]
+        nd[successor * NW + LEFT] = tmp
+        nd[tmp * NW + PARENT] = successor
+        up = nd[node * NW + PARENT]
+        up_color = nd[node * NW + COLOR]
+        _change_child(nd, meta, node, successor, up)
+        if child2 != NIL:
+            nd[child2 * NW + PARENT] = parent
+            nd[child2 * NW + COLOR] = BLACK
+            rebalance = NIL
+        else:
+            rebalance = parent if nd[successor * NW + COLOR] == BLACK else NIL
+        nd[successor * NW + PARENT] = up
+        nd[successor * NW + COLOR] = up_color
+    if rebalance != NIL:
+        _erase_color(nd, meta, rebalance)
+
+
+# ------------------------------------------------------------- iova.c logic
+
+
+@hot
+def _fls(x):
+    """fls_long: the 1-based index of the highest set bit, 0 for 0."""
+    if x == 0:
+        return 0
+    return 64 - clz(x)
+
+
+@hot
+def _find(nd, meta, pfn):
+    """private_find_iova: the node whose range holds pfn, or NIL."""
+    n = meta[M_ROOT]
+    while n != NIL:
+        if pfn < nd[n * NW + LO]:
+            n = nd[n * NW + LEFT]
+        elif pfn > nd[n * NW + HI]:
+            n = nd[n * NW + RIGHT]
+        else:
+            return n
+    return NIL
+
+
+@hot
+def _find_limit(nd, meta, limit_pfn, stats, s):
+    """iova_find_limit: where the retry walk starts.  For a 32-bit limit,
+    the lowest node at or above the limit that a short descent finds (the
+    walk then steps over any others above the limit harmlessly); above
+    4 GiB simply the anchor."""
+    if limit_pfn > meta[M_DMA32]:
+        return ANCHOR
+    node = meta[M_ROOT]
+    while nd[node * NW + HI] < limit_pfn:
+        node = nd[node * NW + RIGHT]
+        stats[s + S_VISITED] += 1
+    while True:
+        left = nd[node * NW + LEFT]
+        while left != NIL and nd[left * NW + LO] >= limit_pfn:
+            node = left
+            left = nd[node * NW + LEFT]
+            stats[s + S_VISITED] += 1
+        if left == NIL:
+            return node
+        nxt = left
+        moved = False
+        while nd[nxt * NW + RIGHT] != NIL:
+            nxt = nd[nxt * NW + RIGHT]
+            stats[s + S_VISITED] += 1
+            if nd[nxt * NW + LO] >= limit_pfn:
+                node = nxt
+                moved = True
+                break
+        if not moved:
+            return node
+
+
+@hot
+def _insert(nd, meta, new, start, stats, s):
+    """iova_insert_rbtree from `start` (the node above the gap): link as a
+    red leaf and rebalance."""
+    key = nd[new * NW + LO]
+    parent = NIL
+    n = start
+    go_left = False
+    while n != NIL:
+        parent = n
+        stats[s + S_VISITED] += 1
+        k = nd[n * NW + LO]
+        if key < k:
+            n = nd[n * NW + LEFT]
+            go_left = True
+        elif key > k:
+            n = nd[n * NW + RIGHT]
+            go_left = False
+        else:
+            return False        # the kernel WARNs; unreachable from alloc
+    nd[new * NW + PARENT] = parent
+    nd[new * NW + COLOR] = RED
+    nd[new * NW + LEFT] = NIL
+    nd[new * NW + RIGHT] = NIL
+    if go_left:
+        nd[parent * NW + LEFT] = new
+    else:
+        nd[parent * NW + RIGHT] = new
+    _insert_color(nd, meta, new)
+    return True
+
+
+@hot
+def alloc_locked(t, w, size, limit):
+    """alloc_iova(iovad, size, limit, true) with iova_rbtree_lock already
+    held: the first pfn of the new range, or -1."""
+    nd = t.nodes
+    meta = t.meta
+    stats = t.stats
+    s = w * STAT_LINE
+    if size < 1:
+        stats[s + S_FAILS] += 1
+        return -1
+    if meta[M_FREE] == NIL:
+        # alloc_iova_mem() failed: the kernel gives up before searching
+        stats[s + S_NOMEM] += 1
+        stats[s + S_FAILS] += 1
+        return -1
+    limit_pfn = limit + 1           # __alloc_and_insert_iova_range's bound
+    dma32 = meta[M_DMA32]
+    start_pfn = meta[M_START]
+    align_mask = np.int64(-1) << _fls(size - 1)
+    if limit_pfn <= dma32 and size >= meta[M_MAX32]:
+        stats[s + S_FASTFAILS] += 1
+        stats[s + S_FAILS] += 1
+        return -1
+    curr = meta[M_CACHED32] if limit_pfn <= dma32 else meta[M_CACHED]
+    retry_pfn = nd[curr * NW + HI]
+    high_pfn = limit_pfn
+    low_pfn = start_pfn
+    new_pfn = 0
+    prev = curr
+    while True:
+        while True:
+            stats[s + S_VISITED] += 1
+            lo = nd[curr * NW + LO]
+            if lo < high_pfn:
+                high_pfn = lo
+            new_pfn = (high_pfn - size) & align_mask
+            prev = curr
+            curr = _rb_prev(nd, curr)
+            if curr == NIL or new_pfn > nd[curr * NW + HI] or new_pfn < low_pfn:
+                break
+        if high_pfn < size or new_pfn < low_pfn:
+            if low_pfn == start_pfn and retry_pfn < limit_pfn:
+                # nothing below the cached node: once more from the top
+                high_pfn = limit_pfn
+                low_pfn = retry_pfn + 1
+                curr = _find_limit(nd, meta, limit_pfn, stats, s)
+                stats[s + S_RETRIES] += 1
+                continue
+            meta[M_MAX32] = size
+            stats[s + S_FAILS] += 1
+            return -1
+        break
+    new = meta[M_FREE]
+    meta[M_FREE] = nd[new * NW + LEFT]
+    nd[new * NW + LO] = new_pfn
+    nd[new * NW + HI] = new_pfn + size - 1
+    _insert(nd, meta, new, prev, stats, s)
+    meta[M_NODES] += 1
+    if meta[M_NODES] > meta[M_PEAK]:
+        meta[M_PEAK] = meta[M_NODES]
+    # __cached_rbnode_insert_update
+    if new_pfn + size - 1 < dma32:
+        meta[M_CACHED32] = new
+    else:
+        meta[M_CACHED] = new
+    stats[s + S_ALLOCS] += 1
+    return new_pfn
+
+
+@hot
+def _remove(t, w, n):
+    """remove_iova: move the cached nodes off n, unlink it, and return it
+    to the pool."""
+    nd = t.nodes
+    meta = t.meta
+    dma32 = meta[M_DMA32]
+    lo = nd[n * NW + LO]
+    hi = nd[n * NW + HI]
+    # __cached_rbnode_delete_update, before n leaves the tree
+    nxt = _rb_next(nd, n)
+    c32 = meta[M_CACHED32]
+    if n == c32 or (hi < dma32 and lo >= nd[c32 * NW + LO]):
+        meta[M_CACHED32] = nxt
+    if lo < dma32:
+        meta[M_MAX32] = dma32
+    if lo >= nd[meta[M_CACHED] * NW + LO]:
+        meta[M_CACHED] = nxt
+    _erase(nd, meta, n)
+    nd[n * NW + COLOR] = UNUSED
+    nd[n * NW + LEFT] = meta[M_FREE]
+    meta[M_FREE] = n
+    meta[M_NODES] -= 1
+    t.stats[w * STAT_LINE + S_FREES] += 1
+
+
+@hot
+def free_locked(t, w, pfn, pages):
+    """free_iova(iovad, pfn) with the lock held: the range must start at
+    pfn and, when pages > 0, be that long.  Anything else is counted as a
+    bad free and leaves the tree as it was.  Returns True if freed."""
+    nd = t.nodes
+    n = _find(nd, t.meta, pfn)
+    if n == NIL or n == ANCHOR or nd[n * NW + LO] != pfn or \
+            (pages > 0 and nd[n * NW + HI] - pfn + 1 != pages):
+        t.stats[w * STAT_LINE + S_BAD_FREES] += 1
+        return False
+    _remove(t, w, n)
+    return True
+
+
+@hot
+def find_locked(t, pfn):
+    """find_iova with the lock held: (pfn_lo, pfn_hi) of the range holding
+    pfn, or (-1, -1)."""
+    n = _find(t.nodes, t.meta, pfn)
+    if n == NIL or n == ANCHOR:
+        return -1, -1
+    return t.nodes[n * NW + LO], t.nodes[n * NW + HI]
+
+
+@hot
+def lock(t, w):
+    acquire(t.lk, TREE_LOCK, w)
+
+
+@hot
+def unlock(t, w):
+    release(t.lk, TREE_LOCK, w)
+
+
+@hot
+def alloc(st, w, cpu, pages, limit):
+    """alloc_iova(iovad, pages, limit, true)->pfn_lo, or -1."""
+    acquire(st.lk, TREE_LOCK, w)
+    pfn = alloc_locked(st, w, pages, limit)
+    release(st.lk, TREE_LOCK, w)
+    return pfn
+
+
+@hot
+def free(st, w, cpu, pfn, pages):
+    """free_iova(iovad, pfn), checking that the range is pfn+pages."""
+    acquire(st.lk, TREE_LOCK, w)
+    free_locked(st, w, pfn, pages)
+    release(st.lk, TREE_LOCK, w)
+
+
+@njit(cache=True)
+def find(st, w, pfn):
+    """find_iova: (pfn_lo, pfn_hi) of the range holding pfn, or (-1, -1)."""
+    acquire(st.lk, TREE_LOCK, w)
+    r = find_locked(st, pfn)
+    release(st.lk, TREE_LOCK, w)
+    return r
+
+
+# Replay: one request per row of `ops`; the result of row i in out[i].
+OP_ALLOC = 0        # (OP_ALLOC, cpu, pages, limit) -> pfn or -1
+OP_FREE = 1         # (OP_FREE, cpu, pfn, pages) -> 0
+
+
+@njit(cache=True)
+def replay(st, w, ops, out):
+    """Run a request sequence single-threaded, for `iommu-stress replay`
+    and for the comparison with the reference model."""
+    for i in range(ops.shape[0]):
+        op = ops[i, 0]
+        if op == OP_ALLOC:
+            out[i] = alloc(st, w, ops[i, 1], ops[i, 2], ops[i, 3])
+        else:
+            free(st, w, ops[i, 1], ops[i, 2], ops[i, 3])
+            out[i] = 0
+
+
+# ------------------------------------------------------------------ checks
+
+
+@njit(cache=True)
+def _audit(nodes, meta, los, his):
+    """Walk the tree in order, checking the red-black rules and the links.
+    Fills los/his with the ranges in order; returns (count, error code,
+    node at fault).  Error codes are explained in AUDIT_ERRORS."""
+    root = meta[M_ROOT]
+    cap = nodes.shape[0] // NW
+    if root == NIL:
+        return 0, 1, NIL
+    if nodes[root * NW + PARENT] != NIL:
+        return 0, 2, root
+    if nodes[root * NW + COLOR] != BLACK:
+        return 0, 3, root
+    # explicit stack of (node, black height above it)
+    stack = np.empty(2 * 130, dtype=np.int64)
+    sp = 0
+    n = root
+    depth_black = 0
+    leaf_black = -1
+    count = 0
+    last_hi = np.int64(-1)
+    while sp > 0 or n != NIL:
+        while n != NIL:
+            if n < 0 or n >= cap:
+                return count, 4, n
+            c = nodes[n * NW + COLOR]
+            if c != RED and c != BLACK:
+                return count, 5, n
+            if c == BLACK:
+                depth_black += 1
+            left = nodes[n * NW + LEFT]
+            right = nodes[n * NW + RIGHT]
+            for ch in (left, right):
+                if ch != NIL:
+                    if ch < 0 or ch >= cap:
+                        return count, 4, n
+                    if nodes[ch * NW + PARENT] != n:
+                        return count, 6, ch
+                    if c == RED and nodes[ch * NW + COLOR] == RED:
+                        return count, 7, ch
+                else:
+                    # a NIL leaf: every path must count the same blacks
+                    if leaf_black < 0:
+                        leaf_black = depth_black
+                    elif leaf_black != depth_black:
+                        return count, 8, n
+            if sp >= stack.shape[0]:
+                return count, 9, n
+            stack[sp] = n
+            stack[sp + 1] = depth_black
+            sp += 2
+            n = left
+        sp -= 2
+        n = stack[sp]
+        depth_black = stack[sp + 1]
+        lo = nodes[n * NW + LO]
+        hi = nodes[n * NW + HI]
+        if hi < lo:
+            return count, 10, n
+        if lo <= last_hi:
+            return count, 11, n
+        last_hi = hi
+        if count >= los.shape[0]:
+            return count, 12, n
+        los[count] = lo
+        his[count] = hi
+        count += 1
+        n = nodes[n * NW + RIGHT]
+    return count, 0, NIL
+
+
+AUDIT_ERRORS = {
+    1: "the tree has no root",
+    2: "the root has a parent",
+    3: "the root is red",
+    4: "a link points outside the node pool",
+    5: "a node in the tree is marked free",
+    6: "a child's parent link does not point back",
+    7: "a red node has a red child",
+    8: "black heights differ between paths",
+    9: "the tree is deeper than a red-black tree of this size can be",
+    10: "a node's range ends before it starts",
+    11: "ranges out of order or overlapping",
+    12: "more nodes in the tree than in the pool",
+}
+
+
+def audit(st, p):
+    """(problems, ranges): the structural problems of the tree, and its
+    ranges in order as (pfn_lo, pages), the anchor left out."""
+    problems = []
+    cap = len(st.nodes) // NW
+    los = np.empty(cap, dtype=np.int64)
+    his = np.empty(cap, dtype=np.int64)
+    count, err, at = _audit(st.nodes, st.meta, los, his)
+    if err:
+        problems.append("rbtree: %s (node %d)" % (AUDIT_ERRORS[err], at))
+        return problems, []
+    m = st.meta
+    if count != m[M_NODES]:
+        problems.append("rbtree: %d nodes in the tree, the count says %d"
+                        % (count, m[M_NODES]))
+    if count == 0 or los[count - 1] != IOVA_ANCHOR or his[count - 1] != IOVA_ANCHOR:
+        problems.append("rbtree: the anchor is not the last node")
+    nd = st.nodes.reshape(cap, NW)
+    free = 0
+    n = int(m[M_FREE])
+    while n != NIL and free <= cap:
+        if nd[n, COLOR] != UNUSED:
+            problems.append("rbtree: node %d is on the free list but in use" % n)
+            break
+        free += 1
+        n = int(nd[n, LEFT])
+    if free + count != cap:
+        problems.append("rbtree: %d free + %d used nodes, the pool has %d"
+                        % (free, count, cap))
+    for name, word in (("cached_node", M_CACHED), ("cached32_node", M_CACHED32)):
+        c = int(m[word])
+        if not 0 <= c < cap or nd[c, COLOR] == UNUSED:
+            problems.append("rbtree: %s is not a node in the tree" % name)
+    if not 0 < m[M_MAX32] <= m[M_DMA32]:
+        problems.append("rbtree: max32_alloc_size %d out of range" % m[M_MAX32])
+    ranges = []
+    top = p.pages - 1
+    for i in range(count - 1):
+        lo, hi = int(los[i]), int(his[i])
+        if lo < m[M_START] or hi > top:
+            problems.append("rbtree: range %#x-%#x outside the domain [%#x, %#x]"
+                            % (lo, hi, m[M_START], top))
+        ranges.append((lo, hi - lo + 1))
+    return problems, ranges
+
+
+def ranges(st, p):
+    """The tree's ranges in order, as (pfn_lo, pages)."""
+    return audit(st, p)[1]
+
+
+def check(st, p, live):
+    """The red-black rules hold, the node counts add up, and the tree holds
+    exactly the live ranges (plus the anchor)."""
+    problems, got = audit(st, p)
+    if problems:
+        return problems
+    want = sorted((int(pfn), int(pages)) for pfn, pages in live)
+    if got != want:
+        gs, ws = set(got), set(want)
+        extra = sorted(gs - ws)
+        missing = sorted(ws - gs)
+        problems.append("rbtree: the tree holds %d ranges, %d are live; %d not "
+                        "live (first %s), %d live not in the tree (first %s)"
+                        % (len(got), len(want), len(extra),
+                           extra[:1], len(missing), missing[:1]))
+    nomem = int(st.stats.reshape(-1, STAT_LINE)[:, S_NOMEM].sum())
+    if nomem:
+        problems.append("rbtree: the node pool ran out %d time(s); raise "
+                        "max_live" % nomem)
+    return problems
+
+
+def footprint(st, p):
+    """Kernel bytes: the domain (anchor included) and one struct iova per
+    other node, at the start and at the peak."""
+    m = st.meta
+    return {"start": DOMAIN_BYTES,
+            "peak": DOMAIN_BYTES + int(m[M_PEAK] - 1) * IOVA_BYTES,
+            "now": DOMAIN_BYTES + int(m[M_NODES] - 1) * IOVA_BYTES}
+
+
+def node_bytes(nodes):
+    """Kernel bytes of a tree of `nodes` nodes, the anchor included."""
+    return DOMAIN_BYTES + (nodes - 1) * IOVA_BYTES
+
+
+@hot
+def trim(st, w, ncpus):
+    """Periodic housekeeping (the magazines' depot trim); none here."""
+    return 0

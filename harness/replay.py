@@ -1,0 +1,271 @@
+"""`iommu-stress replay TRACE`: one allocator, one thread, a request trace,
+and the address of every allocation, so that placement can be compared with
+what Linux returns request by request.
+
+The loop is compiled.  It takes the allocator's alloc/free as arguments, the
+project's way of composing compiled code; but numba never caches a function
+whose signature holds a dispatcher, so each allocator gets a small cached
+entry that calls the loop with its own functions as constants.
+"""
+import importlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+import hwmodel  # noqa: F401  (points numba's cache at the project's directory)
+from hwmodel.cpu import hot
+from allocators import DEFAULT_BOUNDARY_PAGES, Params
+from harness.compose import private
+from harness.errors import UsageError
+from harness.trace import OP_ALLOC, OP_FREE, read
+
+
+def _optional(name):
+    """The allocator module, or None while it does not exist yet; an import
+    error inside an existing module is not hidden."""
+    try:
+        return importlib.import_module("allocators." + name)
+    except ModuleNotFoundError as e:
+        if e.name == "allocators." + name:
+            return None
+        raise
+
+
+bitmap = _optional("bitmap")
+pools = _optional("pools")
+rbtree = _optional("rbtree")
+magazines = _optional("magazines")
+
+ALLOCATORS = ("bitmap", "pools", "rbtree", "magazines")
+DEPOTS = ("fixed", "list", "prealloc")
+MAG_SIZES = (127, 128)
+DEFAULT_PAGES = 1 << 20
+MAX_PAGES = 1 << 31
+
+
+@hot
+def _loop(alloc, free, st, op, ref, pages, limit, cpu, result):
+    """Replay every request as worker 0; result[i] is what allocation i got
+    (-1: failed), or for a free what it freed.  Returns -1, or the first
+    request whose tag is in the wrong state: an allocation of a tag still
+    live, a free of one whose allocation failed (see harness/trace.py)."""
+    for i in range(op.shape[0]):
+        r = ref[i]
+        if op[i] == OP_ALLOC:
+            if r >= 0 and result[r] >= 0:
+                return i
+            result[i] = alloc(st, 0, cpu[i], pages[i], limit[i])
+        else:
+            pfn = result[r]
+            if pfn < 0:
+                return i
+            free(st, 0, cpu[i], pfn, pages[i])
+            result[i] = pfn
+    return -1
+
+
+@hot(cache=True)
+def _replay_bitmap(st, op, ref, pages, limit, cpu, result):
+    return _loop(bitmap.alloc, bitmap.free, st, op, ref, pages, limit, cpu, result)
+
+
+@hot(cache=True)
+def _replay_pools(st, op, ref, pages, limit, cpu, result):
+    return _loop(pools.alloc, pools.free, st, op, ref, pages, limit, cpu, result)
+
+
+@hot(cache=True)
+def _replay_rbtree(st, op, ref, pages, limit, cpu, result):
+    return _loop(rbtree.alloc, rbtree.free, st, op, ref, pages, limit, cpu, result)
+
+
+@hot(cache=True)
+def _replay_magazines(st, op, ref, pages, limit, cpu, result):
+    return _loop(magazines.alloc, magazines.free, st, op, ref, pages, limit, cpu, result)
+
+
+_ENTRIES = {"bitmap": _replay_bitmap, "pools": _replay_pools,
+            "rbtree": _replay_rbtree, "magazines": _replay_magazines}
+
+
+def module_or_none(name):
+    """The allocator module called `name`, None while it is not written."""
+    return globals()[name] if name in ALLOCATORS else None
+
+
+def module(name):
+    """The allocator module called `name`; UsageError for any other name."""
+    if name not in ALLOCATORS:
+        raise UsageError("unknown allocator %r: choose one of %s" % (name, ", ".join(ALLOCATORS)))
+    mod = module_or_none(name)
+    if mod is None:
+        raise UsageError("allocator %r is not built into this version" % name)
+    return mod
+
+
+# pools takes a DMA mask in pages as its limit, 0 for none; the others a
+# highest pfn, the top of the space by default.
+MASK_LIMITS = ("pools",)
+
+
+def default_limit(name, pages):
+    return 0 if name in MASK_LIMITS else pages - 1
+
+
+def params(trace, name, pages=DEFAULT_PAGES, boundary=DEFAULT_BOUNDARY_PAGES,
+           depot="list", mag_size=127):
+    """The Params a replay of `trace` runs under.  max_live is the most tags
+    the trace can have live at once (the count if every allocation
+    succeeds); the magazines module adds room for its caches on top of it.
+    That room assumes one limit per domain, as a device's DMA mask gives:
+    with several, cached ranges a request's limit cannot use pile up, and
+    only the number of allocations bounds them."""
+    max_live = trace.peak_live
+    if name == "magazines":
+        limits = np.unique(trace.limit[trace.op == OP_ALLOC])
+        if len(limits) > 1:
+            max_live = max(max_live, trace.nallocs)
+    return Params(pages=pages, nworkers=1, ncpus=trace.ncpus, boundary=boundary,
+                  max_live=max(1, max_live), mag_size=mag_size, depot=depot)
+
+
+@dataclass
+class Replay:
+    trace: object
+    allocator: str
+    params: Params
+    result: np.ndarray      # per request: the pfn (index) it got or freed, -1: failed
+    elapsed_ns: int         # the loop alone
+    live: list              # [(pfn, pages)] still held at the end
+    problems: list          # from the allocator's check: non-empty is our bug
+    state: object           # the allocator's State after the replay
+
+    def lines(self):
+        """`<tag> <pfn>` or `<tag> fail` per allocation, in trace order."""
+        t = self.trace
+        allocs = np.flatnonzero(t.op == OP_ALLOC)
+        res = self.result[allocs]
+        text = res.astype(str).astype(object)
+        text[res < 0] = "fail"
+        names = np.array(t.tags, dtype=object)[t.tag[allocs]] if len(allocs) else []
+        return [n + " " + s for n, s in zip(names, text)]
+
+    def text(self):
+        lines = self.lines()
+        return "\n".join(lines) + "\n" if lines else ""
+
+
+def run(trace, allocator, pages=DEFAULT_PAGES, boundary=DEFAULT_BOUNDARY_PAGES,
+        depot="list", mag_size=127):
+    """Replay a parsed trace against a fresh allocator.  Raises UsageError
+    for a request the allocator's answers make invalid (a free of a tag
+    whose allocation failed, an allocation of a tag still live)."""
+    mod = module(allocator)
+    entry = _ENTRIES[allocator]
+    p = params(trace, allocator, pages, boundary, depot, mag_size)
+    try:
+        st = private(mod, p)
+    except ValueError as e:
+        # an allocator refusing a size it cannot be built with
+        raise UsageError("%s: %s" % (allocator, e)) from None
+    limit = np.where(trace.limit < 0, default_limit(allocator, pages), trace.limit)
+    result = np.full(len(trace), -1, dtype=np.int64)
+    # Compile (or load from the cache) on an empty trace, so that the timed
+    # call below is the loop alone.
+    empty = np.zeros(0, dtype=np.int64)
+    entry(st, empty, empty, empty, empty, empty, empty)
+    t0 = time.perf_counter_ns()
+    bad = entry(st, trace.op, trace.ref, trace.pages, limit, trace.cpu, result)
+    elapsed = time.perf_counter_ns() - t0
+    if bad >= 0:
+        _raise_state(trace, int(bad))
+    allocs = trace.op == OP_ALLOC
+    freed = np.zeros(len(trace), dtype=bool)
+    freed[trace.ref[trace.op == OP_FREE]] = True
+    held = np.flatnonzero(allocs & (result >= 0) & ~freed)
+    live = list(zip(result[held].tolist(), trace.pages[held].tolist()))
+    problems = list(mod.check(st, p, live))
+    return Replay(trace, allocator, p, result, elapsed, live, problems, st)
+
+
+def _raise_state(trace, i):
+    r = int(trace.ref[i])
+    tag = trace.tags[trace.tag[i]]
+    if trace.op[i] == OP_ALLOC:
+        raise UsageError("%s: tag %r is still mapped (allocated at line %d)"
+                         % (trace.where(i), tag, trace.line[r]))
+    raise UsageError("%s: free of tag %r that is not mapped (its allocation at line %d failed)"
+                     % (trace.where(i), tag, trace.line[r]))
+
+
+def _int(text, what):
+    try:
+        return int(text, 0)
+    except (TypeError, ValueError):
+        raise UsageError("%s: expected an integer, got %r" % (what, text)) from None
+
+
+def add_arguments(parser):
+    """The replay subcommand's arguments."""
+    parser.add_argument("trace", metavar="TRACE",
+                        help="request trace, format v1 ('-': standard input)")
+    parser.add_argument("--allocator", default="rbtree", metavar="NAME",
+                        help="one of %s (default: %%(default)s)" % ", ".join(ALLOCATORS))
+    parser.add_argument("--pages", default=str(DEFAULT_PAGES), metavar="N",
+                        help="size of the IOVA space in 4 KiB pages; a request without "
+                             "a limit gets limit pfn N-1 (rbtree, magazines) or no DMA "
+                             "mask (pools) (default: %(default)s)")
+    parser.add_argument("--boundary", default=str(DEFAULT_BOUNDARY_PAGES), metavar="B",
+                        help="segment boundary in pages, a power of two "
+                             "(default: %(default)s, the PCI default 4 GiB)")
+    parser.add_argument("--depot", default="list", metavar="KIND",
+                        help="magazines: depot kind, one of %s (default: %%(default)s)"
+                             % ", ".join(DEPOTS))
+    parser.add_argument("--mag-size", default="127", metavar="M",
+                        help="magazines: IOVA_MAG_SIZE, 127 (6.x) or 128 (before 2022) "
+                             "(default: %(default)s)")
+    parser.add_argument("--timing", action="store_true",
+                        help="print the replay loop's ns per request on stderr")
+    return parser
+
+
+def _validate(args):
+    name = args.allocator
+    if name not in ALLOCATORS:
+        raise UsageError("--allocator: unknown allocator %r: choose one of %s"
+                         % (name, ", ".join(ALLOCATORS)))
+    pages = _int(args.pages, "--pages")
+    if not 2 <= pages <= MAX_PAGES:
+        raise UsageError("--pages: %d out of range 2..%d" % (pages, MAX_PAGES))
+    boundary = _int(args.boundary, "--boundary")
+    if boundary < 1 or boundary & (boundary - 1):
+        raise UsageError("--boundary: %d is not a power of two" % boundary)
+    if args.depot not in DEPOTS:
+        raise UsageError("--depot: unknown depot %r: choose one of %s"
+                         % (args.depot, ", ".join(DEPOTS)))
+    mag_size = _int(args.mag_size, "--mag-size")
+    if mag_size not in MAG_SIZES:
+        raise UsageError("--mag-size: %d, expected 127 or 128" % mag_size)
+    return name, pages, boundary, args.depot, mag_size
+
+
+def command(args, stdout, stderr):
+    """Run the replay subcommand: the output on `stdout`, `--timing` on
+    `stderr`.  Bad input raises UsageError; an allocator whose state is
+    wrong after the replay raises RuntimeError (a bug of ours)."""
+    name, pages, boundary, depot, mag_size = _validate(args)
+    module(name)
+    trace = read(args.trace, pages=pages, masks=name in MASK_LIMITS)
+    rep = run(trace, name, pages, boundary, depot, mag_size)
+    stdout.write(rep.text())
+    stdout.flush()
+    if rep.problems:
+        raise RuntimeError("replay: %s state is wrong after the replay: %s"
+                           % (name, "; ".join(rep.problems)))
+    if args.timing:
+        n = len(trace)
+        per = rep.elapsed_ns / n if n else 0.0
+        stderr.write("replay: %.1f ns/request over %d requests (%s)\n" % (per, n, name))
+        stderr.flush()
+    return 0
