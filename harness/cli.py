@@ -31,6 +31,15 @@ FLAGS = [
     ("--sizes", "sizes", dict(metavar="DIST", help='request pages with weights: "1:0.9,64:0.1"')),
     ("--pages", "pages", dict(metavar="N", help="IOVA space in 4 KiB pages (power of two)")),
     ("--boundary", "boundary", dict(metavar="N", help="segment boundary in pages (power of two)")),
+    ("--mag-size", "mag_size", dict(metavar="N", help="magazine entries: 127, or 128 (2016 code)")),
+    ("--profile", "profile", dict(metavar="NAME", help="cost profile (configs/profiles/) or TOML file")),
+    ("--workload", "workload", dict(metavar="NAME", help="workload (configs/workloads/) or TOML file")),
+    ("--device-ns", "device_ns", dict(metavar="NS", help="device time per I/O")),
+    ("--hypercall-ns", "hypercall_ns", dict(metavar="NS", help="hypercall per map and unmap (PVDMA)")),
+    ("--unmap-fraction", "unmap_fraction", dict(metavar="F", help="share of workers that only unmap")),
+    ("--domains", "domains", dict(metavar="N", help="devices (IOMMU domains)")),
+    ("--tlb-entries", "tlb_entries", dict(metavar="N", help="IOTLB entries per domain")),
+    ("--tlb-ways", "tlb_ways", dict(metavar="N", help="IOTLB associativity")),
     ("--seed", "seed", dict(metavar="N", help="random seed of the request sizes")),
 ]
 
@@ -45,6 +54,12 @@ def _add_run_options(p, several):
         p.add_argument(flag, **kw)
     p.add_argument("--check", action="store_true", default=None,
                    help="claim every mapped page in an ownership map: catch double mappings")
+    p.add_argument("--premapped", action="store_true", default=None,
+                   help="the driver maps a buffer pool once and recycles it")
+    p.add_argument("--rogue-device", action="store_true", default=None,
+                   help="a device that reads at unmapped IOVAs, counting stale IOTLB hits")
+    p.add_argument("--lock-timing", action="store_true", default=None,
+                   help="time every lock wait and hold (lock_stat's wait and hold columns)")
     p.add_argument("--json", metavar="PATH", help="write results here (rewritten after every point)")
 
 
@@ -52,6 +67,10 @@ def _options(args, several):
     opts = config.defaults()
     if args.config:
         opts.update(config.load_toml(config.find_config(args.config)))
+    workload = args.workload if args.workload is not None else opts["workload"]
+    if workload:
+        opts.update(config.load_workload(workload))
+        opts["workload"] = workload
     for flag, name, _ in FLAGS:
         v = getattr(args, name)
         if v is not None:
@@ -62,6 +81,9 @@ def _options(args, several):
         opts["designs"] = [args.design]
     if args.check:
         opts["check"] = True
+    for name in ("lock_timing", "premapped", "rogue_device"):
+        if getattr(args, name):
+            opts[name] = True
     if not several:
         if len(opts["designs"]) != 1:
             raise UsageError("run measures one design; use --design NAME (or sweep for several)")

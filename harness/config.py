@@ -88,10 +88,18 @@ def _number(lo, hi, integer=False):
 
 def _choice(choices):
     def conv(v):
-        if v not in choices:
-            raise ValueError("one of %s, got %r" % (", ".join(choices), v))
+        if isinstance(v, str) and all(isinstance(c, int) for c in choices) and v.isdigit():
+            v = int(v)
+        if isinstance(v, bool) or v not in choices:
+            raise ValueError("one of %s, got %r" % (", ".join(map(str, choices)), v))
         return v
     return conv
+
+
+def _name(v):
+    if not isinstance(v, str):
+        raise ValueError("a name or a file path")
+    return v
 
 
 def _bool(v):
@@ -152,9 +160,26 @@ OPTIONS = {
     "sizes": (_sizes, [(1, 1.0)], "request sizes in pages with weights"),
     "pages": (_power_of_two, 1 << 20, "IOVA space in 4 KiB pages"),
     "boundary": (_power_of_two, 1 << 20, "segment boundary in pages"),
+    "profile": (_name, "vtd-2015", "cost profile: a name under configs/profiles/ or a TOML file"),
+    "workload": (_name, "", "workload: a name under configs/workloads/ or a TOML file"),
+    "device_ns": (_number(0, 1e9), None, "device time per I/O, ns (default: the profile's)"),
+    "hypercall_ns": (_number(0, 1e9), None, "hypercall per map and unmap, ns (default: the profile's)"),
+    "unmap_fraction": (_number(0.0, 0.9), 0.0, "share of workers that only unmap (cross-CPU)"),
+    "domains": (_number(1, 64, integer=True), 1, "devices (IOMMU domains); workers spread over them"),
+    "premapped": (_bool, False, "the driver maps a buffer pool once and recycles it"),
+    "tlb_entries": (_power_of_two, 512, "IOTLB entries per domain"),
+    "tlb_ways": (_power_of_two, 8, "IOTLB associativity"),
+    "rogue_device": (_bool, False, "a device that reads at unmapped IOVAs: counts stale IOTLB hits"),
+    "mag_size": (_choice((127, 128)), 127, "IOVA_MAG_SIZE: 127, or 128 as in the 2016 code"),
     "check": (_bool, False, "ownership map: catch any double mapping"),
+    "lock_timing": (_bool, False, "time every lock wait and hold (cycle counter)"),
     "seed": (_number(0, 2**31, integer=True), 1, "random seed of the request sizes"),
 }
+
+
+# what a workload file may set
+WORKLOAD_KEYS = ("sizes", "depth", "device_ns", "hypercall_ns", "unmap_fraction", "domains",
+                 "premapped")
 
 
 def defaults():
@@ -168,8 +193,7 @@ def _line_of(text, key):
     return None
 
 
-def load_toml(path):
-    """Options from a TOML file, validated; errors name the file and line."""
+def _parse(path):
     path = Path(path)
     try:
         text = path.read_text()
@@ -185,14 +209,25 @@ def load_toml(path):
         else:
             msg = "%s: %s" % (path, msg)
         raise UsageError(msg) from None
+    return text, data
+
+
+def _where(path, text, key):
+    line = _line_of(text, key)
+    return "%s:%s" % (path, line) if line else str(path)
+
+
+def load_toml(path, allowed=None):
+    """Options from a TOML file, validated; errors name the file and line."""
+    text, data = _parse(path)
+    allowed = allowed or tuple(OPTIONS)
     out = {}
     for key, value in data.items():
         name = key.replace("-", "_")
-        line = _line_of(text, key)
-        where = "%s:%s" % (path, line) if line else str(path)
-        if name not in OPTIONS:
+        where = _where(path, text, key)
+        if name not in allowed:
             raise UsageError("%s: unknown key %r; valid keys: %s"
-                             % (where, key, ", ".join(OPTIONS)))
+                             % (where, key, ", ".join(allowed)))
         try:
             out[name] = OPTIONS[name][0](value)
         except ValueError as e:
@@ -208,12 +243,34 @@ def convert(name, value, source):
         raise UsageError("%s: expected %s" % (source, e)) from None
 
 
-def find_config(name):
-    """A config given by path, or by name under configs/."""
+def find_config(name, kind=""):
+    """A file given by path, or by name under configs/[kind/]."""
     p = Path(name)
-    if p.exists():
+    if p.suffix == ".toml" and p.exists():
         return p
-    for cand in (CONFIGS / name, CONFIGS / (name + ".toml")):
-        if cand.exists():
+    base = CONFIGS / kind if kind else CONFIGS
+    for cand in (base / name, base / (name + ".toml")):
+        if cand.is_file():
             return cand
-    raise UsageError("%s: no such config file" % name)
+    if p.is_file():
+        return p
+    known = sorted(f.stem for f in base.glob("*.toml"))
+    raise UsageError("%s: no such %s file; known: %s"
+                     % (name, kind.rstrip("s") or "config", ", ".join(known) or "none"))
+
+
+def load_workload(name):
+    return load_toml(find_config(name, "workloads"), WORKLOAD_KEYS)
+
+
+def load_profile(name):
+    """A cost profile by name or path; errors name the file and line."""
+    from hwmodel.costs import from_dict
+    path = find_config(name, "profiles")
+    text, data = _parse(path)
+    for key in data:
+        try:
+            from_dict(path.stem, {key: data[key]})
+        except ValueError as e:
+            raise UsageError("%s: %s" % (_where(path, text, key), e)) from None
+    return from_dict(path.stem, data)

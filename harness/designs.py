@@ -1,25 +1,25 @@
-"""Design names: an allocator, a flush policy and its variants.
+"""Design names: an allocator, its variant, and a flush policy.
 
 A design is written `allocator[:variant]+flush`, e.g. `magazines:fixed+percpu`;
-a bare allocator name means its default flush.  The names users look for in
-the literature resolve to such a spec.
+a bare allocator name means `+strict`.  The names users know from the
+literature resolve to such a spec.
 """
 import importlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from harness.errors import UsageError
 
 ALLOCATORS = ("direct", "bitmap", "pools", "rbtree", "magazines")
-FLUSHES = ("none", "strict", "batched", "percpu")
+FLUSHES = ("strict", "batched", "percpu")
 DEPOTS = ("fixed", "list", "prealloc")
 
-# the names of the seeds' designs
+# the seeds' designs
 NAMED = {
-    "linux-2008": "rbtree+batched",
-    "peleg-2015": "magazines:fixed+percpu",
-    "linux-6.7": "magazines:list+percpu",
-    "fujita-bitmap": "bitmap+batched",
-    "power-pools": "pools+strict",
+    "linux-2008": "rbtree+batched",            # intel-iommu, Gross's batched flush
+    "peleg-2015": "magazines:fixed+percpu",    # Peleg et al., USENIX ATC 2015
+    "linux-6.7": "magazines:list+percpu",      # the list depot of 6.7
+    "fujita-bitmap": "bitmap+batched",         # Fujita's bitmap intel-iommu, 2008
+    "power-pools": "pools+strict",             # arch/powerpc's pooled table
 }
 
 
@@ -35,7 +35,7 @@ class Design:
         if self.allocator == "direct":
             return "direct"
         alloc = self.allocator
-        if self.allocator == "magazines":
+        if alloc == "magazines":
             alloc += ":" + self.depot
         return "%s+%s" % (alloc, self.flush)
 
@@ -54,34 +54,20 @@ def resolve(name):
     alloc, _, flush = spec.partition("+")
     alloc, _, variant = alloc.partition(":")
     if alloc not in ALLOCATORS:
-        raise UsageError("unknown design %r: valid allocators are %s, named designs %s "
-                         "(write allocator+flush, flush one of %s)"
-                         % (text, ", ".join(ALLOCATORS), ", ".join(NAMED), ", ".join(FLUSHES)))
+        raise UsageError("unknown design %r: write allocator[:depot]+flush with an allocator of "
+                         "%s and a flush of %s, or a named design: %s"
+                         % (text, ", ".join(ALLOCATORS), ", ".join(FLUSHES), ", ".join(NAMED)))
     if alloc == "direct":
-        if flush not in ("", "none"):
-            raise UsageError("design %r: direct has no IOMMU, so no flush policy" % text)
+        if flush or variant:
+            raise UsageError("design %r: direct has no IOMMU, so no flush policy or variant" % text)
         return Design(text, "direct", "none")
     flush = flush or "strict"
-    if flush not in FLUSHES or flush == "none":
+    if flush not in FLUSHES:
         raise UsageError("design %r: unknown flush policy %r; valid: %s"
-                         % (text, flush, ", ".join(FLUSHES[1:])))
-    d = Design(text, alloc, flush)
-    if variant:
-        if alloc != "magazines" or variant not in DEPOTS:
-            raise UsageError("design %r: variant %r is only for magazines, one of %s"
-                             % (text, variant, ", ".join(DEPOTS)))
-        d = replace(d, depot=variant)
-    return d
-
-
-def resolve_list(text):
-    names = [n for n in (s.strip() for s in text.split(",")) if n]
-    if not names:
-        raise UsageError("--designs: give at least one design")
-    designs = [resolve(n) for n in names]
-    seen = set()
-    for d in designs:
-        if d.name in seen:
-            raise UsageError("--designs: %r given twice" % d.name)
-        seen.add(d.name)
-    return designs
+                         % (text, flush, ", ".join(FLUSHES)))
+    if not variant:
+        return Design(text, alloc, flush)
+    if alloc != "magazines" or variant not in DEPOTS:
+        raise UsageError("design %r: only magazines takes a variant, one of %s"
+                         % (text, ", ".join(DEPOTS)))
+    return Design(text, alloc, flush, variant)

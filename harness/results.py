@@ -63,9 +63,10 @@ def machine(cycles_per_ns=None):
     }
 
 
-def point_doc(pt, workload=None):
+def point_doc(pt):
     d = pt.design
-    return {
+    w = pt.median_window
+    doc = {
         "design": d.name,
         "spec": d.spec,
         "allocator": d.allocator,
@@ -73,13 +74,17 @@ def point_doc(pt, workload=None):
         "threads": pt.threads,
         "ops_per_sec": pt.ops_per_sec,
         "runs": pt.runs,
-        "per_worker_ops": pt.per_worker_ops,
         "oversubscribed": pt.oversubscribed,
-        "alloc_fails": pt.fails,
-        "locks": pt.locks,
-        "alloc_stats": pt.alloc_stats,
-        "footprint_bytes": pt.footprint,
     }
+    # the median window's detail
+    for k in ("per_worker_ops", "unmap_workers", "fails", "locks", "alloc_stats", "footprint",
+              "exposure_ns", "flush", "iotlb", "unmaps", "device_wait_ns", "handoff_wait_ns",
+              "stale_hits", "rogue_probes", "stale_hits_per_sec"):
+        if k in w:
+            doc[k] = w[k]
+    doc["alloc_fails"] = doc.pop("fails")
+    doc["footprint_bytes"] = doc.pop("footprint")
+    return doc
 
 
 class ResultsFile:

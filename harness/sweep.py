@@ -1,12 +1,14 @@
 """Points x repeats over one arena and one pool of workers.
 
-A sweep lays out every design's state in one arena, compiles every loop it
-needs in the parent, forks the largest number of workers once, and then
-measures points: (design, threads) windows, repeated.  A point's figure is
-the median of its repeats.  After every window each worker has unmapped all
-it held, and the allocator must be back to its fresh state: a mismatch
-fails the point.
+A sweep lays out every design's state in one arena (one allocator instance
+per design and domain), compiles every loop it needs in the parent, forks
+the largest number of workers once, and then measures points: (design,
+threads) windows, repeated.  A point's figure is the median of its repeats.
+After every window each worker has unmapped all it held and the last one out
+has drained the flush queues; the allocator must then be back to its fresh
+state, the page tables empty: a mismatch fails the point.
 """
+import multiprocessing as mp
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -16,16 +18,25 @@ import numpy as np
 from allocators import Params
 from harness import compose, dma
 from harness.arena import Arena, clean_stale
-from harness.dma import (CTL_ATTACHED, CTL_DONE, CTL_ERR, CTL_ERR_CLAIMANT, CTL_ERR_HOLDER,
-                         CTL_ERR_KIND, CTL_ERR_PAGE, CTL_PHASE, CFG_CHECK, CFG_DEPTH,
-                         CFG_LIMIT, CFG_PT_PAGES, CFG_SEED, CFG_TRANSLATE, LINE, SIZE_TABLE)
-from harness.workers import (C_FAILS, C_OPS, C_OPS_END, C_OPS_START, C_STATUS, ENTRIES,
-                             PH_MEASURE, PH_STOP, PH_WARMUP, Pool, Watchdog, WorkerDied,
-                             allowed_cores)
+from harness.config import load_profile
+from harness.dma import (CFG_CHECK, CFG_CONSUMERS, CFG_DEPTH, CFG_DEVICE, CFG_FLUSH,
+                         CFG_FQ_TIMEOUT, CFG_HYPERCALL, CFG_LIMIT, CFG_NCPUS, CFG_NDOMAINS,
+                         CFG_PAGES, CFG_PREMAPPED, CFG_ROGUE, CFG_SEED, CFG_TRANSLATE, CFG_TRIM,
+                         CTL_ATTACHED, CTL_DONE, CTL_ERR, CTL_ERR_CLAIMANT, CTL_ERR_HOLDER,
+                         CTL_ERR_KIND, CTL_ERR_PAGE, CTL_PHASE, CTL_PRODUCERS_LEFT, EXP_BUCKETS,
+                         EXP_WORDS, E_COUNT, E_MAX, E_SUM, FLUSH_NAMES, IOVA_FQ_TIMEOUT, LINE,
+                         M_FLUSHED_ENTRIES, M_FLUSHES, M_TIMER_FLUSHES, RECENT, SIZE_TABLE,
+                         bucket_upper)
+from harness.workers import (C_DEVICE_WAIT, C_FAILS, C_HAND_WAIT, C_OPS, C_OPS_END, C_OPS_START,
+                             C_STATUS, C_UNMAPS, CTL_FINISHED, CTL_ROGUE_PROBES,
+                             CTL_ROGUE_READY, CTL_ROGUE_STALE, ENTRIES, PH_MEASURE, PH_STOP,
+                             PH_WARMUP, TRIM_PERIOD_MS, Pool, Watchdog, WorkerDied,
+                             allowed_cores, rogue_loop)
+from hwmodel import iommu
 from hwmodel import locks as lockmod
 from hwmodel.cpu import atomic_store, calibrate
 
-ATTACH_TIMEOUT = 30.0        # seconds for the active workers to reach the start line
+ATTACH_TIMEOUT = 60.0        # seconds for the active workers to reach the start line
 GRACE = 10.0                 # seconds after the window for every worker to finish
 
 
@@ -38,17 +49,17 @@ class Point:
     design: object
     threads: int
     runs: list = field(default_factory=list)
-    per_worker_ops: list = field(default_factory=list)
-    fails: int = 0
-    locks: list = field(default_factory=list)
-    alloc_stats: dict = field(default_factory=dict)
-    footprint: dict = field(default_factory=dict)
+    windows: list = field(default_factory=list)
     oversubscribed: bool = False
-    error: str = ""
 
     @property
     def ops_per_sec(self):
         return statistics.median(self.runs) if self.runs else 0.0
+
+    @property
+    def median_window(self):
+        med = self.ops_per_sec
+        return min(self.windows, key=lambda r: abs(r["ops_per_sec"] - med))
 
 
 def size_table(sizes, seed):
@@ -56,15 +67,31 @@ def size_table(sizes, seed):
     shuffled order, so that a random index draws from the distribution."""
     pages = np.array([p for p, _ in sizes], dtype=np.int64)
     w = np.array([x for _, x in sizes], dtype=float)
-    counts = np.floor(w / w.sum() * SIZE_TABLE).astype(int)
+    share = w / w.sum() * SIZE_TABLE
+    counts = np.floor(share).astype(int)
     # hand the rounding remainder to the largest fractions
-    rest = SIZE_TABLE - counts.sum()
-    frac = w / w.sum() * SIZE_TABLE - counts
-    for i in np.argsort(-frac)[:rest]:
+    for i in np.argsort(-(share - counts))[:SIZE_TABLE - counts.sum()]:
         counts[i] += 1
     table = np.repeat(pages, counts)
     np.random.default_rng(seed).shuffle(table)
     return table
+
+
+def consumers(threads, fraction):
+    """Workers that only unmap, out of `threads`: at least one as soon as the
+    fraction asks for any and there are two workers, never all of them."""
+    if fraction <= 0 or threads < 2:
+        return 0
+    return min(threads - 1, max(1, int(round(threads * fraction))))
+
+
+def percentile(hist, q):
+    """The q-th percentile (upper bucket edge) of a histogram."""
+    total = hist.sum()
+    if total == 0:
+        return 0
+    idx = int(np.searchsorted(np.cumsum(hist), q * total))
+    return bucket_upper(min(idx, len(hist) - 1))
 
 
 class Sweep:
@@ -73,15 +100,29 @@ class Sweep:
         self.designs = designs
         self.max_threads = max(opts["threads"])
         self.cores = allowed_cores()
+        self.profile = load_profile(opts["profile"])
         n = self.max_threads
+        nd = opts["domains"]
+        self.ndomains = nd
+        percpu = any(d.flush == "percpu" for d in designs)
+        ncpus_fq = n if percpu else 1
+        self.ncpus_fq = ncpus_fq
         self.params = []
         for d in designs:
+            # ranges alive at once: in flight, plus those waiting in flush queues
+            deferred = {"batched": dma.HIGH_WATER_MARK,
+                        "percpu": ncpus_fq * dma.IOVA_FQ_SIZE}.get(d.flush, 0)
             self.params.append(Params(
                 pages=opts["pages"], nworkers=n, ncpus=n, boundary=opts["boundary"],
-                max_live=n * opts["depth"] + 64, depot=d.depot))
-        specs = dma.layout(n, opts["pages"])
+                max_live=n * opts["depth"] + deferred + 64, depot=d.depot,
+                mag_size=opts["mag_size"]))
+        specs = dma.layout(n, nd, opts["pages"], ncpus_fq, opts["tlb_entries"], opts["tlb_ways"])
+        fq_classes = dma.fq_lock_classes(nd, ncpus_fq)
+        specs += [("fq.lock." + name, np.int64, shape)
+                  for name, shape in lockmod.layout(len(fq_classes), n, len(dma.FQ_LOCK_CLASSES))]
         for i, (d, p) in enumerate(zip(designs, self.params)):
-            specs += compose.specs(d.module(), p, "d%d." % i)
+            for k in range(nd):
+                specs += compose.specs(d.module(), p, "d%d.%d." % (i, k))
         clean_stale()
         self.arena = Arena(specs)
         self.pool = None
@@ -100,13 +141,20 @@ class Sweep:
         self.close()
         return False
 
+    def _fq_locks(self):
+        v = self.arena.views
+        return lockmod.Locks(v["fq.lock.word"], v["fq.lock.qnode"], v["fq.lock.stats"],
+                             v["fq.lock.cfg"], v["ctl"])
+
     def _setup(self):
         v = self.arena.views
-        self.env = dma.make(v)
+        self.env = dma.make(v, self._fq_locks())
         self.states = []
         for i, (d, p) in enumerate(zip(self.designs, self.params)):
-            self.states.append(compose.bind(d.module(), p, v, "d%d." % i, self.env.ctl,
-                                            self.opts["lock"], self.opts["spin_bound"]))
+            self.states.append(tuple(
+                compose.bind(d.module(), p, v, "d%d.%d." % (i, k), self.env.ctl,
+                             self.opts["lock"], self.opts["spin_bound"])
+                for k in range(self.ndomains)))
         self.entries = [ENTRIES[d.allocator] for d in self.designs]
         self.cycles_per_ns = calibrate()
         self._compile()
@@ -116,10 +164,11 @@ class Sweep:
         loop called with the abort word set returns at once."""
         ctl = self.env.ctl
         ctl[lockmod.CTL_ABORT] = 1
-        for entry, st in zip(self.entries, self.states):
-            entry(st, self.env, 0, 0)
-        ctl[lockmod.CTL_ABORT] = 0
-        ctl[CTL_ATTACHED] = 0
+        for entry, sts in zip(self.entries, self.states):
+            entry(sts, self.env, 0, 0)
+        if self.opts["rogue_device"]:
+            rogue_loop(self.env)
+        ctl[:] = 0
 
     def start_workers(self):
         if self.pool is None:
@@ -133,23 +182,59 @@ class Sweep:
         finally:
             self.arena.unlink()
 
+    def _ns(self, field_name):
+        return self.profile.cycles(field_name, self.cycles_per_ns)
+
     def _reset(self, i, threads):
-        d, p, st = self.designs[i], self.params[i], self.states[i]
+        o = self.opts
+        d, p = self.designs[i], self.params[i]
         mod = d.module()
-        mod.init(st, p)
-        lockmod.init(st.lk, self.opts["lock"], mod.locks(p), self.opts["spin_bound"])
+        for st in self.states[i]:
+            mod.init(st, p)
+            lockmod.init(st.lk, o["lock"], mod.locks(p), o["spin_bound"], o["lock_timing"])
         env = self.env
+        lockmod.init(env.fq.lk, o["lock"], dma.fq_lock_classes(self.ndomains, self.ncpus_fq),
+                     o["spin_bound"], o["lock_timing"])
+        cpn = self.cycles_per_ns
+        pr = self.profile
+        iommu.init(env.io, self.ndomains, p.pages, o["tlb_entries"], o["tlb_ways"],
+                   self._ns("inv_page_ns"), self._ns("inv_domain_ns"), self._ns("pte_write_ns"))
+        dma.init(env, self.ndomains, self.ncpus_fq)
+        env.own[:] = 0
         env.cnt[:] = 0
-        env.cfg[:] = 0
-        env.cfg[CFG_DEPTH] = self.opts["depth"]
-        env.cfg[CFG_CHECK] = 1 if self.opts["check"] else 0
-        env.cfg[CFG_LIMIT] = p.pages - 1
-        env.cfg[CFG_TRANSLATE] = 0 if d.allocator == "direct" else 1
-        env.cfg[CFG_SEED] = self.opts["seed"]
-        env.cfg[CFG_PT_PAGES] = p.pages
-        env.sizes[:] = size_table(self.opts["sizes"], self.opts["seed"])
-        for k in (CTL_ERR, CTL_ERR_PAGE, CTL_ERR_HOLDER, CTL_ERR_CLAIMANT, CTL_ERR_KIND):
+        env.hand[:] = 0
+        cfg = env.cfg
+        cfg[:] = 0
+        cfg[CFG_DEPTH] = o["depth"]
+        cfg[CFG_CHECK] = 1 if o["check"] else 0
+        cfg[CFG_LIMIT] = p.pages - 1
+        cfg[CFG_TRANSLATE] = 0 if d.allocator == "direct" else 1
+        cfg[CFG_SEED] = o["seed"]
+        cfg[CFG_FLUSH] = FLUSH_NAMES.index(d.flush)
+        cfg[CFG_NDOMAINS] = self.ndomains
+        device = pr.device_ns if o["device_ns"] is None else o["device_ns"]
+        hyper = pr.hypercall_ns if o["hypercall_ns"] is None else o["hypercall_ns"]
+        cfg[CFG_DEVICE] = int(device * cpn)
+        cfg[CFG_HYPERCALL] = int(hyper * cpn)
+        cfg[CFG_PREMAPPED] = 1 if o["premapped"] else 0
+        cfg[CFG_CONSUMERS] = 0 if o["premapped"] else consumers(threads, o["unmap_fraction"])
+        cfg[CFG_ROGUE] = 1 if o["rogue_device"] else 0
+        cfg[CFG_FQ_TIMEOUT] = int(IOVA_FQ_TIMEOUT * 1e6 * cpn)
+        cfg[CFG_NCPUS] = self.ncpus_fq
+        cfg[CFG_PAGES] = p.pages
+        cfg[CFG_TRIM] = int(TRIM_PERIOD_MS * 1e6 * cpn)
+        env.sizes[:] = size_table(o["sizes"], o["seed"])
+        for k in (CTL_ERR, CTL_ERR_PAGE, CTL_ERR_HOLDER, CTL_ERR_CLAIMANT, CTL_ERR_KIND,
+                  CTL_FINISHED, CTL_ROGUE_PROBES, CTL_ROGUE_STALE, CTL_ROGUE_READY):
             env.ctl[k] = 0
+        env.ctl[CTL_PRODUCERS_LEFT] = threads - cfg[CFG_CONSUMERS]
+
+    def _start_rogue(self):
+        if not self.opts["rogue_device"] or self.designs is None:
+            return None
+        p = mp.get_context("fork").Process(target=_rogue_main, args=(self.env,), daemon=True)
+        p.start()
+        return p
 
     def window(self, i, threads):
         """One measurement of design i at `threads` workers: ops/s and the
@@ -159,9 +244,12 @@ class Sweep:
         self._reset(i, threads)
         ctl = self.env.ctl
         pool = self.pool
+        rogue = None
         try:
+            rogue = self._start_rogue()
             pool.start_point(i, threads)
-            pool.wait_for(lambda: ctl[CTL_ATTACHED] >= threads,
+            pool.wait_for(lambda: ctl[CTL_ATTACHED] >= threads and
+                          (rogue is None or ctl[CTL_ROGUE_READY]),
                           time.monotonic() + ATTACH_TIMEOUT)
             atomic_store(ctl, CTL_PHASE, PH_WARMUP)
             pool.sleep(self.opts["warmup"])
@@ -180,6 +268,12 @@ class Sweep:
             raise PointFailed("watchdog: workers of %s at %d threads did not finish "
                               "within %.0f s of the window's end"
                               % (d.name, threads, GRACE)) from None
+        finally:
+            if rogue is not None:
+                rogue.join(5)
+                if rogue.exitcode is None:
+                    rogue.kill()
+                    rogue.join()
         cnt = self.env.cnt.reshape(-1, LINE)[:threads]
         if ctl[CTL_ERR]:
             raise PointFailed(self._double_mapping(d, threads))
@@ -188,15 +282,16 @@ class Sweep:
             raise PointFailed("worker %d of %s at %d threads did not end its loop cleanly"
                               % (bad[0], d.name, threads))
         per_worker = (cnt[:, C_OPS_END] - cnt[:, C_OPS_START]).astype(np.int64)
+        nprod = threads - int(self.env.cfg[CFG_CONSUMERS])
         # statistics before the check, whose own lock traffic would count
-        stats = {"locks": self.lock_stats(i), "alloc_stats": self.alloc_stats(i),
-                 "footprint": self.footprint(i)}
+        stats = self._statistics(i, threads, t1 - t0)
         problems = self.check(i)
         if problems:
-            raise PointFailed("%s at %d threads: allocator state is not fresh after the run: %s"
+            raise PointFailed("%s at %d threads: state is not fresh after the run: %s"
                               % (d.name, threads, "; ".join(problems[:3])))
         return {"ops_per_sec": float(per_worker.sum() / (t1 - t0)),
-                "per_worker_ops": per_worker.tolist(),
+                "per_worker_ops": per_worker[:nprod].tolist(),
+                "unmap_workers": threads - nprod,
                 "fails": int(cnt[:, C_FAILS].sum()),
                 "ops_total": int(cnt[:, C_OPS].sum()),
                 "seconds": t1 - t0, **stats}
@@ -210,13 +305,15 @@ class Sweep:
 
     def check(self, i):
         """The state after every worker unmapped all it held must be fresh."""
-        d, p, st = self.designs[i], self.params[i], self.states[i]
+        d, p = self.designs[i], self.params[i]
         mod = d.module()
-        if hasattr(mod, "flush_all"):
-            mod.flush_all(st, 0)
-        problems = list(mod.check(st, p, []))
+        problems = []
+        for k, st in enumerate(self.states[i]):
+            if hasattr(mod, "flush_all"):
+                mod.flush_all(st, 0)
+            problems += ["domain %d: %s" % (k, m) for m in mod.check(st, p, [])]
         if d.allocator != "direct":
-            n = np.count_nonzero(self.env.pt)
+            n = np.count_nonzero(self.env.io.pt)
             if n:
                 problems.append("%d page-table entries still present" % n)
             n = np.count_nonzero(self.env.own)
@@ -230,35 +327,92 @@ class Sweep:
             self.pool.close()
             self.pool = None
 
-    def lock_stats(self, i):
-        d, st = self.designs[i], self.states[i]
-        out = []
-        for name, s in zip(d.module().LOCK_CLASSES, lockmod.class_stats(st.lk)):
-            out.append(dict(name=name, **s))
+    def _statistics(self, i, threads, seconds):
+        d, sts = self.designs[i], self.states[i]
+        mod = d.module()
+        cpn = self.cycles_per_ns
+        env = self.env
+        # lock classes: the allocator's, summed over domains, then the queues'
+        locks = []
+        per_dom = [lockmod.class_stats(st.lk) for st in sts]
+        for c, name in enumerate(mod.LOCK_CLASSES):
+            agg = _sum_lock_rows([rows[c] for rows in per_dom])
+            locks.append(dict(name=name, **agg))
+        if d.flush in ("batched", "percpu"):
+            fqs = lockmod.class_stats(env.fq.lk)
+            c = 0 if d.flush == "batched" else 1
+            locks.append(dict(name=dma.FQ_LOCK_CLASSES[c], **fqs[c]))
+        for l in locks:
+            for k in ("wait", "hold"):
+                for suffix in ("cycles", "max", "min"):
+                    v = l.pop("%s_%s" % (k, suffix))
+                    l["%s_ns_%s" % (k, "total" if suffix == "cycles" else suffix)] = v / cpn
+        alloc_stats = {}
+        if mod.STATS:
+            for st in sts:
+                rows = st.stats.reshape(-1, LINE)
+                for k, n in enumerate(mod.STATS):
+                    alloc_stats[n] = alloc_stats.get(n, 0) + int(rows[:, k].sum())
+        footprint = {"start": 0, "peak": 0}
+        for st in sts:
+            f = mod.footprint(st, self.params[i])
+            footprint = {k: footprint[k] + f[k] for k in footprint}
+        exp = env.exp.reshape(-1, EXP_WORDS)
+        hist = exp[:, :EXP_BUCKETS].sum(axis=0)
+        tot = exp[:, EXP_BUCKETS:]
+        nexp = int(tot[:, E_COUNT].sum())
+        exposure = {"count": nexp,
+                    "mean": float(tot[:, E_SUM].sum() / nexp / cpn) if nexp else 0.0,
+                    "p99": percentile(hist, 0.99) / cpn,
+                    "max": float(tot[:, E_MAX].max() / cpn) if nexp else 0.0}
+        ios = env.io.stats.reshape(-1, LINE)
+        meta = env.fq.meta.reshape(-1, LINE)
+        cnt = env.cnt.reshape(-1, LINE)[:threads]
+        flush = {"invalidations": int(ios[:, iommu.W_INV].sum()),
+                 "invalidation_wait_ns": float(ios[:, iommu.W_INV_WAIT].sum() / cpn),
+                 "invalidation_queue_ns": float(ios[:, iommu.W_INV_QUEUE].sum() / cpn),
+                 "queue_flushes": int(meta[:, M_FLUSHES].sum()),
+                 "timer_flushes": int(meta[:, M_TIMER_FLUSHES].sum()),
+                 "flushed_entries": int(meta[:, M_FLUSHED_ENTRIES].sum())}
+        flush["mean_batch"] = (flush["flushed_entries"] / flush["queue_flushes"]
+                               if flush["queue_flushes"] else 0.0)
+        iotlb = {"hits": int(ios[:, iommu.W_HITS].sum()), "fills": int(ios[:, iommu.W_FILLS].sum()),
+                 "faults": int(ios[:, iommu.W_FAULTS].sum())}
+        out = {"locks": locks, "alloc_stats": alloc_stats, "footprint": footprint,
+               "exposure_ns": exposure, "flush": flush, "iotlb": iotlb,
+               "unmaps": int(cnt[:, C_UNMAPS].sum()),
+               "device_wait_ns": float(cnt[:, C_DEVICE_WAIT].sum() / cpn),
+               "handoff_wait_ns": float(cnt[:, C_HAND_WAIT].sum() / cpn)}
+        if self.opts["rogue_device"]:
+            out["stale_hits"] = int(env.ctl[CTL_ROGUE_STALE])
+            out["rogue_probes"] = int(env.ctl[CTL_ROGUE_PROBES])
+            out["stale_hits_per_sec"] = out["stale_hits"] / seconds
         return out
-
-    def alloc_stats(self, i):
-        d, st = self.designs[i], self.states[i]
-        names = d.module().STATS
-        if not names:
-            return {}
-        rows = st.stats.reshape(-1, LINE)
-        return {n: int(rows[:, k].sum()) for k, n in enumerate(names)}
-
-    def footprint(self, i):
-        d, p, st = self.designs[i], self.params[i], self.states[i]
-        return d.module().footprint(st, p)
 
     def measure(self, i, threads, repeats):
         """A point: `repeats` windows; the figure is their median, the
         per-worker split and the statistics are those of the median window."""
-        windows = [self.window(i, threads) for _ in range(repeats)]
         pt = Point(self.designs[i], threads, oversubscribed=threads > len(self.cores))
-        pt.runs = [r["ops_per_sec"] for r in windows]
-        pt.fails = sum(r["fails"] for r in windows)
-        med = min(windows, key=lambda r: abs(r["ops_per_sec"] - pt.ops_per_sec))
-        pt.per_worker_ops = med["per_worker_ops"]
-        pt.locks = med["locks"]
-        pt.alloc_stats = med["alloc_stats"]
-        pt.footprint = med["footprint"]
+        pt.windows = [self.window(i, threads) for _ in range(repeats)]
+        pt.runs = [r["ops_per_sec"] for r in pt.windows]
         return pt
+
+
+def _sum_lock_rows(rows):
+    out = {}
+    for k in rows[0]:
+        vals = [r[k] for r in rows]
+        if k.endswith("_max"):
+            out[k] = max(vals)
+        elif k.endswith("_min"):
+            nz = [v for v in vals if v]
+            out[k] = min(nz) if nz else 0
+        else:
+            out[k] = sum(vals)
+    return out
+
+
+def _rogue_main(env):
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    rogue_loop(env)

@@ -18,14 +18,16 @@ import resource
 import signal
 import time
 
-import numpy as np
 
-from allocators import bitmap, direct
-from harness import dma
-from harness.dma import (CTL_ATTACHED, CTL_CMD, CTL_DESIGN, CTL_DONE, CTL_GEN,
-                         CTL_NACTIVE, CTL_PHASE, CFG_DEPTH, CFG_SEED, LINE,
-                         RINGCAP, SIZE_TABLE, dma_map, dma_unmap)
-from hwmodel.cpu import atomic_add, atomic_load, cycles, fetch_add, hot, load, pause, sched_yield
+from allocators import bitmap, direct, magazines, pools, rbtree
+from harness.dma import (CFG_CONSUMERS, CFG_DEPTH, CFG_DEVICE, CFG_HYPERCALL, CFG_NCPUS,
+                         CFG_NDOMAINS, CFG_PREMAPPED, CFG_SEED, CFG_TRANSLATE, CFG_TRIM,
+                         CTL_ATTACHED, CTL_CMD, CTL_DESIGN, CTL_DONE, CTL_GEN, CTL_NACTIVE,
+                         CTL_PHASE, CTL_PRODUCERS_LEFT, LINE, RECENT, RING_WORDS, RINGCAP,
+                         SIZE_TABLE, dma_map, dma_unmap, drain, timers)
+from hwmodel import iommu
+from hwmodel.cpu import (atomic_add, atomic_load, busy_wait_cycles, cycles, fetch_add, hot, load,
+                         pause, sched_yield, store)
 from hwmodel.locks import CTL_ABORT
 
 # phases of a point (CTL_PHASE)
@@ -42,8 +44,18 @@ C_T_START = 4
 C_T_END = 5
 C_STATUS = 6         # 1 ran to the end, 2 aborted
 C_CORE = 7
+C_UNMAPS = 8
+C_DEVICE_WAIT = 9    # cycles spent waiting for the device to finish an I/O
+C_HAND_WAIT = 10     # cycles a mapping worker waited for room in its hand-off ring
+C_DONE_CYCLES = 11   # cycles of the whole loop, for the time breakdown
+
+CTL_FINISHED = 14    # workers past their loop; the last one drains the queues
+CTL_ROGUE_PROBES = 15
+CTL_ROGUE_STALE = 16
+CTL_ROGUE_READY = 17
 
 SPIN_BEFORE_YIELD = 200
+TRIM_PERIOD_MS = 100 # IOVA_DEPOT_DELAY (drivers/iommu/iova.c, 6.7+)
 
 
 @hot
@@ -55,43 +67,169 @@ def _xorshift(x):
 
 
 @hot
+def _relax(ctl, spins):
+    """A step of a wait on another process: pause, or yield the core."""
+    spins += 1
+    if spins >= SPIN_BEFORE_YIELD:
+        sched_yield()
+        return 0
+    pause()
+    return spins
+
+
+@hot
 def _wait_start(ctl):
     """Spin, then yield, until the parent opens the point."""
     spins = 0
     while load(ctl, CTL_PHASE) == PH_WAIT:
         if load(ctl, CTL_ABORT) != 0:
             return False
-        spins += 1
-        if spins >= SPIN_BEFORE_YIELD:
-            sched_yield()
-            spins = 0
-        else:
-            pause()
+        spins = _relax(ctl, spins)
     return True
 
 
 @hot
-def io_loop(alloc, free, st, env, w, cpu):
-    """The measured loop of one worker: map an I/O; once `depth` are
-    outstanding, unmap the oldest.  Returns when the parent says stop."""
+def _device_done(env, w, t_done):
+    """Poll until the device has finished the I/O (NAPI-style)."""
+    if cycles() >= t_done:
+        return
+    t0 = cycles()
+    while cycles() < t_done:
+        pause()
+    env.cnt[w * LINE + C_DEVICE_WAIT] += cycles() - t0
+
+
+@hot
+def _access(env, w, dom, iova, pages):
+    """The device's DMA: every page goes through the IOTLB."""
+    if env.cfg[CFG_TRANSLATE] != 0:
+        for i in range(pages):
+            iommu.translate(env.io, w, dom, iova + i)
+
+
+@hot
+def _unmap(free, sts, env, w, cpu, owner, dom, iova, pages):
+    busy_wait_cycles(env.cfg[CFG_HYPERCALL] if env.cfg[CFG_TRANSLATE] != 0 else 0)
+    dma_unmap(free, sts, env, w, cpu, owner, dom, iova, pages)
+    env.cnt[w * LINE + C_UNMAPS] += 1
+
+
+@hot
+def _map(alloc, sts, env, w, cpu, dom, pages, phys):
+    busy_wait_cycles(env.cfg[CFG_HYPERCALL] if env.cfg[CFG_TRANSLATE] != 0 else 0)
+    return dma_map(alloc, sts[dom], env, w, cpu, dom, pages, phys)
+
+
+@hot(inline="always")
+def _hand_base(w):
+    return w * (RINGCAP * RING_WORDS + 2 * LINE)
+
+
+@hot
+def _service(free, housekeep, sts, env, w, cpu, next_trim):
+    """What any worker does besides I/O: fire expired flush timers and, on
+    worker 0, the depot trim.  Returns the next trim deadline."""
+    now = cycles()
+    timers(free, sts, env, w, cpu, now)
+    if w == 0 and now >= next_trim:
+        for d in range(env.cfg[CFG_NDOMAINS]):
+            housekeep(sts[d], w, env.cfg[CFG_NCPUS])
+        next_trim = now + env.cfg[CFG_TRIM]
+    return next_trim
+
+
+@hot
+def _consume(free, housekeep, sts, env, w, cpu, first_consumer, nconsumers):
+    """A worker that only unmaps: it serves the hand-off rings of the
+    mapping workers assigned to it until they have all stopped."""
+    ctl = env.ctl
+    hand = env.hand
+    k = w - first_consumer
+    next_trim = cycles() + env.cfg[CFG_TRIM]
+    spins = 0
+    while True:
+        busy = False
+        for p in range(k, first_consumer, nconsumers):
+            hb = _hand_base(p)
+            hdr = hb + RINGCAP * RING_WORDS
+            head = hand[hdr]
+            if head != load(hand, hdr + LINE):
+                o = hb + (head % RINGCAP) * RING_WORDS
+                _device_done(env, w, hand[o + 2])
+                _unmap(free, sts, env, w, cpu, p, hand[o + 3], hand[o], hand[o + 1])
+                store(hand, hdr, head + 1)
+                busy = True
+        next_trim = _service(free, housekeep, sts, env, w, cpu, next_trim)
+        if not busy:
+            if load(ctl, CTL_PRODUCERS_LEFT) == 0:
+                # one more pass: a producer may have pushed before leaving
+                left = False
+                for p in range(k, first_consumer, nconsumers):
+                    hdr = _hand_base(p) + RINGCAP * RING_WORDS
+                    if hand[hdr] != load(hand, hdr + LINE):
+                        left = True
+                if not left:
+                    return
+            if load(ctl, CTL_ABORT) != 0:
+                return
+            spins = _relax(ctl, spins)
+
+
+@hot
+def io_loop(alloc, free, housekeep, sts, env, w, cpu):
+    """The measured loop of one worker: map an I/O, let the device use it;
+    once `depth` are outstanding, unmap the oldest (or hand it to a worker
+    that unmaps).  Returns when the parent says stop."""
     ctl = env.ctl
     cnt = env.cnt
+    cfg = env.cfg
     c = w * LINE
     fetch_add(ctl, CTL_ATTACHED, 1)
     if not _wait_start(ctl):
         cnt[c + C_STATUS] = 2
         return
-    depth = env.cfg[CFG_DEPTH]
+    t_begin = cycles()
+    nactive = ctl[CTL_NACTIVE]
+    ncons = cfg[CFG_CONSUMERS]
+    first_consumer = nactive - ncons
+    if w >= first_consumer:
+        _consume(free, housekeep, sts, env, w, cpu, first_consumer, ncons)
+        _finish(free, sts, env, w, cpu, 0, 0, t_begin)
+        return
+    dom = w % cfg[CFG_NDOMAINS]
+    depth = cfg[CFG_DEPTH]
+    device = cfg[CFG_DEVICE]
+    premapped = cfg[CFG_PREMAPPED] != 0
     ring = env.ring
-    rb = w * RINGCAP * 2
+    rb = w * RINGCAP * RING_WORDS
+    hand = env.hand
+    hb = _hand_base(w)
+    hdr = hb + RINGCAP * RING_WORDS
     phys_base = w * RINGCAP * 64
-    rng = (env.cfg[CFG_SEED] + 1) * 0x9E3779B97F4A7C15 + w * 0xBF58476D1CE4E5B9
+    rng = (cfg[CFG_SEED] + 1) * 0x9E3779B97F4A7C15 + w * 0xBF58476D1CE4E5B9
     rng = (rng & 0x7FFFFFFFFFFFFFFF) | 1
     head = 0
     nout = 0
     ops = 0
     fails = 0
+    t_dev = 0
+    next_trim = cycles() + cfg[CFG_TRIM]
     seen = PH_WARMUP
+    if premapped:
+        # the driver's pool: `depth` buffers of the largest size, mapped once
+        big = 0
+        for i in range(SIZE_TABLE):
+            big = max(big, env.sizes[i])
+        while nout < depth:
+            iova = _map(alloc, sts, env, w, cpu, dom, big, phys_base + nout * 64)
+            if iova < 0:
+                break
+            o = rb + nout * RING_WORDS
+            ring[o] = iova
+            ring[o + 1] = big
+            nout += 1
+        if nout == 0:
+            fails += 1
     while True:
         ph = load(ctl, CTL_PHASE)
         if ph != seen:
@@ -101,54 +239,164 @@ def io_loop(alloc, free, st, env, w, cpu):
             if ph >= PH_STOP:
                 break
             seen = ph
+        next_trim = _service(free, housekeep, sts, env, w, cpu, next_trim)
         rng = _xorshift(rng)
         pages = env.sizes[rng & (SIZE_TABLE - 1)]
+        if premapped:
+            if nout == 0:
+                sched_yield()
+                continue
+            o = rb + (ops % nout) * RING_WORDS
+            _access(env, w, dom, ring[o], pages)
+            now = cycles()
+            t_dev = max(t_dev, now) + device
+            _device_done(env, w, t_dev)
+            ops += 1
+            continue
         slot = (head + nout) % depth
-        iova = dma_map(alloc, st, env, w, cpu, pages, phys_base + slot * 64)
+        iova = _map(alloc, sts, env, w, cpu, dom, pages, phys_base + slot * 64)
         if iova < 0:
             fails += 1
             if nout > 0:
-                o = rb + head * 2
-                dma_unmap(free, st, env, w, cpu, ring[o], ring[o + 1])
+                o = rb + head * RING_WORDS
+                _device_done(env, w, ring[o + 2])
+                _unmap(free, sts, env, w, cpu, w, dom, ring[o], ring[o + 1])
                 head = (head + 1) % depth
                 nout -= 1
+            else:
+                sched_yield()       # the space is held by others: let them run
             continue
-        o = rb + slot * 2
+        _access(env, w, dom, iova, pages)
+        now = cycles()
+        t_dev = max(t_dev, now) + device
+        ops += 1
+        if ncons > 0:
+            # cross-CPU unmap: the completion runs on another CPU
+            tail = hand[hdr + LINE]
+            if tail - load(hand, hdr) >= depth:
+                t0 = cycles()
+                spins = 0
+                while tail - load(hand, hdr) >= depth:
+                    if load(ctl, CTL_ABORT) != 0:
+                        break
+                    spins = _relax(ctl, spins)
+                cnt[c + C_HAND_WAIT] += cycles() - t0
+            o = hb + (tail % RINGCAP) * RING_WORDS
+            hand[o] = iova
+            hand[o + 1] = pages
+            hand[o + 2] = t_dev
+            hand[o + 3] = dom
+            store(hand, hdr + LINE, tail + 1)
+            continue
+        o = rb + slot * RING_WORDS
         ring[o] = iova
         ring[o + 1] = pages
+        ring[o + 2] = t_dev
+        ring[o + 3] = dom
         nout += 1
-        ops += 1
         if nout >= depth:
-            o = rb + head * 2
-            dma_unmap(free, st, env, w, cpu, ring[o], ring[o + 1])
+            o = rb + head * RING_WORDS
+            _device_done(env, w, ring[o + 2])
+            _unmap(free, sts, env, w, cpu, w, dom, ring[o], ring[o + 1])
             head = (head + 1) % depth
             nout -= 1
     cnt[c + C_OPS_END] = ops
     cnt[c + C_T_END] = cycles()
+    if ncons > 0:
+        fetch_add(ctl, CTL_PRODUCERS_LEFT, -1)
     # every worker gives back what it holds, so the state can be checked
+    if premapped:
+        for i in range(nout):
+            o = rb + i * RING_WORDS
+            _unmap(free, sts, env, w, cpu, w, dom, ring[o], ring[o + 1])
+        nout = 0
     while nout > 0:
-        o = rb + head * 2
-        dma_unmap(free, st, env, w, cpu, ring[o], ring[o + 1])
+        o = rb + head * RING_WORDS
+        _device_done(env, w, ring[o + 2])
+        _unmap(free, sts, env, w, cpu, w, dom, ring[o], ring[o + 1])
         head = (head + 1) % depth
         nout -= 1
     cnt[c + C_OPS] = ops
     cnt[c + C_FAILS] = fails
-    cnt[c + C_STATUS] = 1
+    _finish(free, sts, env, w, cpu, ops, fails, t_begin)
+
+
+@hot
+def _finish(free, sts, env, w, cpu, ops, fails, t_begin):
+    """The last worker out flushes what the queues still hold."""
+    ctl = env.ctl
+    c = w * LINE
+    if fetch_add(ctl, CTL_FINISHED, 1) == ctl[CTL_NACTIVE] - 1:
+        drain(free, sts, env, w, cpu)
+    env.cnt[c + C_DONE_CYCLES] = cycles() - t_begin
+    env.cnt[c + C_STATUS] = 1
 
 
 # One cached entry per allocator: a function whose signature holds a
 # dispatcher is never found in numba's cache, one that calls it is.
 @hot(cache=True)
-def run_direct(st, env, w, cpu):
-    io_loop(direct.alloc, direct.free, st, env, w, cpu)
+def run_direct(sts, env, w, cpu):
+    io_loop(direct.alloc, direct.free, direct.trim, sts, env, w, cpu)
 
 
 @hot(cache=True)
-def run_bitmap(st, env, w, cpu):
-    io_loop(bitmap.alloc, bitmap.free, st, env, w, cpu)
+def run_bitmap(sts, env, w, cpu):
+    io_loop(bitmap.alloc, bitmap.free, bitmap.trim, sts, env, w, cpu)
 
 
-ENTRIES = {"direct": run_direct, "bitmap": run_bitmap}
+@hot(cache=True)
+def run_pools(sts, env, w, cpu):
+    io_loop(pools.alloc, pools.free, pools.trim, sts, env, w, cpu)
+
+
+@hot(cache=True)
+def run_rbtree(sts, env, w, cpu):
+    io_loop(rbtree.alloc, rbtree.free, rbtree.trim, sts, env, w, cpu)
+
+
+@hot(cache=True)
+def run_magazines(sts, env, w, cpu):
+    io_loop(magazines.alloc, magazines.free, magazines.trim, sts, env, w, cpu)
+
+
+ENTRIES = {"direct": run_direct, "bitmap": run_bitmap, "pools": run_pools,
+           "rbtree": run_rbtree, "magazines": run_magazines}
+
+
+@hot(cache=True)
+def rogue_loop(env):
+    """A device that keeps reading through the IOTLB at IOVAs whose unmap has
+    returned: any translation it still gets is a stale hit."""
+    ctl = env.ctl
+    io = env.io
+    store(ctl, CTL_ROGUE_READY, 1)
+    while load(ctl, CTL_PHASE) < PH_MEASURE:
+        if load(ctl, CTL_ABORT) != 0:
+            return
+        sched_yield()
+    probes = 0
+    stale = 0
+    k = 0
+    while load(ctl, CTL_PHASE) == PH_MEASURE:
+        n = load(env.recent, RECENT)
+        if n == 0:
+            sched_yield()
+            continue
+        # the most recent unmaps first, then further back
+        k = (k + 1) % 64
+        e = load(env.recent, (n - 1 - k) % RECENT)
+        if e == 0:
+            continue
+        dom = e >> 40
+        iova = (e & ((1 << 40) - 1)) - 1
+        probes += 1
+        phys = iommu.probe(io, dom, iova)
+        if phys >= 0:
+            pte = iommu.pte(io, dom, iova)
+            if pte & iommu.PTE_PRESENT == 0 or (pte >> iommu.PAGE_SHIFT) != phys:
+                stale += 1
+    ctl[CTL_ROGUE_PROBES] = probes
+    ctl[CTL_ROGUE_STALE] = stale
 
 
 # --- parking -------------------------------------------------------------
@@ -209,7 +457,7 @@ def _describe_exit(code):
     return "exit status %d" % code
 
 
-def _worker_main(w, core, env, states, entries):
+def _worker_main(w, core, env, states, entries, gen):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -218,9 +466,9 @@ def _worker_main(w, core, env, states, entries):
         os.sched_setaffinity(0, {core})
     except OSError:
         pass
-    env.cnt[w * LINE + C_CORE] = core
     ctl = env.ctl
-    gen = int(ctl[CTL_GEN])
+    # `gen` is the generation the pool was created at, not a read of the
+    # word: the parent may bump it before this process gets that far
     while True:
         while int(atomic_load(ctl, CTL_GEN)) == gen:
             futex_wait(ctl, CTL_GEN, gen, 0.5)
@@ -230,6 +478,7 @@ def _worker_main(w, core, env, states, entries):
         if ctl[CTL_CMD] == CMD_EXIT:
             os._exit(0)
         if w < ctl[CTL_NACTIVE]:
+            env.cnt[w * LINE + C_CORE] = core
             d = int(ctl[CTL_DESIGN])
             try:
                 entries[d](states[d], env, w, w)
@@ -256,7 +505,7 @@ class Pool:
             for w in range(n):
                 core = self.cores[w % len(self.cores)]
                 p = ctx.Process(target=_worker_main, name="iommu-stress-w%d" % w,
-                                args=(w, core, env, states, entries), daemon=True)
+                                args=(w, core, env, states, entries, 0), daemon=True)
                 p.start()
                 self.procs.append(p)
         except BaseException:

@@ -1,0 +1,37 @@
+"""Every design under many workers with the ownership map on: no page is
+ever mapped twice, every window ends with the allocator back to fresh, and
+the lock and allocator statistics add up."""
+import psutil
+import pytest
+
+from harness import designs
+from harness.config import defaults
+from harness.sweep import Sweep
+
+THREADS = [1, 2, 16, 64, 256]
+# two groups, so that two test processes share the work; each group forks
+# its 256 workers once
+GROUPS = [["direct", "bitmap", "pools", "rbtree"],
+          ["magazines:fixed", "magazines:list", "magazines:prealloc"]]
+
+
+@pytest.mark.parametrize("names", GROUPS, ids=["+".join(g) for g in GROUPS])
+def test_designs_under_load_with_check(names, no_leaks):
+    o = defaults()
+    # sizes over 32 pages bypass the magazines; a small space makes the
+    # allocators wrap, fill and fail, where their bugs live
+    o.update(threads=THREADS, duration=0.15, warmup=0.0, repeats=1, check=True,
+             sizes=[(1, 4.0), (3, 2.0), (8, 1.0), (40, 0.5)], pages=1 << 16, depth=8)
+    ds = [designs.resolve(n) for n in names]
+    with Sweep(o, ds) as sw:
+        for t, (i, d) in ((t, x) for t in THREADS for x in enumerate(ds)):
+            pt = sw.measure(i, t, 1)        # raises on a double mapping or a dirty state
+            w = pt.median_window
+            assert pt.ops_per_sec > 0
+            assert len(w["per_worker_ops"]) == t
+            assert sum(w["per_worker_ops"]) > 0
+            if d.allocator != "direct":
+                acq = sum(l["acquisitions"] for l in w["locks"])
+                assert acq > 0
+                assert all(l["contentions"] <= l["acquisitions"] for l in w["locks"])
+    assert not psutil.Process().children(recursive=True)
