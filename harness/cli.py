@@ -4,7 +4,10 @@ import signal
 import sys
 import time
 
+from tqdm import tqdm
+
 from harness import config
+from harness.arena import ArenaError
 from harness.errors import UsageError
 
 PROG = "iommu-stress"
@@ -61,19 +64,39 @@ def _add_run_options(p, several):
     p.add_argument("--lock-timing", action="store_true", default=None,
                    help="time every lock wait and hold (lock_stat's wait and hold columns)")
     p.add_argument("--json", metavar="PATH", help="write results here (rewritten after every point)")
+    p.add_argument("--csv", action="store_true", help="print the table as CSV")
+    p.add_argument("--diag", action="store_true", default=None,
+                   help="diagnostics: lock timing, sampled step timing, per-second series")
+    p.add_argument("--preset", metavar="NAME", help="a seed experiment (configs/presets/)")
+    p.add_argument("--resume", metavar="FILE",
+                   help="keep the points of this results file, measure the rest (and write there)")
+    p.add_argument("--on-error", choices=("stop", "continue"), default="stop",
+                   help="after a failed point: stop (default) or go on with the next")
 
 
 def _options(args, several):
+    """defaults <- workload file <- preset <- config file <- flags: a file
+    names a workload, and its own keys win over the workload's."""
     opts = config.defaults()
+    layers = []
+    args.preset_extras = {}
+    if getattr(args, "preset", None):
+        preset, args.preset_extras = config.load_preset(args.preset)
+        layers.append(preset)
     if args.config:
-        opts.update(config.load_toml(config.find_config(args.config)))
-    workload = args.workload if args.workload is not None else opts["workload"]
+        layers.append(config.load_toml(config.find_config(args.config)))
+    workload = args.workload
+    for layer in reversed(layers):
+        if workload is None and layer.get("workload"):
+            workload = layer["workload"]
     if workload:
         opts.update(config.load_workload(workload))
-        opts["workload"] = workload
+    for layer in layers:
+        opts.update(layer)
+    opts["workload"] = workload or ""
     for flag, name, _ in FLAGS:
         v = getattr(args, name)
-        if v is not None:
+        if v is not None and name != "workload":
             opts[name] = config.convert(name, v, flag)
     if several and args.designs is not None:
         opts["designs"] = config.convert("designs", args.designs, "--designs")
@@ -81,7 +104,7 @@ def _options(args, several):
         opts["designs"] = [args.design]
     if args.check:
         opts["check"] = True
-    for name in ("lock_timing", "premapped", "rogue_device"):
+    for name in ("lock_timing", "premapped", "rogue_device", "diag"):
         if getattr(args, name):
             opts[name] = True
     if not several:
@@ -92,59 +115,149 @@ def _options(args, several):
     return opts
 
 
-def _progress(msg):
-    if sys.stderr.isatty():
-        print("\r\033[K" + msg, end="", file=sys.stderr, flush=True)
+def _designs(opts):
+    from harness import designs as designmod
+    designs = [designmod.resolve(n) for n in opts["designs"]]
+    if len({d.name for d in designs}) != len(designs):
+        raise UsageError("--designs: a design is given twice")
+    return designs
+
+
+def _resumed(args, designs):
+    """Points already measured in the --resume file, kept as they are."""
+    from harness import results
+    if not args.resume:
+        return []
+    doc = results.load(args.resume)
+    names = {d.name for d in designs}
+    return [p for p in doc["points"] if p["design"] in names]
 
 
 def cmd_sweep(args, several=True):
-    from harness import designs as designmod
-    from harness import report, results
+    from harness import results
     from harness.sweep import PointFailed, Sweep
 
     opts = _options(args, several)
-    designs = [designmod.resolve(n) for n in opts["designs"]]
-    names = [d.name for d in designs]
-    if len(set(names)) != len(names):
-        raise UsageError("--designs: a design is given twice")
-    opts["designs"] = names
+    designs = _designs(opts)
+    opts["designs"] = [d.name for d in designs]
+    kept = _resumed(args, designs)
+    done = {(p["design"], p["threads"]) for p in kept}
+    todo = [(t, i) for t in opts["threads"] for i, d in enumerate(designs)
+            if (d.name, t) not in done]
+    json_path = args.json or args.resume
     t_start = time.monotonic()
+    failed = False
     with Sweep(opts, designs) as sw:
-        res = results.ResultsFile(args.json, results.machine(sw.cycles_per_ns), opts,
-                                  " ".join([PROG] + sys.argv[1:]))
-        points = res.doc["points"]
-        total = len(opts["threads"]) * len(designs)
-        n = 0
+        res = results.ResultsFile(json_path, results.machine(sw.cycles_per_ns), opts,
+                                  " ".join([PROG] + sys.argv[1:]), points=kept)
+        bar = tqdm(total=len(todo), unit="point", file=sys.stderr, leave=False,
+                   disable=not sys.stderr.isatty(), dynamic_ncols=True)
         try:
-            for t in opts["threads"]:
-                for i, d in enumerate(designs):
-                    n += 1
-                    _progress("[%d/%d] %s at %d threads" % (n, total, d.name, t))
+            for t, i in todo:
+                bar.set_description("%s at %d threads" % (designs[i].name, t))
+                try:
                     pt = sw.measure(i, t, opts["repeats"])
-                    res.add(results.point_doc(pt))
-            res.finish()
-        except PointFailed as e:
-            res.fail(str(e))
-            _progress("")
-            _print_table(res.doc, sw)
-            print("%s: point failed: %s" % (PROG, e), file=sys.stderr)
-            return 1
-        finally:
-            _progress("")
-        _print_table(res.doc, sw)
-        print("%d points in %.1f s" % (len(points), time.monotonic() - t_start), file=sys.stderr)
-    return 0
+                except PointFailed as e:
+                    failed = True
+                    res.fail(str(e))
+                    tqdm.write("%s: point failed: %s" % (PROG, e), file=sys.stderr)
+                    if args.on_error == "stop":
+                        break
+                    continue
+                finally:
+                    bar.update(1)
+                res.add(results.point_doc(pt))
+            if not failed:
+                res.finish()
+        except BaseException:
+            bar.close()
+            _print_results(res.doc, args, opts)
+            raise
+        bar.close()
+    _print_results(res.doc, args, opts)
+    _print_published(res.doc, args.preset_extras)
+    print("%d points measured in %.1f s%s" % (len(res.doc["points"]) - len(kept),
+                                            time.monotonic() - t_start,
+                                            ", %d kept from %s" % (len(kept), args.resume)
+                                            if kept else ""), file=sys.stderr)
+    return 1 if failed else 0
 
 
-def _print_table(doc, sw):
+def _print_results(doc, args, opts):
     from harness import report
-    print(report.header(doc["machine"]))
-    if doc["points"]:
-        print(report.throughput_table(doc["points"], cores=doc["machine"]["cores_allowed"]))
+    print(report.header(doc["machine"]) + "; profile %s%s" % (
+        opts["profile"], ", workload %s" % opts["workload"] if opts["workload"] else ""))
+    if not doc["points"]:
+        return
+    fmt = "csv" if getattr(args, "csv", False) else "simple"
+    print(report.throughput_table(doc["points"], fmt=fmt, cores=doc["machine"]["cores_allowed"]))
+    extra = getattr(report, "exposure_table", None)
+    if extra is not None and fmt != "csv":
+        text = extra(doc["points"])
+        if text:
+            print()
+            print(text)
+    if opts["diag"]:
+        from harness import diagnostics
+        for p in doc["points"]:
+            print()
+            print(diagnostics.render_point(p, doc["machine"]))
+
+
+def _print_published(doc, extras):
+    """The preset's published figures beside ours."""
+    from tabulate import tabulate
+    pub = dict(extras.get("published", {}))
+    if not pub:
+        return
+    threads = pub.pop("threads", 1)
+    metric = pub.pop("metric", "x_direct")
+    pts = {p["design"]: p for p in doc["points"] if p["threads"] == threads}
+    direct = next((p for p in pts.values() if p["allocator"] == "direct"), None)
+    first = next(iter(pts.values()), None)
+    rows = []
+    for name, (figure, ratio, unit) in pub.items():
+        p = pts.get(name)
+        ours = "-"
+        if p is not None:
+            if metric == "x_direct" and direct:
+                ours = "%.3f x direct (%.0f ops/s)" % (p["ops_per_sec"] / direct["ops_per_sec"],
+                                                       p["ops_per_sec"])
+            elif metric == "x_first" and first:
+                ours = "%.2f x %s (%.0f ops/s)" % (p["ops_per_sec"] / first["ops_per_sec"],
+                                                  first["design"], p["ops_per_sec"])
+            elif metric == "invalidation_share" and p.get("breakdown_ns"):
+                b = p["breakdown_ns"]
+                share = (b["invalidation_own"] + b["invalidation_queued"]) / b["total"]
+                ours = "%.1f%% of a worker's time in IOTLB invalidation" % (100 * share)
+            elif metric == "footprint":
+                f = p.get("footprint_bytes", {})
+                ours = "peak %s bytes, depot %s bytes" % (f.get("peak"), f.get("depot", "-"))
+            elif metric == "shape":
+                ours = "%.0f ops/s at %d thread(s); see the table" % (p["ops_per_sec"], threads)
+        shown = "%s %s" % (figure, unit) if metric != "shape" else unit
+        rows.append([name, shown, "%.3f" % ratio if metric in ("x_direct", "x_first") else "",
+                     ours])
+    print()
+    print(extras.get("description", "").strip())
+    print(tabulate(rows, headers=["design", "published", "ratio", "measured here (%d threads)"
+                                  % threads], disable_numparse=True))
 
 
 def cmd_run(args):
     return cmd_sweep(args, several=False)
+
+
+def cmd_diagnose(args):
+    args.diag = True
+    return cmd_sweep(args, several=False)
+
+
+def cmd_clean(args):
+    from harness.arena import clean_stale
+    for name in clean_stale():
+        print("removed /dev/shm/%s" % name)
+    return 0
 
 
 def build_parser():
@@ -158,6 +271,12 @@ def build_parser():
     sweep = sub.add_parser("sweep", help="measure designs over thread counts")
     _add_run_options(sweep, several=True)
     sweep.set_defaults(func=cmd_sweep)
+    diag = sub.add_parser("diagnose", help="run one point with diagnostics: lock_stat-style "
+                                           "table, time breakdown, allocator statistics")
+    _add_run_options(diag, several=False)
+    diag.set_defaults(func=cmd_diagnose)
+    clean = sub.add_parser("clean", help="remove shared-memory segments left by dead runs")
+    clean.set_defaults(func=cmd_clean)
     try:
         from harness import replay
     except ImportError:
@@ -178,7 +297,7 @@ def main(argv=None):
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
-    except UsageError as e:
+    except (UsageError, ArenaError) as e:
         print("%s: error: %s" % (PROG, e), file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -173,6 +173,7 @@ OPTIONS = {
     "mag_size": (_choice((127, 128)), 127, "IOVA_MAG_SIZE: 127, or 128 as in the 2016 code"),
     "check": (_bool, False, "ownership map: catch any double mapping"),
     "lock_timing": (_bool, False, "time every lock wait and hold (cycle counter)"),
+    "diag": (_bool, False, "diagnostics: lock timing, sampled step timing, per-second series"),
     "seed": (_number(0, 2**31, integer=True), 1, "random seed of the request sizes"),
 }
 
@@ -228,6 +229,9 @@ def load_toml(path, allowed=None):
         if name not in allowed:
             raise UsageError("%s: unknown key %r; valid keys: %s"
                              % (where, key, ", ".join(allowed)))
+        if name not in OPTIONS:
+            out[name] = value
+            continue
         try:
             out[name] = OPTIONS[name][0](value)
         except ValueError as e:
@@ -257,6 +261,24 @@ def find_config(name, kind=""):
     known = sorted(f.stem for f in base.glob("*.toml"))
     raise UsageError("%s: no such %s file; known: %s"
                      % (name, kind.rstrip("s") or "config", ", ".join(known) or "none"))
+
+
+PRESET_EXTRAS = ("description", "published")
+
+
+def load_preset(name):
+    """A preset: run options, plus its description and the published
+    figures it is compared with (returned apart)."""
+    path = find_config(name, "presets")
+    text, data = _parse(path)
+    extras = {k: data.pop(k) for k in PRESET_EXTRAS if k in data}
+    opts = load_toml(path, tuple(OPTIONS) + PRESET_EXTRAS)
+    for k in PRESET_EXTRAS:
+        opts.pop(k, None)
+    pub = extras.get("published", {})
+    if pub and not isinstance(pub, dict):
+        raise UsageError("%s: published: expected a table" % _where(path, text, "published"))
+    return opts, extras
 
 
 def load_workload(name):

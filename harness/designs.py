@@ -1,11 +1,12 @@
 """Design names: an allocator, its variant, and a flush policy.
 
-A design is written `allocator[:variant]+flush`, e.g. `magazines:fixed+percpu`;
-a bare allocator name means `+strict`.  The names users know from the
-literature resolve to such a spec.
+A design is written `allocator[:variant]+flush[@premapped]`, e.g.
+`magazines:fixed+percpu`; a bare allocator name means `+strict`; `@premapped`
+is the driver-side optimisation of the seeds (map a buffer pool once,
+recycle it).  The names users know from the literature resolve to a spec.
 """
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from harness.errors import UsageError
 
@@ -29,6 +30,7 @@ class Design:
     allocator: str
     flush: str = "strict"
     depot: str = "list"
+    premapped: bool = False
 
     @property
     def spec(self):
@@ -37,7 +39,7 @@ class Design:
         alloc = self.allocator
         if alloc == "magazines":
             alloc += ":" + self.depot
-        return "%s+%s" % (alloc, self.flush)
+        return "%s+%s%s" % (alloc, self.flush, "@premapped" if self.premapped else "")
 
     def module(self):
         return allocator_module(self.allocator)
@@ -50,6 +52,14 @@ def allocator_module(name):
 def resolve(name):
     """The Design a name stands for, or a UsageError listing the valid ones."""
     text = name.strip()
+    base, at, modifier = text.partition("@")
+    if at:
+        if modifier != "premapped":
+            raise UsageError("design %r: unknown modifier @%s; valid: @premapped" % (text, modifier))
+        d = resolve(base)
+        if d.allocator == "direct":
+            raise UsageError("design %r: direct maps nothing, so nothing to pre-map" % text)
+        return replace(d, name=text, premapped=True)
     spec = NAMED.get(text, text)
     alloc, _, flush = spec.partition("+")
     alloc, _, variant = alloc.partition(":")

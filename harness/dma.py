@@ -47,7 +47,8 @@ CTL_ERR = 8                  # 1 once a double mapping was found
 CTL_ERR_PAGE = 9
 CTL_ERR_HOLDER = 10          # worker + 1 that held the page
 CTL_ERR_CLAIMANT = 11        # worker + 1 that claimed it again
-CTL_ERR_KIND = 12            # 1 double map, 2 release of a page not held
+CTL_ERR_KIND = 12            # 1 double map, 2 release of a page not held,
+                             # 3 reuse before the invalidation completed
 CTL_PRODUCERS_LEFT = 13      # cross-CPU unmap: producers still mapping
 CTL_WORDS = 32
 
@@ -68,7 +69,16 @@ CFG_FQ_TIMEOUT = 12          # cycles: IOVA_FQ_TIMEOUT / the 2008 unmap timer
 CFG_NCPUS = 13
 CFG_PAGES = 14               # IOVA space per domain
 CFG_TRIM = 15                # cycles between depot trims (magazines, list depot)
-CFG_WORDS = 16
+CFG_DIAG = 16                # 1: sample the time of each step of an I/O
+CFG_WORDS = 32
+
+DIAG_SAMPLE = 16             # with --diag, one I/O in this many is timed step by step
+# per-worker lines of Env.diag (cycles, summed over sampled I/Os)
+B_ALLOC = 0
+B_PTE = 1                    # page-table writes and clears
+B_FREE = 2                   # the free, or the queueing of a deferred one
+B_MAPS = 3                   # sampled maps
+B_UNMAPS = 4                 # sampled unmaps
 
 FLUSH_NONE, FLUSH_STRICT, FLUSH_BATCHED, FLUSH_PERCPU = range(4)
 FLUSH_NAMES = ("none", "strict", "batched", "percpu")
@@ -106,7 +116,7 @@ RECENT = 4096
 
 FlushQ = namedtuple("FlushQ", ["q", "meta", "ends", "ring", "lk"])
 Env = namedtuple("Env", ["ctl", "cfg", "own", "cnt", "ring", "sizes", "io", "fq",
-                         "exp", "hand", "recent"])
+                         "exp", "hand", "recent", "diag"])
 
 
 def fq_layout(ndomains, ncpus):
@@ -125,7 +135,8 @@ def layout(nworkers, ndomains, pages, ncpus, tlb_entries, ways):
              ("sizes", np.int64, (SIZE_TABLE,)),
              ("exp", np.int64, (nworkers * EXP_WORDS,)),
              ("hand", np.int64, (nworkers * (RINGCAP * RING_WORDS + 2 * LINE),)),
-             ("recent", np.int64, (RECENT + LINE,))]
+             ("recent", np.int64, (RECENT + LINE,)),
+             ("diag", np.int64, (nworkers * LINE,))]
             + [("io." + n, d, s) for n, d, s in iommu.layout(ndomains, pages, tlb_entries,
                                                               ways, nworkers)]
             + fq_layout(ndomains, ncpus))
@@ -143,10 +154,13 @@ def make(views, fq_lk):
     io = iommu.make({n[3:]: v for n, v in views.items() if n.startswith("io.")})
     fq = FlushQ(views["fq.q"], views["fq.meta"], views["fq.ends"], views["fq.ring"], fq_lk)
     return Env(views["ctl"], views["cfg"], views["own"], views["cnt"], views["ring"],
-               views["sizes"], io, fq, views["exp"], views["hand"], views["recent"])
+               views["sizes"], io, fq, views["exp"], views["hand"], views["recent"],
+               views["diag"])
 
 
 # --- the ownership map ---------------------------------------------------
+
+PENDING = -1                 # unmapped, its invalidation not yet completed
 
 @hot
 def _report(env, kind, page, holder, claimant):
@@ -164,16 +178,28 @@ def _claim(env, owner, dom, iova, pages):
     for i in range(pages):
         old = cas(env.own, base + iova + i, 0, owner + 1)
         if old != 0:
-            _report(env, 1, iova + i, old, owner + 1)
+            _report(env, 3 if old == PENDING else 1, iova + i, old, owner + 1)
 
 
 @hot
 def _release(env, owner, dom, iova, pages):
+    """At unmap: the pages leave their owner but stay PENDING until the
+    invalidation that covers them has completed."""
     base = dom * env.cfg[CFG_PAGES]
     for i in range(pages):
-        old = cas(env.own, base + iova + i, owner + 1, 0)
+        old = cas(env.own, base + iova + i, owner + 1, PENDING)
         if old != owner + 1:
             _report(env, 2, iova + i, old, owner + 1)
+
+
+@hot
+def _settle(env, w, dom, iova, pages):
+    """After the covering invalidation, before the allocator gets the range."""
+    base = dom * env.cfg[CFG_PAGES]
+    for i in range(pages):
+        old = cas(env.own, base + iova + i, PENDING, 0)
+        if old != PENDING:
+            _report(env, 2, iova + i, old, w + 1)
 
 
 # --- exposure --------------------------------------------------------------
@@ -215,41 +241,60 @@ def _publish(env, dom, iova):
 # --- map and unmap -------------------------------------------------------
 
 @hot
-def dma_map(alloc, st, env, w, cpu, dom, pages, phys):
+def dma_map(alloc, st, env, w, cpu, dom, pages, phys, sample):
     """The bus address of `pages` pages at physical page `phys`, or -1 when
-    the allocator has no room."""
+    the allocator has no room.  `sample`: time each step (--diag)."""
     if env.cfg[CFG_TRANSLATE] == 0:
         return phys
+    t0 = cycles() if sample else 0
     iova = alloc(st, w, cpu, pages, env.cfg[CFG_LIMIT])
     if iova < 0:
         return -1
+    t1 = cycles() if sample else 0
     if env.cfg[CFG_CHECK] != 0:
         _claim(env, w, dom, iova, pages)
     iommu.write_ptes(env.io, dom, iova, pages, phys)
+    if sample:
+        b = w * LINE
+        env.diag[b + B_ALLOC] += t1 - t0
+        env.diag[b + B_PTE] += cycles() - t1
+        env.diag[b + B_MAPS] += 1
     return iova
 
 
 @hot
-def dma_unmap(free, sts, env, w, cpu, owner, dom, iova, pages):
+def dma_unmap(free, sts, env, w, cpu, owner, dom, iova, pages, sample):
     """Unmap a range mapped by worker `owner` (not always `w`: cross-CPU)."""
     if env.cfg[CFG_TRANSLATE] == 0:
         return
     io = env.io
+    t0 = cycles() if sample else 0
+    inv0 = io.stats[w * LINE + iommu.W_INV_WAIT]
     iommu.clear_ptes(io, dom, iova, pages)
     if env.cfg[CFG_CHECK] != 0:
         _release(env, owner, dom, iova, pages)
-    t = cycles()
+    t1 = cycles()
     policy = env.cfg[CFG_FLUSH]
     if policy == FLUSH_BATCHED:
-        _batched_add(free, sts, env, w, cpu, dom, iova, pages, t)
+        _batched_add(free, sts, env, w, cpu, dom, iova, pages, t1)
     elif policy == FLUSH_PERCPU:
-        _fq_queue(free, sts, env, w, cpu, dom, iova, pages, t)
+        _fq_queue(free, sts, env, w, cpu, dom, iova, pages, t1)
     else:
         end = iommu.invalidate(io, w, dom, iova, pages)
-        _exposure(env, w, end - t)
+        _exposure(env, w, end - t1)
+        if env.cfg[CFG_CHECK] != 0:
+            _settle(env, w, dom, iova, pages)
         free(sts[dom], w, cpu, iova, pages)
     if env.cfg[CFG_ROGUE] != 0:
         _publish(env, dom, iova)
+    if sample:
+        # the invalidations waited for here are accounted by the IOMMU's
+        # statistics; the free's share is the rest
+        b = w * LINE
+        inv = io.stats[w * LINE + iommu.W_INV_WAIT] - inv0
+        env.diag[b + B_PTE] += t1 - t0
+        env.diag[b + B_FREE] += cycles() - t1 - inv
+        env.diag[b + B_UNMAPS] += 1
 
 
 # --- batched: one global queue (2008) ----------------------------------------
@@ -277,6 +322,8 @@ def _batched_flush(free, sts, env, w, cpu):
         e = k * FQ_WORDS
         dom = fq.q[e + 2]
         _exposure(env, w, end - fq.q[e + 3])
+        if env.cfg[CFG_CHECK] != 0:
+            _settle(env, w, dom, fq.q[e], fq.q[e + 1])
         free(sts[dom], w, cpu, fq.q[e], fq.q[e + 1])
     m[M_COUNT] = 0
     m[M_FLUSHES] += 1
@@ -344,6 +391,8 @@ def _fq_ring_free(free, sts, env, w, cpu, dom, ring_cpu):
         if fin - (cnt + 1) >= FLUSH_ENDS:
             end = load(fq.ends, dom * FLUSH_ENDS + fin % FLUSH_ENDS)
         _exposure(env, w, end - fq.ring[e + 2])
+        if env.cfg[CFG_CHECK] != 0:
+            _settle(env, w, dom, fq.ring[e], fq.ring[e + 1])
         free(sts[dom], w, cpu, fq.ring[e], fq.ring[e + 1])
         head = (head + 1) % IOVA_FQ_SIZE
         n += 1
@@ -361,7 +410,12 @@ def _fq_queue(free, sts, env, w, cpu, dom, iova, pages, t):
     b = _fq_base(env, dom, cpu)
     hdr = b + IOVA_FQ_SIZE * FQ_WORDS
     tail = fq.ring[hdr + 1]
-    if (tail + 1) % IOVA_FQ_SIZE == fq.ring[hdr]:
+    # The kernel flushes once and takes the room for granted.  Entries
+    # stamped while another CPU's flush was in flight are not covered by a
+    # flush that finishes before that one, though, and with flushers that
+    # can be preempted (userspace) the ring can still be full: flush again
+    # rather than overwrite an entry.
+    while (tail + 1) % IOVA_FQ_SIZE == fq.ring[hdr]:
         _fq_flush(env, w, dom)
         _fq_ring_free(free, sts, env, w, cpu, dom, cpu)
     e = b + tail * FQ_WORDS
@@ -436,3 +490,4 @@ def init(env, ndomains, ncpus):
     env.fq.ring[:] = 0
     env.exp[:] = 0
     env.recent[:] = 0
+    env.diag[:] = 0

@@ -1,19 +1,45 @@
-"""The throughput table: a row per thread count; per design its ops/s, its
-ratio to `direct` at the same thread count, and to linear scaling from its
-own one-thread figure."""
+"""Results as tables: the throughput table (a row per thread count; per
+design its ops/s, its ratio to `direct` at the same thread count, and to
+linear scaling from its own one-thread figure), the exposure and flush
+table, and the `report` and `compare` commands over results files."""
+import csv
+import io
+import json
+import math
 import statistics
+import sys
 
-from tabulate import tabulate
+from tabulate import tabulate, tabulate_formats
+
+from harness import diagnostics, results
+from harness.diagnostics import fmt_ops, fmt_us
+from harness.errors import UsageError
 
 SPREAD_MARK = 0.10      # a point whose repeats spread wider than this is marked
 
+# names a user may give to --format besides tabulate's own
+FORMAT_ALIASES = {"markdown": "github"}
+DEFERRED = ("batched", "percpu")
 
-def _fmt_ops(v):
-    if v >= 1e6:
-        return "%.2fM" % (v / 1e6)
-    if v >= 1e3:
-        return "%.1fk" % (v / 1e3)
-    return "%.0f" % v
+# run options worth a line in a report; the rest are in the file
+SHOWN_OPTIONS = ("lock", "profile", "workload", "depth", "sizes", "duration", "warmup", "repeats",
+                 "domains", "unmap_fraction", "device_ns", "hypercall_ns", "premapped",
+                 "rogue_device", "lock_timing", "check")
+
+
+def formats():
+    return ["csv", "markdown"] + sorted(tabulate_formats)
+
+
+def table_format(name):
+    """The tabulate format for a --format value ("csv" stays "csv"), or a
+    UsageError listing the valid ones."""
+    if name == "csv":
+        return "csv"
+    fmt = FORMAT_ALIASES.get(name, name)
+    if fmt not in tabulate_formats:
+        raise UsageError("unknown --format %r; valid: %s" % (name, ", ".join(formats())))
+    return fmt
 
 
 def spread(runs):
@@ -25,52 +51,126 @@ def spread(runs):
 
 
 def header(machine):
-    return ("machine: %s, %d cores allowed, numba %s, python %s, kernel %s, commit %s"
-            % (machine.get("cpu_model"), machine.get("cores_allowed", 0), machine.get("numba"),
+    return ("machine: %s, %s cores allowed, numba %s, python %s, kernel %s, commit %s"
+            % (machine.get("cpu_model"), machine.get("cores_allowed", "?"), machine.get("numba"),
                machine.get("python"), machine.get("kernel"), machine.get("commit")))
 
 
-def throughput_table(points, fmt="simple", cores=None):
-    """Render points (dicts as in the results file)."""
-    designs = []
+def flush_policy(point):
+    """strict, batched, percpu or none.  The spec is the reliable source:
+    the point's `flush` key may hold the flush statistics instead."""
+    fl = point.get("flush")
+    if isinstance(fl, str):
+        return fl
+    if point.get("allocator") == "direct" or point.get("spec") == "direct":
+        return "none"
+    spec = (point.get("spec") or "").partition("@")[0]
+    return spec.partition("+")[2] or "strict"
+
+
+def _designs(points):
+    out = []
     for p in points:
-        if p["design"] not in designs:
-            designs.append(p["design"])
-    threads = sorted({p["threads"] for p in points})
-    by = {(p["design"], p["threads"]): p for p in points}
+        if p["design"] not in out:
+            out.append(p["design"])
+    return out
+
+
+def _is_direct(p):
+    return p.get("allocator", p["design"]) == "direct"
+
+
+class _Figures:
+    """Per point: the ratio to direct and to linear scaling."""
+
+    def __init__(self, points):
+        self.designs = _designs(points)
+        self.threads = sorted({p["threads"] for p in points})
+        self.by = {(p["design"], p["threads"]): p for p in points}
+        self.has_direct = any(_is_direct(p) for p in points)
+
+    def direct(self, t):
+        return next((self.by[(d, t)] for d in self.designs
+                     if (d, t) in self.by and _is_direct(self.by[(d, t)])), None)
+
+    def x_direct(self, p):
+        base = self.direct(p["threads"])
+        return p["ops_per_sec"] / base["ops_per_sec"] if base and base["ops_per_sec"] else None
+
+    def x_linear(self, p):
+        d = p["design"]
+        one = self.by.get((d, 1)) or next(
+            (self.by[(d, t)] for t in self.threads if (d, t) in self.by), None)
+        if not one or not one["ops_per_sec"]:
+            return None
+        return p["ops_per_sec"] / (one["ops_per_sec"] * p["threads"] / one["threads"])
+
+    def oversubscribed(self, t):
+        return any(self.by[(d, t)].get("oversubscribed") for d in self.designs if (d, t) in self.by)
+
+
+def _throughput_csv(fig):
+    heads = ["threads", "oversubscribed"]
+    for d in fig.designs:
+        heads += [d + "_ops_per_sec", d + "_spread"]
+        if fig.has_direct:
+            heads.append(d + "_x_direct")
+        heads.append(d + "_x_linear")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(heads)
+    num = lambda v, pat="%.4f": "" if v is None else pat % v     # noqa: E731
+    for t in fig.threads:
+        row = [t, int(fig.oversubscribed(t))]
+        for d in fig.designs:
+            p = fig.by.get((d, t))
+            if p is None:
+                row += [""] * (4 if fig.has_direct else 3)
+                continue
+            row += [num(p["ops_per_sec"], "%.0f"), num(spread(p.get("runs", [])))]
+            if fig.has_direct:
+                row.append(num(fig.x_direct(p)))
+            row.append(num(fig.x_linear(p)))
+        w.writerow(row)
+    return buf.getvalue().rstrip("\n")
+
+
+def throughput_table(points, fmt="simple", cores=None):
+    """Render points (dicts as in the results file).  fmt is a tabulate
+    format, "markdown", or "csv": one header row and raw numbers, without
+    marks or notes, for a spreadsheet or a script."""
+    fmt = table_format(fmt)
+    fig = _Figures(points)
+    if fmt == "csv":
+        return _throughput_csv(fig)
     heads = ["threads"]
-    for d in designs:
-        heads += [d + " ops/s", "x direct", "x linear"]
+    for d in fig.designs:
+        heads += [d + " ops/s"] + (["x direct"] if fig.has_direct else []) + ["x linear"]
     rows = []
     marks = set()
-    for t in threads:
-        over = any(by[(d, t)].get("oversubscribed") for d in designs if (d, t) in by)
+    for t in fig.threads:
+        over = fig.oversubscribed(t)
         row = ["%d%s" % (t, "*" if over else "")]
         if over:
             marks.add("*")
-        base = next((by[(d, t)] for d in designs
-                     if (d, t) in by and by[(d, t)].get("allocator", d) == "direct"), None)
-        for d in designs:
-            p = by.get((d, t))
+        for d in fig.designs:
+            p = fig.by.get((d, t))
             if p is None:
-                row += ["-", "-", "-"]
+                row += ["-"] * (3 if fig.has_direct else 2)
                 continue
-            ops = p["ops_per_sec"]
-            s = _fmt_ops(ops)
+            s = fmt_ops(p["ops_per_sec"])
             if spread(p.get("runs", [])) > SPREAD_MARK:
                 s += " ~"
                 marks.add("~")
-            one = by.get((d, 1)) or by.get((d, threads[0]))
-            lin = ops / (one["ops_per_sec"] * t / one["threads"]) if one and one["ops_per_sec"] else None
-            row += [s,
-                    "%.3f" % (ops / base["ops_per_sec"]) if base and base["ops_per_sec"] else "-",
-                    "%.3f" % lin if lin is not None else "-"]
+            row.append(s)
+            if fig.has_direct:
+                xd = fig.x_direct(p)
+                row.append("%.3f" % xd if xd is not None else "-")
+            lin = fig.x_linear(p)
+            row.append("%.3f" % lin if lin is not None else "-")
         rows.append(row)
-    if fmt == "csv":
-        lines = [",".join(h.replace(" ", "_") for h in heads)]
-        lines += [",".join(str(c) for c in r) for r in rows]
-        return "\n".join(lines)
-    out = tabulate(rows, headers=heads, tablefmt=fmt, disable_numparse=True)
+    out = tabulate(rows, headers=heads, tablefmt=fmt, disable_numparse=True,
+                   colalign=["left"] + ["right"] * (len(heads) - 1))
     notes = []
     if "*" in marks:
         notes.append("* oversubscribed: more workers than cores (%s); workers share cores, "
@@ -78,3 +178,322 @@ def throughput_table(points, fmt="simple", cores=None):
     if "~" in marks:
         notes.append("~ repeats spread over %d%% of the median" % (SPREAD_MARK * 100))
     return out + ("\n" + "\n".join(notes) if notes else "")
+
+
+def wants_exposure(points):
+    """Whether the exposure table says anything: some design defers its
+    invalidations, or a rogue device probed for stale entries."""
+    return any(flush_policy(p) in DEFERRED or "stale_hits" in p for p in points)
+
+
+def exposure_table(points, fmt="simple"):
+    """Rows design x threads: how long unmapped IOVAs stay reachable and
+    what the flushing cost; None when no point defers or was probed."""
+    fmt = table_format(fmt)
+    if fmt == "csv" or not wants_exposure(points):
+        return None
+    rogue = any("stale_hits" in p for p in points)
+    heads = ["design", "threads", "flush", "exposure mean µs", "p99 µs", "max µs", "invalidations",
+             "queue flushes (timer)", "mean batch"] + (["stale hits/s"] if rogue else [])
+    rows = []
+    order = {d: i for i, d in enumerate(_designs(points))}
+    for p in sorted(points, key=lambda p: (order[p["design"]], p["threads"])):
+        pol = flush_policy(p)
+        if pol == "none":
+            continue
+        ex = p.get("exposure_ns") or {}
+        fl = p.get("flush") if isinstance(p.get("flush"), dict) else {}
+        deferred = pol in DEFERRED
+        has_ex = bool(ex.get("count"))
+        row = [p["design"], "%d%s" % (p["threads"], "*" if p.get("oversubscribed") else ""), pol,
+               fmt_us(ex.get("mean")) if has_ex else "-",
+               fmt_us(ex.get("p99")) if has_ex else "-",
+               fmt_us(ex.get("max")) if has_ex else "-",
+               "%d" % fl["invalidations"] if "invalidations" in fl else "-",
+               "%d (%d)" % (fl.get("queue_flushes", 0), fl.get("timer_flushes", 0)) if deferred else "-",
+               "%.1f" % fl.get("mean_batch", 0.0) if deferred else "-"]
+        if rogue:
+            row.append(fmt_ops(p["stale_hits_per_sec"]) if "stale_hits_per_sec" in p else "-")
+        rows.append(row)
+    if not rows:
+        return None
+    out = tabulate(rows, headers=heads, tablefmt=fmt, disable_numparse=True,
+                   colalign=["left", "left", "left"] + ["right"] * (len(heads) - 3))
+    note = ("exposure: from an unmap to the completion of the invalidation that covers it; "
+            "queue flushes (timer): flushes of the deferred queue, those the timeout started")
+    if rogue:
+        note += "; stale hits: a rogue device's reads that still reached unmapped memory"
+    return out + "\n" + note
+
+
+# -------------------------------------------------------------- several files
+
+class Source:
+    """One results file as loaded, with the name to cite it by."""
+
+    def __init__(self, name, doc):
+        self.name = name
+        self.doc = doc
+        self.machine = doc.get("machine") or {}
+        self.options = doc.get("options") or {}
+
+
+def load_sources(paths):
+    return [Source(str(p), results.load(p)) for p in paths]
+
+
+def merge(sources):
+    """The points of several files as [(point, source)], in the order
+    measured; when a (design, threads) occurs in more than one file the
+    later file wins.  Returns (entries, notes)."""
+    by = {}
+    replaced = {}
+    for src in sources:
+        for p in src.doc["points"]:
+            key = (p["design"], p["threads"])
+            if key in by and by[key][1] is not src:
+                replaced.setdefault((by[key][1].name, src.name), []).append(key)
+            by[key] = (p, src)
+    notes = []
+    for (old, new), keys in replaced.items():
+        per = {}
+        for d, t in keys:
+            per.setdefault(d, []).append(t)
+        what = "; ".join("%s at %s threads" % (d, ", ".join(str(t) for t in sorted(ts)))
+                         for d, ts in per.items())
+        notes.append("note: %d point%s in both %s and %s: the later file's kept (%s)"
+                     % (len(keys), "" if len(keys) == 1 else "s", old, new, what))
+    return list(by.values()), notes
+
+
+def _options_line(opts):
+    parts = []
+    for k in SHOWN_OPTIONS:
+        if k not in opts or opts[k] in (None, "", False):
+            continue
+        v = opts[k]
+        if k == "sizes" and isinstance(v, list):
+            v = ",".join("%s:%g" % (pg, w) for pg, w in v)
+        elif v is True:
+            v = "on"
+        elif k in ("duration", "warmup"):
+            v = "%g s" % v
+        elif k.endswith("_ns"):
+            v = "%g ns" % v
+        parts.append("%s %s" % (k.replace("_", "-"), v))
+    return "options: " + ", ".join(parts) if parts else None
+
+
+def _option_differences(sources):
+    diffs = []
+    for k in SHOWN_OPTIONS:
+        vals = []
+        for s in sources:
+            v = json.dumps(s.options.get(k), sort_keys=True)
+            if v not in vals:
+                vals.append(v)
+        if len(vals) > 1:
+            diffs.append("%s (%s)" % (k.replace("_", "-"), " vs ".join(vals)))
+    return diffs
+
+
+def describe_sources(sources):
+    """Header lines: one per distinct machine, then how each file was made,
+    whether it is complete, and what failed."""
+    lines = []
+    machines = []
+    for s in sources:
+        key = json.dumps(s.machine, sort_keys=True)
+        for m in machines:
+            if m[0] == key:
+                m[2].append(s.name)
+                break
+        else:
+            machines.append((key, s.machine, [s.name]))
+    several = len(sources) > 1
+    for _, m, names in machines:
+        lines.append(header(m) + (" (%s)" % ", ".join(names) if len(machines) > 1 else ""))
+    for s in sources:
+        prefix = s.name + ": " if several else ""
+        cmd = s.doc.get("command")
+        if cmd:
+            lines.append("%scommand: %s%s" % (prefix, cmd, " (started %s)" % s.doc["started"]
+                                              if s.doc.get("started") else ""))
+        ol = _options_line(s.options)
+        if ol and not several:
+            lines.append(ol)
+    if several:
+        diffs = _option_differences(sources)
+        if diffs:
+            lines.append("note: the files differ in options: " + "; ".join(diffs))
+    return lines
+
+
+def status_lines(sources):
+    lines = []
+    for s in sources:
+        prefix = s.name + ": " if len(sources) > 1 else ""
+        if not s.doc.get("complete", True):
+            n = len(s.doc["points"])
+            lines.append("%sinterrupted: %d point%s measured" % (prefix, n, "" if n == 1 else "s"))
+        for f in s.doc.get("failures") or []:
+            lines.append("%sfailed: %s" % (prefix, f))
+    return lines
+
+
+def _cores(sources):
+    vals = []
+    for s in sources:
+        c = s.machine.get("cores_allowed")
+        if c is not None and c not in vals:
+            vals.append(c)
+    return ", ".join(str(c) for c in vals) or None
+
+
+def render_report(sources, fmt="simple", diag=False):
+    """(stdout text, stderr lines).  In csv the table alone goes to stdout,
+    so that a script can read it; what a person needs goes to stderr."""
+    fmt = table_format(fmt)
+    if fmt == "csv" and diag:
+        raise UsageError("--diag prints text tables; it does not combine with --format csv")
+    entries, merge_notes = merge(sources)
+    points = [p for p, _ in entries]
+    info = describe_sources(sources)
+    status = status_lines(sources)
+    if fmt == "csv":
+        if not points:
+            raise UsageError("%s: no points measured" % ", ".join(s.name for s in sources))
+        return throughput_table(points, "csv") + "\n", info + merge_notes + status
+    blocks = ["\n".join(info)]
+    if points:
+        blocks.append(throughput_table(points, fmt, cores=_cores(sources)))
+        ex = exposure_table(points, fmt)
+        if ex:
+            blocks.append(ex)
+    else:
+        blocks.append("no points measured")
+    tail = merge_notes + status
+    if tail:
+        blocks.append("\n".join(tail))
+    if diag:
+        for p, src in entries:
+            blocks.append(diagnostics.render_point(p, src.machine, src.options, fmt))
+    return "\n\n".join(blocks) + "\n", []
+
+
+def add_report_arguments(p):
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="results files (--json); points measured in several: the later file wins")
+    p.add_argument("--format", default="simple", metavar="NAME",
+                   help="csv, markdown, or a table format of tabulate (simple, github, grid, ...)")
+    p.add_argument("--diag", action="store_true",
+                   help="print every point's diagnostics: locks, time per I/O, allocator, flushes")
+
+
+def cmd_report(args):
+    out, err = render_report(load_sources(args.files), args.format, args.diag)
+    sys.stdout.write(out)
+    for line in err:
+        print(line, file=sys.stderr)
+    return 0
+
+
+# ------------------------------------------------------------------- compare
+
+def _geomean(xs):
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
+
+
+def compare_rows(a_points, b_points):
+    """[(design, threads, point in A or None, point in B or None)], designs
+    in the order A measured them, then those only B has."""
+    by_a = {(p["design"], p["threads"]): p for p in a_points}
+    by_b = {(p["design"], p["threads"]): p for p in b_points}
+    order = _designs(list(a_points) + list(b_points))
+    keys = sorted(set(by_a) | set(by_b), key=lambda k: (order.index(k[0]), k[1]))
+    return [(d, t, by_a.get((d, t)), by_b.get((d, t))) for d, t in keys]
+
+
+def _within_noise(a, b, ratio):
+    return abs(ratio - 1.0) <= max(spread(a.get("runs", [])), spread(b.get("runs", []))) / 2
+
+
+def compare_table(a, b, fmt="simple"):
+    """Two sources side by side: ops/s of each and B/A per (design, threads)."""
+    fmt = table_format(fmt)
+    rows = compare_rows(a.doc["points"], b.doc["points"])
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["design", "threads", "a_ops_per_sec", "b_ops_per_sec", "b_over_a", "missing_in"])
+        for d, t, pa, pb in rows:
+            ratio = pb["ops_per_sec"] / pa["ops_per_sec"] if pa and pb and pa["ops_per_sec"] else None
+            w.writerow([d, t, "%.0f" % pa["ops_per_sec"] if pa else "",
+                        "%.0f" % pb["ops_per_sec"] if pb else "",
+                        "%.4f" % ratio if ratio is not None else "",
+                        "a" if pa is None else "b" if pb is None else ""])
+        return buf.getvalue().rstrip("\n")
+    out = []
+    ratios = []
+    marks = set()
+    for d, t, pa, pb in rows:
+        over = (pa or {}).get("oversubscribed") or (pb or {}).get("oversubscribed")
+        if over:
+            marks.add("*")
+        line = [d, "%d%s" % (t, "*" if over else ""),
+                fmt_ops(pa["ops_per_sec"]) if pa else "-", fmt_ops(pb["ops_per_sec"]) if pb else "-"]
+        if pa and pb and pa["ops_per_sec"] and pb["ops_per_sec"]:
+            r = pb["ops_per_sec"] / pa["ops_per_sec"]
+            ratios.append(r)
+            noise = _within_noise(pa, pb, r)
+            if noise:
+                marks.add("~")
+            line += ["%.3f%s" % (r, " ~" if noise else ""), ""]
+        else:
+            line += ["-", "missing in A" if pa is None else "missing in B" if pb is None else ""]
+        out.append(line)
+    heads = ["design", "threads", "A ops/s", "B ops/s", "B/A", ""]
+    text = tabulate(out, headers=heads, tablefmt=fmt, disable_numparse=True,
+                    colalign=["left", "left", "right", "right", "right", "left"])
+    notes = []
+    gm = _geomean(ratios)
+    if gm is not None:
+        notes.append("geometric mean of B/A over %d point%s measured in both: %.3f"
+                     % (len(ratios), "" if len(ratios) == 1 else "s", gm))
+    if "~" in marks:
+        notes.append("~ the change is within half the spread of the repeats: it may be noise")
+    if "*" in marks:
+        notes.append("* oversubscribed in A or B: more workers than cores")
+    return text + ("\n" + "\n".join(notes) if notes else "")
+
+
+def render_compare(a, b, fmt="simple"):
+    fmt = table_format(fmt)
+    info = []
+    for tag, s in (("A", a), ("B", b)):
+        info.append("%s: %s" % (tag, s.name))
+        info += ["  " + line for line in describe_sources([s])]
+        info += ["  " + line for line in status_lines([s])]
+    diffs = _option_differences([a, b])
+    if diffs:
+        info.append("note: A and B differ in options: " + "; ".join(diffs))
+    table = compare_table(a, b, fmt)
+    if fmt == "csv":
+        return table + "\n", info
+    return "\n".join(info) + "\n\n" + table + "\n", []
+
+
+def add_compare_arguments(p):
+    p.add_argument("a", metavar="A", help="the baseline results file")
+    p.add_argument("b", metavar="B", help="the results file compared with it (ratios are B/A)")
+    p.add_argument("--format", default="simple", metavar="NAME",
+                   help="csv, markdown, or a table format of tabulate (simple, github, grid, ...)")
+
+
+def cmd_compare(args):
+    a, b = load_sources([args.a, args.b])
+    out, err = render_compare(a, b, args.format)
+    sys.stdout.write(out)
+    for line in err:
+        print(line, file=sys.stderr)
+    return 0

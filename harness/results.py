@@ -79,7 +79,8 @@ def point_doc(pt):
     # the median window's detail
     for k in ("per_worker_ops", "unmap_workers", "fails", "locks", "alloc_stats", "footprint",
               "exposure_ns", "flush", "iotlb", "unmaps", "device_wait_ns", "handoff_wait_ns",
-              "stale_hits", "rogue_probes", "stale_hits_per_sec"):
+              "stale_hits", "rogue_probes", "stale_hits_per_sec", "series", "breakdown_ns",
+              "diag"):
         if k in w:
             doc[k] = w[k]
     doc["alloc_fails"] = doc.pop("fails")
@@ -90,7 +91,7 @@ def point_doc(pt):
 class ResultsFile:
     """A results document, kept on disk as it grows (path None: memory only)."""
 
-    def __init__(self, path, machine_info, options, command):
+    def __init__(self, path, machine_info, options, command, points=()):
         self.path = Path(path) if path else None
         self.doc = {
             "format": FORMAT,
@@ -99,7 +100,7 @@ class ResultsFile:
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": machine_info,
             "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()},
-            "points": [],
+            "points": list(points),
             "failures": [],
             "complete": False,
         }

@@ -19,7 +19,7 @@ from allocators import Params
 from harness import compose, dma
 from harness.arena import Arena, clean_stale
 from harness.config import load_profile
-from harness.dma import (CFG_CHECK, CFG_CONSUMERS, CFG_DEPTH, CFG_DEVICE, CFG_FLUSH,
+from harness.dma import (CFG_CHECK, CFG_CONSUMERS, CFG_DEPTH, CFG_DEVICE, CFG_DIAG, CFG_FLUSH,
                          CFG_FQ_TIMEOUT, CFG_HYPERCALL, CFG_LIMIT, CFG_NCPUS, CFG_NDOMAINS,
                          CFG_PAGES, CFG_PREMAPPED, CFG_ROGUE, CFG_SEED, CFG_TRANSLATE, CFG_TRIM,
                          CTL_ATTACHED, CTL_DONE, CTL_ERR, CTL_ERR_CLAIMANT, CTL_ERR_HOLDER,
@@ -101,6 +101,7 @@ class Sweep:
         self.max_threads = max(opts["threads"])
         self.cores = allowed_cores()
         self.profile = load_profile(opts["profile"])
+        self.lock_timing = opts["lock_timing"] or opts["diag"]
         n = self.max_threads
         nd = opts["domains"]
         self.ndomains = nd
@@ -191,10 +192,10 @@ class Sweep:
         mod = d.module()
         for st in self.states[i]:
             mod.init(st, p)
-            lockmod.init(st.lk, o["lock"], mod.locks(p), o["spin_bound"], o["lock_timing"])
+            lockmod.init(st.lk, o["lock"], mod.locks(p), o["spin_bound"], self.lock_timing)
         env = self.env
         lockmod.init(env.fq.lk, o["lock"], dma.fq_lock_classes(self.ndomains, self.ncpus_fq),
-                     o["spin_bound"], o["lock_timing"])
+                     o["spin_bound"], self.lock_timing)
         cpn = self.cycles_per_ns
         pr = self.profile
         iommu.init(env.io, self.ndomains, p.pages, o["tlb_entries"], o["tlb_ways"],
@@ -216,13 +217,15 @@ class Sweep:
         hyper = pr.hypercall_ns if o["hypercall_ns"] is None else o["hypercall_ns"]
         cfg[CFG_DEVICE] = int(device * cpn)
         cfg[CFG_HYPERCALL] = int(hyper * cpn)
-        cfg[CFG_PREMAPPED] = 1 if o["premapped"] else 0
-        cfg[CFG_CONSUMERS] = 0 if o["premapped"] else consumers(threads, o["unmap_fraction"])
+        premapped = o["premapped"] or d.premapped
+        cfg[CFG_PREMAPPED] = 1 if premapped else 0
+        cfg[CFG_CONSUMERS] = 0 if premapped else consumers(threads, o["unmap_fraction"])
         cfg[CFG_ROGUE] = 1 if o["rogue_device"] else 0
         cfg[CFG_FQ_TIMEOUT] = int(IOVA_FQ_TIMEOUT * 1e6 * cpn)
         cfg[CFG_NCPUS] = self.ncpus_fq
         cfg[CFG_PAGES] = p.pages
         cfg[CFG_TRIM] = int(TRIM_PERIOD_MS * 1e6 * cpn)
+        cfg[CFG_DIAG] = 1 if o["diag"] else 0
         env.sizes[:] = size_table(o["sizes"], o["seed"])
         for k in (CTL_ERR, CTL_ERR_PAGE, CTL_ERR_HOLDER, CTL_ERR_CLAIMANT, CTL_ERR_KIND,
                   CTL_FINISHED, CTL_ROGUE_PROBES, CTL_ROGUE_STALE, CTL_ROGUE_READY):
@@ -245,6 +248,7 @@ class Sweep:
         ctl = self.env.ctl
         pool = self.pool
         rogue = None
+        series = None
         try:
             rogue = self._start_rogue()
             pool.start_point(i, threads)
@@ -255,7 +259,9 @@ class Sweep:
             pool.sleep(self.opts["warmup"])
             atomic_store(ctl, CTL_PHASE, PH_MEASURE)
             t0 = time.perf_counter()
-            pool.sleep(self.opts["duration"])
+            series = self._sleep_and_sample(i, threads, t0) if self.opts["diag"] else None
+            if series is None:
+                pool.sleep(self.opts["duration"])
             atomic_store(ctl, CTL_PHASE, PH_STOP)
             t1 = time.perf_counter()
             pool.wait_for(lambda: ctl[CTL_DONE] >= pool.n,
@@ -285,6 +291,12 @@ class Sweep:
         nprod = threads - int(self.env.cfg[CFG_CONSUMERS])
         # statistics before the check, whose own lock traffic would count
         stats = self._statistics(i, threads, t1 - t0)
+        if series is not None:
+            stats["series"] = series
+            stats["breakdown_ns"] = self._breakdown(stats, threads, t1 - t0,
+                                                    int(per_worker.sum()))
+            stats["diag"] = {"timing": "on: every lock wait and hold timed; one I/O in %d "
+                                       "timed step by step" % dma.DIAG_SAMPLE}
         problems = self.check(i)
         if problems:
             raise PointFailed("%s at %d threads: state is not fresh after the run: %s"
@@ -296,12 +308,84 @@ class Sweep:
                 "ops_total": int(cnt[:, C_OPS].sum()),
                 "seconds": t1 - t0, **stats}
 
+    def _top_lock_wait(self, i):
+        """(class name, total wait cycles) of the lock class waited on most."""
+        best = ("", 0)
+        mod = self.designs[i].module()
+        rows = [lockmod.class_stats(st.lk) for st in self.states[i]]
+        for c, name in enumerate(mod.LOCK_CLASSES):
+            wait = sum(r[c]["wait_cycles"] for r in rows)
+            if wait > best[1]:
+                best = (name, wait)
+        for c, r in enumerate(lockmod.class_stats(self.env.fq.lk)):
+            if r["wait_cycles"] > best[1]:
+                best = (dma.FQ_LOCK_CLASSES[c], r["wait_cycles"])
+        return best
+
+    def _sleep_and_sample(self, i, threads, t0):
+        """The window, sampled once a second: ops/s and the top lock's wait."""
+        from harness.workers import C_OPS_LIVE
+        cnt = self.env.cnt.reshape(-1, LINE)
+        end = t0 + self.opts["duration"]
+        series = []
+        last_t, last_ops = t0, int(cnt[:threads, C_OPS_LIVE].sum())
+        last_wait = dict([self._top_lock_wait(i)])
+        while True:
+            now = time.perf_counter()
+            if now >= end:
+                return series
+            self.pool.sleep(min(1.0, end - now))
+            t = time.perf_counter()
+            ops = int(cnt[:threads, C_OPS_LIVE].sum())
+            name, wait = self._top_lock_wait(i)
+            series.append({"t": round(t - t0, 3),
+                           "ops_per_sec": (ops - last_ops) / (t - last_t),
+                           "top_lock": name,
+                           "top_lock_wait_ns": (wait - last_wait.get(name, 0)) / self.cycles_per_ns})
+            last_t, last_ops, last_wait = t, ops, {name: wait}
+
+    def _breakdown(self, stats, threads, seconds, window_ops):
+        """ns per I/O of each step; steps are sampled, invalidation and
+        device waits counted in full, the harness is what is left."""
+        cpn = self.cycles_per_ns
+        diag = self.env.diag.reshape(-1, LINE)[:threads]
+        cnt = self.env.cnt.reshape(-1, LINE)[:threads]
+        ios = self.env.io.stats.reshape(-1, LINE)[:threads]
+        maps = max(1, int(diag[:, dma.B_MAPS].sum()))
+        unmaps = max(1, int(diag[:, dma.B_UNMAPS].sum()))
+        ops_all = max(1, int(cnt[:, C_OPS].sum()))
+        inv_wait = ios[:, iommu.W_INV_WAIT].sum()
+        inv_queue = ios[:, iommu.W_INV_QUEUE].sum()
+        nprod = threads - int(self.env.cfg[CFG_CONSUMERS])
+        out = {
+            "allocate": diag[:, dma.B_ALLOC].sum() / maps / cpn,
+            "page_table": diag[:, dma.B_PTE].sum() / maps / cpn,
+            "invalidation_own": (inv_wait - inv_queue) / ops_all / cpn,
+            "invalidation_queued": inv_queue / ops_all / cpn,
+            "free": diag[:, dma.B_FREE].sum() / unmaps / cpn,
+            "device": cnt[:, C_DEVICE_WAIT].sum() / ops_all / cpn,
+            "lock_wait": sum(l["wait_ns_total"] for l in stats["locks"]) / ops_all,
+        }
+        # wall time per I/O of one mapping worker
+        total = seconds * 1e9 * nprod / max(1, window_ops)
+        spent = sum(v for k, v in out.items() if k != "lock_wait")
+        out["harness"] = max(0.0, total - spent)
+        out["total"] = total
+        return {k: float(v) for k, v in out.items()}
+
     def _double_mapping(self, d, threads):
         ctl = self.env.ctl
-        kind = "double mapping" if ctl[CTL_ERR_KIND] == 1 else "unmap of a page not held"
-        return ("%s of page %d in %s at %d threads: held by worker %d, claimed by worker %d"
-                % (kind, ctl[CTL_ERR_PAGE], d.name, threads,
-                   ctl[CTL_ERR_HOLDER] - 1, ctl[CTL_ERR_CLAIMANT] - 1))
+        kind, page = int(ctl[CTL_ERR_KIND]), int(ctl[CTL_ERR_PAGE])
+        holder, claimant = int(ctl[CTL_ERR_HOLDER]) - 1, int(ctl[CTL_ERR_CLAIMANT]) - 1
+        where = "in %s at %d threads" % (d.name, threads)
+        if kind == 3:
+            return ("page %d mapped again by worker %d before the invalidation of its unmap "
+                    "completed, %s" % (page, claimant, where))
+        if kind == 1:
+            return ("double mapping of page %d %s: held by worker %d, claimed by worker %d"
+                    % (page, where, holder, claimant))
+        return ("unmap of page %d %s by worker %d, which did not hold it (owner word %d)"
+                % (page, where, claimant, holder + 1))
 
     def check(self, i):
         """The state after every worker unmapped all it held must be fresh."""

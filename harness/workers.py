@@ -20,10 +20,11 @@ import time
 
 
 from allocators import bitmap, direct, magazines, pools, rbtree
-from harness.dma import (CFG_CONSUMERS, CFG_DEPTH, CFG_DEVICE, CFG_HYPERCALL, CFG_NCPUS,
+from harness.dma import (CFG_CONSUMERS, CFG_DEPTH, CFG_DEVICE, CFG_DIAG, CFG_HYPERCALL, CFG_NCPUS,
                          CFG_NDOMAINS, CFG_PREMAPPED, CFG_SEED, CFG_TRANSLATE, CFG_TRIM,
                          CTL_ATTACHED, CTL_CMD, CTL_DESIGN, CTL_DONE, CTL_GEN, CTL_NACTIVE,
-                         CTL_PHASE, CTL_PRODUCERS_LEFT, LINE, RECENT, RING_WORDS, RINGCAP,
+                         CTL_PHASE, CTL_PRODUCERS_LEFT, DIAG_SAMPLE, LINE, RECENT, RING_WORDS,
+                         RINGCAP,
                          SIZE_TABLE, dma_map, dma_unmap, drain, timers)
 from hwmodel import iommu
 from hwmodel.cpu import (atomic_add, atomic_load, busy_wait_cycles, cycles, fetch_add, hot, load,
@@ -47,7 +48,8 @@ C_CORE = 7
 C_UNMAPS = 8
 C_DEVICE_WAIT = 9    # cycles spent waiting for the device to finish an I/O
 C_HAND_WAIT = 10     # cycles a mapping worker waited for room in its hand-off ring
-C_DONE_CYCLES = 11   # cycles of the whole loop, for the time breakdown
+C_DONE_CYCLES = 11   # cycles of the whole loop
+C_OPS_LIVE = 12      # I/Os so far, for the per-second series
 
 CTL_FINISHED = 14    # workers past their loop; the last one drains the queues
 CTL_ROGUE_PROBES = 15
@@ -108,16 +110,16 @@ def _access(env, w, dom, iova, pages):
 
 
 @hot
-def _unmap(free, sts, env, w, cpu, owner, dom, iova, pages):
+def _unmap(free, sts, env, w, cpu, owner, dom, iova, pages, sample):
     busy_wait_cycles(env.cfg[CFG_HYPERCALL] if env.cfg[CFG_TRANSLATE] != 0 else 0)
-    dma_unmap(free, sts, env, w, cpu, owner, dom, iova, pages)
+    dma_unmap(free, sts, env, w, cpu, owner, dom, iova, pages, sample)
     env.cnt[w * LINE + C_UNMAPS] += 1
 
 
 @hot
-def _map(alloc, sts, env, w, cpu, dom, pages, phys):
+def _map(alloc, sts, env, w, cpu, dom, pages, phys, sample):
     busy_wait_cycles(env.cfg[CFG_HYPERCALL] if env.cfg[CFG_TRANSLATE] != 0 else 0)
-    return dma_map(alloc, sts[dom], env, w, cpu, dom, pages, phys)
+    return dma_map(alloc, sts[dom], env, w, cpu, dom, pages, phys, sample)
 
 
 @hot(inline="always")
@@ -156,7 +158,7 @@ def _consume(free, housekeep, sts, env, w, cpu, first_consumer, nconsumers):
             if head != load(hand, hdr + LINE):
                 o = hb + (head % RINGCAP) * RING_WORDS
                 _device_done(env, w, hand[o + 2])
-                _unmap(free, sts, env, w, cpu, p, hand[o + 3], hand[o], hand[o + 1])
+                _unmap(free, sts, env, w, cpu, p, hand[o + 3], hand[o], hand[o + 1], False)
                 store(hand, hdr, head + 1)
                 busy = True
         next_trim = _service(free, housekeep, sts, env, w, cpu, next_trim)
@@ -200,6 +202,7 @@ def io_loop(alloc, free, housekeep, sts, env, w, cpu):
     depth = cfg[CFG_DEPTH]
     device = cfg[CFG_DEVICE]
     premapped = cfg[CFG_PREMAPPED] != 0
+    diag = cfg[CFG_DIAG] != 0
     ring = env.ring
     rb = w * RINGCAP * RING_WORDS
     hand = env.hand
@@ -221,7 +224,7 @@ def io_loop(alloc, free, housekeep, sts, env, w, cpu):
         for i in range(SIZE_TABLE):
             big = max(big, env.sizes[i])
         while nout < depth:
-            iova = _map(alloc, sts, env, w, cpu, dom, big, phys_base + nout * 64)
+            iova = _map(alloc, sts, env, w, cpu, dom, big, phys_base + nout * 64, False)
             if iova < 0:
                 break
             o = rb + nout * RING_WORDS
@@ -239,6 +242,7 @@ def io_loop(alloc, free, housekeep, sts, env, w, cpu):
             if ph >= PH_STOP:
                 break
             seen = ph
+        cnt[c + C_OPS_LIVE] = ops
         next_trim = _service(free, housekeep, sts, env, w, cpu, next_trim)
         rng = _xorshift(rng)
         pages = env.sizes[rng & (SIZE_TABLE - 1)]
@@ -254,13 +258,14 @@ def io_loop(alloc, free, housekeep, sts, env, w, cpu):
             ops += 1
             continue
         slot = (head + nout) % depth
-        iova = _map(alloc, sts, env, w, cpu, dom, pages, phys_base + slot * 64)
+        sample = diag and (ops & (DIAG_SAMPLE - 1)) == 0
+        iova = _map(alloc, sts, env, w, cpu, dom, pages, phys_base + slot * 64, sample)
         if iova < 0:
             fails += 1
             if nout > 0:
                 o = rb + head * RING_WORDS
                 _device_done(env, w, ring[o + 2])
-                _unmap(free, sts, env, w, cpu, w, dom, ring[o], ring[o + 1])
+                _unmap(free, sts, env, w, cpu, w, dom, ring[o], ring[o + 1], False)
                 head = (head + 1) % depth
                 nout -= 1
             else:
@@ -297,7 +302,7 @@ def io_loop(alloc, free, housekeep, sts, env, w, cpu):
         if nout >= depth:
             o = rb + head * RING_WORDS
             _device_done(env, w, ring[o + 2])
-            _unmap(free, sts, env, w, cpu, w, dom, ring[o], ring[o + 1])
+            _unmap(free, sts, env, w, cpu, w, dom, ring[o], ring[o + 1], sample)
             head = (head + 1) % depth
             nout -= 1
     cnt[c + C_OPS_END] = ops
@@ -308,12 +313,12 @@ def io_loop(alloc, free, housekeep, sts, env, w, cpu):
     if premapped:
         for i in range(nout):
             o = rb + i * RING_WORDS
-            _unmap(free, sts, env, w, cpu, w, dom, ring[o], ring[o + 1])
+            _unmap(free, sts, env, w, cpu, w, dom, ring[o], ring[o + 1], False)
         nout = 0
     while nout > 0:
         o = rb + head * RING_WORDS
         _device_done(env, w, ring[o + 2])
-        _unmap(free, sts, env, w, cpu, w, dom, ring[o], ring[o + 1])
+        _unmap(free, sts, env, w, cpu, w, dom, ring[o], ring[o + 1], False)
         head = (head + 1) % depth
         nout -= 1
     cnt[c + C_OPS] = ops

@@ -1,0 +1,428 @@
+"""Diagnostics of one point, as text: a lock table in the manner of
+/proc/lock_stat, the time per I/O broken down, allocator, flush and
+exposure statistics, fairness between workers, and the per-second series.
+
+Every renderer takes a point dict as written to the results file and
+returns a string, or None when the point holds nothing for it, so that
+results written before a field existed still render.
+"""
+import statistics
+
+from tabulate import tabulate
+
+TIMING_HINT = "run with --lock-timing (or --diag) to measure them"
+
+# the invalidation unit is a serial resource: shown beside the locks because
+# a queue behind it stalls CPUs exactly as a contended lock does
+INVALIDATION_UNIT = "invalidation unit"
+
+BREAKDOWN_PARTS = (
+    ("allocate", "allocate IOVA"),
+    ("page_table", "page table"),
+    ("invalidation_own", "invalidation, own"),
+    ("invalidation_queued", "invalidation, queued"),
+    ("free", "free IOVA"),
+    ("device", "device"),
+    ("harness", "harness, unattributed"),
+)
+# lock waits happen inside allocate and free: a share of them, not a part
+NESTED_PARTS = (("lock_wait", "lock wait (within allocate, free)"),)
+
+
+# ---------------------------------------------------------------- formatting
+
+def fmt_ops(v):
+    """Ops/s for a person: 3 significant figures with a k or M suffix."""
+    if v is None:
+        return "-"
+    if v >= 1e6:
+        return "%.2fM" % (v / 1e6)
+    if v >= 1e3:
+        return "%.1fk" % (v / 1e3)
+    return "%.0f" % v
+
+
+def fmt_us(ns):
+    """Nanoseconds as microseconds, with precision where the value is small:
+    lock waits span from tens of ns to seconds in one table."""
+    if ns is None:
+        return "-"
+    us = ns / 1e3
+    if us == 0:
+        return "0"
+    if us < 10:
+        return "%.3f" % us
+    if us < 10000:
+        return "%.2f" % us
+    return "%.0f" % us
+
+
+def fmt_count(n):
+    return "-" if n is None else "%d" % n
+
+
+def fmt_ratio(num, den, pattern="%.2f"):
+    return pattern % (num / den) if den else "-"
+
+
+def fmt_pct(num, den):
+    if not den:
+        return "-"
+    pct = 100.0 * num / den
+    if 0 < pct < 0.01:
+        return "<0.01%"
+    return "%.2f%%" % pct
+
+
+def fmt_bytes(n):
+    if n is None:
+        return "-"
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return "%.1f %s" % (n / size, unit)
+    return "%d B" % n
+
+
+def _table(rows, headers, fmt, right_from=1):
+    align = ["left"] * right_from + ["right"] * (len(headers) - right_from)
+    return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True, colalign=align)
+
+
+# -------------------------------------------------------------------- timing
+
+def timing(point, options=None):
+    """(on, text): whether the wait and hold columns were measured.
+
+    The point's own `diag.timing` says so when present; older files are
+    judged by their options, and failing that by whether any time was
+    recorded at all."""
+    diag = point.get("diag")
+    if isinstance(diag, dict) and isinstance(diag.get("timing"), str):
+        text = diag["timing"]
+        return text.strip().lower().startswith("on"), text
+    opts = options or {}
+    if opts.get("lock_timing") or opts.get("diag"):
+        return True, "on"
+    if any(l.get("wait_ns_total") or l.get("hold_ns_total") for l in point.get("locks", [])):
+        return True, "on"
+    if options is None and not point.get("locks"):
+        return False, "unknown"
+    return False, "off"
+
+
+def timing_line(point, options=None):
+    on, text = timing(point, options)
+    if on:
+        return "lock timing: %s (wait and hold columns are measured)" % text
+    return "lock timing: %s: wait and hold columns are not measured; %s" % (text, TIMING_HINT)
+
+
+# --------------------------------------------------------------------- locks
+
+def _lock_rows(point, timed):
+    rows = []
+    for l in point.get("locks", []):
+        acq = l.get("acquisitions", 0)
+        if not acq:
+            continue             # a class the design never took (direct's "none")
+        con = l.get("contentions", 0)
+        row = {"name": l.get("name", "?"), "acq": acq, "con": con, "handoffs": l.get("handoffs"),
+               "sort": (l.get("wait_ns_total", 0) if timed else 0, con)}
+        for k in ("wait", "hold"):
+            if timed:
+                total = l.get("%s_ns_total" % k, 0)
+                row[k] = (l.get("%s_ns_min" % k), total / acq, l.get("%s_ns_max" % k), total)
+            else:
+                row[k] = None
+        rows.append(row)
+    fl = point.get("flush")
+    if isinstance(fl, dict) and fl.get("invalidations"):
+        n = fl["invalidations"]
+        queued = fl.get("invalidation_queue_ns", 0.0)
+        own = max(fl.get("invalidation_wait_ns", 0.0) - queued, 0.0)
+        rows.append({"name": INVALIDATION_UNIT, "acq": n, "con": None, "handoffs": None,
+                     "sort": (queued, -1),
+                     "wait": (None, queued / n, None, queued),
+                     "hold": (None, own / n, None, own)})
+    rows.sort(key=lambda r: r["sort"], reverse=True)
+    return rows
+
+
+def lock_table(point, fmt="simple", options=None):
+    """The lock classes in the manner of /proc/lock_stat, times in µs, the
+    class with the most total wait first (then the most contentions)."""
+    timed, _ = timing(point, options)
+    rows = _lock_rows(point, timed)
+    if not rows:
+        return None
+    heads = ["class", "acquisitions", "contentions", "con%",
+             "wait-min", "wait-avg", "wait-max", "wait-total",
+             "hold-min", "hold-avg", "hold-max", "hold-total", "hand-offs"]
+    out = []
+    for r in rows:
+        line = [r["name"], fmt_count(r["acq"]), fmt_count(r["con"]),
+                fmt_pct(r["con"], r["acq"]) if r["con"] is not None else "-"]
+        for k in ("wait", "hold"):
+            line += [fmt_us(v) for v in r[k]] if r[k] else ["-"] * 4
+        line.append(fmt_count(r["handoffs"]))
+        out.append(line)
+    notes = ["times in µs; wait (from asking to holding) is timed on every acquisition, so "
+             "wait-avg is per acquisition, not per contention as in lock_stat; "
+             "hand-offs: taken by another worker than the last holder"]
+    if any(r["name"] == INVALIDATION_UNIT for r in rows):
+        notes.append("%s: one acquisition per invalidation; wait: queued behind other CPUs' "
+                     "flushes; hold: its own latency (measured even without lock timing)"
+                     % INVALIDATION_UNIT)
+    return _table(out, heads, fmt) + "\n" + "\n".join(notes)
+
+
+# ----------------------------------------------------------------- breakdown
+
+def breakdown_parts(b):
+    """[(key, label, ns)] of the parts that add up to the total (zero ones
+    left out), and [(key, label, ns)] of the nested ones."""
+    known = dict(BREAKDOWN_PARTS)
+    nested = dict(NESTED_PARTS)
+    parts = [(k, label, b[k]) for k, label in BREAKDOWN_PARTS if b.get(k)]
+    parts += [(k, k.replace("_", " "), v) for k, v in b.items()
+              if k not in known and k not in nested and k != "total" and v]
+    inner = [(k, label, b[k]) for k, label in NESTED_PARTS if b.get(k)]
+    return parts, inner
+
+
+def breakdown_table(point, fmt="simple"):
+    """Mean ns per I/O by where it went, and the share of the total."""
+    b = point.get("breakdown_ns")
+    if not isinstance(b, dict) or not b:
+        return None
+    parts, inner = breakdown_parts(b)
+    summed = sum(v for _, _, v in parts)
+    total = b.get("total") or summed
+    notes = []
+    rows = [[label, "%.1f" % v, fmt_pct(v, total)] for _, label, v in parts]
+    gap = total - summed
+    if total and gap > 0.005 * total:
+        rows.append(["other (total less the parts)", "%.1f" % gap, fmt_pct(gap, total)])
+    elif total and gap < -0.01 * total:
+        notes.append("the parts add up to %.0f ns, more than the total: some overlap" % summed)
+    rows.append(["total", "%.1f" % total, "100.00%" if total else "-"])
+    rows += [[label, "%.1f" % v, fmt_pct(v, total)] for _, label, v in inner]
+    return _table(rows, ["per I/O", "ns", "share"], fmt) + ("\n" + "\n".join(notes) if notes else "")
+
+
+# ---------------------------------------------------------------- allocators
+
+def _magazine_classes(stats):
+    sizes = sorted({int(k.split("_", 1)[1]) for k in stats
+                    if k.startswith(("hits_", "misses_")) and k.split("_", 1)[1].isdigit()})
+    return sizes
+
+
+def magazine_table(point, fmt="simple"):
+    """Per-CPU cache hits and misses by size class (Peleg et al.'s magazines)."""
+    st = point.get("alloc_stats") or {}
+    sizes = _magazine_classes(st)
+    if not sizes:
+        return None
+    rows = []
+    th = tm = 0
+    for n in sizes:
+        h, m = st.get("hits_%d" % n, 0), st.get("misses_%d" % n, 0)
+        th, tm = th + h, tm + m
+        if h or m:
+            rows.append(["%d page%s" % (n, "" if n == 1 else "s"), fmt_count(h), fmt_count(m),
+                         fmt_pct(h, h + m)])
+    rows.append(["all", fmt_count(th), fmt_count(tm), fmt_pct(th, th + tm)])
+    return _table(rows, ["size class", "hits", "misses", "hit rate"], fmt)
+
+
+def _allocs(st):
+    if "allocs" in st:
+        return st["allocs"]
+    sizes = _magazine_classes(st)
+    if sizes:
+        return sum(st.get("hits_%d" % n, 0) + st.get("misses_%d" % n, 0) for n in sizes)
+    return 0
+
+
+def _derived_alloc(key, v, st, allocs):
+    per_alloc = lambda: fmt_ratio(v, allocs) + " per alloc"     # noqa: E731
+    share = lambda: fmt_pct(v, allocs) + " of allocs"           # noqa: E731
+    if key in ("nodes_visited", "words_scanned"):
+        return per_alloc()
+    if key in ("fails", "retries", "fastfails", "spills", "pass_retries", "flush_retries"):
+        return share() if v else ""
+    if key == "wraps":
+        return ("one per %s allocs" % fmt_ratio(allocs, v, "%.0f")) if v else ""
+    if key in ("depot_pushes", "depot_pops"):
+        return fmt_ratio(1000.0 * v, allocs, "%.2f") + " per 1k allocs"
+    if key == "frees" and allocs:
+        return fmt_ratio(v, allocs, "%.3f") + " per alloc"
+    return ""
+
+
+STAT_LABELS = {
+    "nodes_visited": "rbtree nodes visited",
+    "words_scanned": "bitmap words scanned",
+    "wraps": "bitmap wraps (each flushes)",
+    "spills": "pool spill-overs",
+    "pass_retries": "pool passes retried",
+    "retries": "retries from the top",
+    "fastfails": "32-bit fast-fails",
+    "depot_pushes": "depot pushes",
+    "depot_pops": "depot pops",
+    "flush_retries": "flush-all-and-retry",
+    "trims": "depot trims",
+}
+
+
+def alloc_table(point, fmt="simple"):
+    """The allocator's own counters, with ratios for the ones we know;
+    per-size-class magazine counters go to magazine_table."""
+    st = point.get("alloc_stats") or {}
+    mags = set("hits_%d" % n for n in _magazine_classes(st)) | \
+        set("misses_%d" % n for n in _magazine_classes(st))
+    allocs = _allocs(st)
+    rows = []
+    for k, v in st.items():
+        if k in mags:
+            continue
+        rows.append([STAT_LABELS.get(k, k.replace("_", " ")), fmt_count(v),
+                     _derived_alloc(k, v, st, allocs)])
+    if point.get("alloc_fails"):
+        rows.append(["failed maps (no IOVA)", fmt_count(point["alloc_fails"]), ""])
+    fp = point.get("footprint_bytes") or {}
+    for k, v in (fp.items() if any(fp.values()) else ()):
+        rows.append(["footprint, %s" % k, fmt_bytes(v), ""])
+    if not rows:
+        return None
+    return _table(rows, ["statistic", "value", "derived"], fmt)
+
+
+def _per_unmap(n, unmaps):
+    if not unmaps:
+        return ""
+    if n >= unmaps or not n:
+        return "%.2f per unmap" % (n / unmaps)
+    return "one per %.0f unmaps" % (unmaps / n)
+
+
+def flush_table(point, fmt="simple"):
+    """Invalidations, queue flushes and batch sizes, the exposure window of
+    unmapped IOVAs, the IOTLB, and what a rogue device saw."""
+    rows = []
+    unmaps = point.get("unmaps") or 0
+    fl = point.get("flush")
+    if isinstance(fl, dict) and point.get("allocator") != "direct":
+        n = fl.get("invalidations", 0)
+        rows.append(["invalidations", fmt_count(n), _per_unmap(n, unmaps)])
+        if n:
+            wait = fl.get("invalidation_wait_ns", 0.0)
+            queued = fl.get("invalidation_queue_ns", 0.0)
+            rows.append(["invalidation wait, total µs", fmt_us(wait), fmt_us(wait / n) + " µs each"])
+            rows.append(["invalidation queueing, total µs", fmt_us(queued),
+                         fmt_pct(queued, wait) + " of the wait"])
+        qf = fl.get("queue_flushes", 0)
+        if qf or fl.get("flushed_entries"):
+            rows.append(["queue flushes", fmt_count(qf), ""])
+            rows.append(["timer flushes", fmt_count(fl.get("timer_flushes", 0)),
+                         fmt_pct(fl.get("timer_flushes", 0), qf) + " of queue flushes"])
+            rows.append(["flushed entries", fmt_count(fl.get("flushed_entries", 0)),
+                         "mean batch %.1f" % fl.get("mean_batch", 0.0)])
+    ex = point.get("exposure_ns")
+    if isinstance(ex, dict) and ex.get("count"):
+        rows.append(["exposure windows", fmt_count(ex["count"]), "unmap to invalidation done"])
+        for k in ("mean", "p99", "max"):
+            rows.append(["exposure %s, µs" % k, fmt_us(ex.get(k)), ""])
+    tlb = point.get("iotlb")
+    if isinstance(tlb, dict) and any(tlb.values()):
+        lookups = tlb.get("hits", 0) + tlb.get("fills", 0)
+        rows.append(["IOTLB hits", fmt_count(tlb.get("hits", 0)),
+                     fmt_pct(tlb.get("hits", 0), lookups) + " hit rate"])
+        rows.append(["IOTLB fills", fmt_count(tlb.get("fills", 0)), ""])
+        rows.append(["IOTLB faults", fmt_count(tlb.get("faults", 0)), ""])
+    if "stale_hits" in point:
+        probes = point.get("rogue_probes", 0)
+        rows.append(["rogue device probes", fmt_count(probes), ""])
+        rows.append(["stale IOTLB hits", fmt_count(point["stale_hits"]),
+                     fmt_pct(point["stale_hits"], probes) + " of probes" if probes else ""])
+        if "stale_hits_per_sec" in point:
+            rows.append(["stale hits per second", fmt_ops(point["stale_hits_per_sec"]), ""])
+    if unmaps:
+        for k, label in (("device_wait_ns", "device wait"), ("handoff_wait_ns", "hand-off wait")):
+            if point.get(k):
+                rows.append(["%s, total µs" % label, fmt_us(point[k]),
+                             "%.1f ns per unmap" % (point[k] / unmaps)])
+    if not rows:
+        return None
+    return _table(rows, ["statistic", "value", "derived"], fmt)
+
+
+# ------------------------------------------------------------------ fairness
+
+def fairness(per_worker):
+    """(min, median, max, max/min) of the mapping workers' op counts; the
+    ratio is None when a worker did nothing (it starved)."""
+    if not per_worker:
+        return None
+    lo, hi = min(per_worker), max(per_worker)
+    return lo, statistics.median(per_worker), hi, (hi / lo if lo else None)
+
+
+def fairness_table(point, fmt="simple"):
+    f = fairness(point.get("per_worker_ops") or [])
+    if f is None:
+        return None
+    lo, med, hi, ratio = f
+    n = len(point["per_worker_ops"])
+    row = [fmt_count(n), fmt_count(point.get("unmap_workers", 0)), fmt_count(lo), "%.0f" % med,
+           fmt_count(hi), ("%.2f" % ratio) if ratio is not None else "inf"]
+    out = _table([row], ["mapping workers", "unmap-only", "min ops", "median ops", "max ops", "max/min"],
+                 fmt, right_from=0)
+    if ratio is None:
+        out += "\na worker completed no I/O: it starved (preempted, or never got the lock)"
+    return out
+
+
+# -------------------------------------------------------------------- series
+
+def series_table(point, fmt="simple"):
+    """One row per second of the window: throughput and the lock that made
+    CPUs wait longest in that second."""
+    s = point.get("series")
+    if not s:
+        return None
+    rows = [["%g" % e.get("t", i), fmt_ops(e.get("ops_per_sec")), e.get("top_lock") or "-",
+             fmt_us(e.get("top_lock_wait_ns"))] for i, e in enumerate(s)]
+    return _table(rows, ["t (s)", "ops/s", "top lock", "its wait µs"], fmt)
+
+
+# --------------------------------------------------------------------- point
+
+def point_title(point, machine=None):
+    cores = (machine or {}).get("cores_allowed")
+    over = ""
+    if point.get("oversubscribed"):
+        over = ", oversubscribed" + (" (%s cores)" % cores if cores else "")
+    spec = point.get("spec")
+    name = point["design"] + (" (%s)" % spec if spec and spec != point["design"] else "")
+    t = point["threads"]
+    return "%s at %d thread%s: %s ops/s%s" % (name, t, "" if t == 1 else "s",
+                                            fmt_ops(point["ops_per_sec"]), over)
+
+
+def render_point(point, machine=None, options=None, fmt="simple"):
+    """Every diagnostic the point holds, under one title, each section
+    skipped when the point has no data for it."""
+    out = ["== " + point_title(point, machine), timing_line(point, options)]
+    sections = (("locks", lock_table(point, fmt, options)),
+                ("time per I/O", breakdown_table(point, fmt)),
+                ("allocator", alloc_table(point, fmt)),
+                ("magazines", magazine_table(point, fmt)),
+                ("flush and exposure", flush_table(point, fmt)),
+                ("fairness", fairness_table(point, fmt)),
+                ("per second", series_table(point, fmt)))
+    for title, text in sections:
+        if text:
+            out += ["", "-- " + title, text]
+    return "\n".join(out)
