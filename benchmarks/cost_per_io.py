@@ -1,61 +1,69 @@
-"""Single-worker cost per I/O of each design, in ns, with lock statistics
-off and on, side by side from one run.
+"""Single-worker cost per I/O of each design, in ns, plain, with `--check`
+and with `--diag`, side by side from one run.
 
-    python benchmarks/cost_per_io.py [--designs direct,bitmap] [--duration 1] [--repeats 5]
+    python benchmarks/cost_per_io.py [--designs LIST] [--duration 1] [--repeats 5]
+                                     [--profile none]
 
-The harness's own overhead is the `direct` row: its loop maps nothing.
+The harness's own overhead is the `direct` row: its loop maps nothing.  The
+settings are interleaved window by window, so that drift of the machine
+hits them alike.
 """
 import argparse
 import statistics
 import sys
 
-from harness import designs as designmod
-from harness.config import defaults
-from harness.results import machine
-from harness.report import header
-from harness.sweep import Sweep
 from tabulate import tabulate
 
+from harness import designs as designmod
+from harness.config import defaults
+from harness.report import header
+from harness.results import machine
+from harness.sweep import Sweep
 
-def measure(design_names, duration, repeats, **over):
-    opts = defaults()
-    opts.update(threads=[1], duration=duration, warmup=0.1, repeats=repeats, **over)
-    designs = [designmod.resolve(n) for n in design_names]
-    out = {}
-    with Sweep(opts, designs) as sw:
-        for i, d in enumerate(designs):
-            runs = [sw.window(i, 1)["ops_per_sec"] for _ in range(repeats)]
-            out[d.name] = runs
-        cpn = sw.cycles_per_ns
-    return out, cpn
+DEFAULT = ("direct,bitmap,pools,rbtree,magazines,linux-2008,peleg-2015,linux-6.7,"
+           "fujita-bitmap")
+SETTINGS = {"plain": {}, "check": {"check": True}, "diag": {"diag": True}}
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--designs", default="direct,bitmap")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--designs", default=DEFAULT)
     ap.add_argument("--duration", type=float, default=1.0)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--profile", default="none",
+                    help="cost profile; 'none' measures the code alone")
     args = ap.parse_args()
     names = args.designs.split(",")
-    # alternate the two settings so that drift in the machine hits both alike
-    plain, timed = {n: [] for n in names}, {n: [] for n in names}
-    cpn = None
-    for _ in range(args.repeats):
-        a, cpn = measure(names, args.duration, 1)
-        b, _ = measure(names, args.duration, 1, lock_timing=True)
-        for n in names:
-            plain[n] += a[n]
-            timed[n] += b[n]
-    print(header(machine(cpn)))
+    designs = [designmod.resolve(n) for n in names]
+    runs = {(n, s): [] for n in names for s in SETTINGS}
+    sweeps = {}
+    for s, over in SETTINGS.items():
+        o = defaults()
+        o.update(threads=[1], duration=args.duration, warmup=0.1, repeats=1,
+                 profile=args.profile, **over)
+        sweeps[s] = Sweep(o, designs).__enter__()
+    try:
+        for _ in range(args.repeats):
+            for i, n in enumerate(names):
+                for s, sw in sweeps.items():
+                    runs[(n, s)].append(sw.window(i, 1)["ops_per_sec"])
+        cpn = sweeps["plain"].cycles_per_ns
+    finally:
+        for sw in sweeps.values():
+            sw.close()
+    print(header(machine(cpn)) + "; profile " + args.profile)
     rows = []
     for n in names:
-        p = statistics.median(plain[n])
-        t = statistics.median(timed[n])
-        rows.append([n, "%.1f" % (1e9 / p), "%.1f" % (1e9 / t), "%+.1f%%" % ((p / t - 1) * 100),
-                     "%.1f%%" % (100 * (max(plain[n]) - min(plain[n])) / p)])
-    print(tabulate(rows, headers=["design", "ns/I/O", "ns/I/O lock timing", "timing adds",
+        med = {s: statistics.median(runs[(n, s)]) for s in SETTINGS}
+        plain = runs[(n, "plain")]
+        rows.append([n, "%.1f" % (1e9 / med["plain"]),
+                     "%.1f" % (1e9 / med["check"]), "%+.1f%%" % ((med["plain"] / med["check"] - 1) * 100),
+                     "%.1f" % (1e9 / med["diag"]), "%+.1f%%" % ((med["plain"] / med["diag"] - 1) * 100),
+                     "%.1f%%" % (100 * (max(plain) - min(plain)) / med["plain"])])
+    print(tabulate(rows, headers=["design", "ns/I/O", "--check", "adds", "--diag", "adds",
                                   "spread"], disable_numparse=True))
-    print("1 worker, median of %d windows of %.1f s each" % (args.repeats, args.duration))
+    print("1 worker; median of %d windows of %.1f s; 'adds' is the cost against plain"
+          % (args.repeats, args.duration))
 
 
 if __name__ == "__main__":

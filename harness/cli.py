@@ -166,6 +166,7 @@ def cmd_sweep(args, several=True):
                     continue
                 finally:
                     bar.update(1)
+                res.doc["timings"] = dict(sw.timings)
                 res.add(results.point_doc(pt))
             if not failed:
                 res.finish()
@@ -176,10 +177,10 @@ def cmd_sweep(args, several=True):
         bar.close()
     _print_results(res.doc, args, opts)
     _print_published(res.doc, args.preset_extras)
-    print("%d points measured in %.1f s%s" % (len(res.doc["points"]) - len(kept),
-                                            time.monotonic() - t_start,
-                                            ", %d kept from %s" % (len(kept), args.resume)
-                                            if kept else ""), file=sys.stderr)
+    print("%d points measured in %.1f s (compiling %.1f s, starting workers %.1f s)%s"
+          % (len(res.doc["points"]) - len(kept), time.monotonic() - t_start,
+             sw.timings["compile_s"], sw.timings["fork_s"],
+             ", %d kept from %s" % (len(kept), args.resume) if kept else ""), file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -201,7 +202,7 @@ def _print_results(doc, args, opts):
         from harness import diagnostics
         for p in doc["points"]:
             print()
-            print(diagnostics.render_point(p, doc["machine"]))
+            print(diagnostics.render_point(p, doc["machine"], doc["options"], fmt="simple"))
 
 
 def _print_published(doc, extras):
@@ -277,6 +278,16 @@ def build_parser():
     diag.set_defaults(func=cmd_diagnose)
     clean = sub.add_parser("clean", help="remove shared-memory segments left by dead runs")
     clean.set_defaults(func=cmd_clean)
+    from harness import plot, report
+    rep = sub.add_parser("report", help="re-render results files (merged) as tables")
+    report.add_report_arguments(rep)
+    rep.set_defaults(func=report.cmd_report)
+    cmp_ = sub.add_parser("compare", help="two results side by side, with ratios B/A")
+    report.add_compare_arguments(cmp_)
+    cmp_.set_defaults(func=report.cmd_compare)
+    pl = sub.add_parser("plot", help="throughput against threads, and where the time goes (PNG)")
+    plot.add_plot_arguments(pl)
+    pl.set_defaults(func=plot.cmd_plot)
     try:
         from harness import replay
     except ImportError:

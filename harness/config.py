@@ -197,13 +197,17 @@ def _line_of(text, key):
 def _parse(path):
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise UsageError("%s: cannot read: %s" % (path, e.strerror)) from None
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[:e.start].count(b"\n") + 1
+        raise UsageError("%s:%d: not UTF-8 text" % (path, line)) from None
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        msg = str(e)
+    except ValueError as e:
+        # TOMLDecodeError, and ValueError itself for integers too long to convert
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
         if m:
             msg = "%s:%s: %s" % (path, m.group(1), msg[:m.start()].strip())

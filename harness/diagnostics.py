@@ -135,7 +135,7 @@ def _lock_rows(point, timed):
             else:
                 row[k] = None
         rows.append(row)
-    fl = point.get("flush")
+    fl = point.get("flush_stats")
     if isinstance(fl, dict) and fl.get("invalidations"):
         n = fl["invalidations"]
         queued = fl.get("invalidation_queue_ns", 0.0)
@@ -312,7 +312,7 @@ def flush_table(point, fmt="simple"):
     unmapped IOVAs, the IOTLB, and what a rogue device saw."""
     rows = []
     unmaps = point.get("unmaps") or 0
-    fl = point.get("flush")
+    fl = point.get("flush_stats")
     if isinstance(fl, dict) and point.get("allocator") != "direct":
         n = fl.get("invalidations", 0)
         rows.append(["invalidations", fmt_count(n), _per_unmap(n, unmaps)])

@@ -105,8 +105,10 @@ M_FLUSHED_ENTRIES = 6
 M_TIMER_FLUSHES = 7
 FLUSH_ENDS = 1024            # completion cycle of recent flushes, by finish count
 
-# exposure histogram: log2 buckets split in 4, per worker
-EXP_SUB = 4
+# exposure histogram, per worker: log2 buckets split in 8 (values are within
+# 12.5% of their bucket's upper edge)
+EXP_SUB_BITS = 3
+EXP_SUB = 1 << EXP_SUB_BITS
 EXP_BUCKETS = 64 * EXP_SUB
 EXP_WORDS = EXP_BUCKETS + LINE          # histogram, then a line of totals
 E_COUNT, E_SUM, E_MAX = 0, 1, 2
@@ -211,8 +213,8 @@ def _exposure(env, w, c):
     if c < EXP_SUB:
         b = c
     else:
-        lg = 63 - clz(np.uint64(c))
-        b = lg * EXP_SUB + ((c >> (lg - 2)) & (EXP_SUB - 1))
+        shift = 63 - clz(np.uint64(c)) - EXP_SUB_BITS
+        b = shift * EXP_SUB + (c >> shift)
     e = w * EXP_WORDS
     env.exp[e + b] += 1
     t = e + EXP_BUCKETS
@@ -226,9 +228,9 @@ def bucket_upper(b):
     """The largest value (cycles) histogram bucket b holds."""
     if b < EXP_SUB:
         return b
-    lg, sub = divmod(b, EXP_SUB)
-    lo = (1 << lg) + sub * (1 << (lg - 2))
-    return lo + (1 << (lg - 2)) - 1
+    shift = b // EXP_SUB - 1
+    q = b % EXP_SUB + EXP_SUB
+    return ((q + 1) << shift) - 1
 
 
 @hot

@@ -123,7 +123,7 @@ def _throughput_panel(ax, points, colors, cores):
     if ys:
         # headroom for the label and some of the linear-scaling lines; the
         # rest of those may leave the top, as perfect scaling never happens
-        ax.set_ylim(min(ys) / 1.8, max(ys) * 2.5)
+        ax.set_ylim(_nice_floor(min(ys) / 1.3), max(ys) * 2.5)
     over_t = [t for t in threads if any(p.get("oversubscribed") for p in points if p["threads"] == t)]
     if over_t:
         full_t = [t for t in threads if t < over_t[0]]
@@ -131,7 +131,8 @@ def _throughput_panel(ax, points, colors, cores):
         ax.axvspan(start, hi_x, color="0.5", alpha=0.12, lw=0, zorder=0)
         label = "oversubscribed\n(> %s cores)" % cores if cores else "oversubscribed"
         ax.text(math.sqrt(start * hi_x), 0.97, label, transform=ax.get_xaxis_transform(),
-                ha="center", va="top", fontsize=9, color="0.3")
+                ha="center", va="top", fontsize=9, color="0.3", zorder=5,
+                bbox=dict(boxstyle="round,pad=0.3", facecolor="#eeeeee", edgecolor="none"))
     extra = handles + [Line2D([], [], ls=":", color="0.4", label="linear scaling from 1 thread")]
     if over_t:
         extra.append(Line2D([], [], ls="none", marker="o", mfc="white", mec="0.3",
@@ -140,6 +141,13 @@ def _throughput_panel(ax, points, colors, cores):
                         label="bar: min-max of repeats"))
     ax.set_title("throughput against threads", fontsize=11)
     return extra
+
+
+def _nice_floor(v):
+    """The largest 1, 2 or 5 times a power of ten not above v: the bottom
+    of the axis then carries a label."""
+    e = 10 ** math.floor(math.log10(v))
+    return max(m * e for m in (1, 2, 5) if m * e <= v)
 
 
 def _decades(points):

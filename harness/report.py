@@ -57,8 +57,7 @@ def header(machine):
 
 
 def flush_policy(point):
-    """strict, batched, percpu or none.  The spec is the reliable source:
-    the point's `flush` key may hold the flush statistics instead."""
+    """strict, batched, percpu or none."""
     fl = point.get("flush")
     if isinstance(fl, str):
         return fl
@@ -202,7 +201,7 @@ def exposure_table(points, fmt="simple"):
         if pol == "none":
             continue
         ex = p.get("exposure_ns") or {}
-        fl = p.get("flush") if isinstance(p.get("flush"), dict) else {}
+        fl = p.get("flush_stats") or {}
         deferred = pol in DEFERRED
         has_ex = bool(ex.get("count"))
         row = [p["design"], "%d%s" % (p["threads"], "*" if p.get("oversubscribed") else ""), pol,

@@ -78,7 +78,7 @@ def point_doc(pt):
     }
     # the median window's detail
     for k in ("per_worker_ops", "unmap_workers", "fails", "locks", "alloc_stats", "footprint",
-              "exposure_ns", "flush", "iotlb", "unmaps", "device_wait_ns", "handoff_wait_ns",
+              "exposure_ns", "flush_stats", "iotlb", "unmaps", "device_wait_ns", "handoff_wait_ns",
               "stale_hits", "rogue_probes", "stale_hits_per_sec", "series", "breakdown_ns",
               "diag"):
         if k in w:

@@ -128,6 +128,7 @@ class Sweep:
         self.arena = Arena(specs)
         self.pool = None
         self.cycles_per_ns = None
+        self.timings = {"compile_s": 0.0, "fork_s": 0.0}
 
     def __enter__(self):
         self.arena.create()
@@ -158,7 +159,9 @@ class Sweep:
                 for k in range(self.ndomains)))
         self.entries = [ENTRIES[d.allocator] for d in self.designs]
         self.cycles_per_ns = calibrate()
+        t0 = time.perf_counter()
         self._compile()
+        self.timings["compile_s"] = time.perf_counter() - t0
 
     def _compile(self):
         """Compile (or load) every loop in the parent, before forking: a
@@ -173,7 +176,9 @@ class Sweep:
 
     def start_workers(self):
         if self.pool is None:
+            t0 = time.perf_counter()
             self.pool = Pool(self.max_threads, self.env, self.states, self.entries, self.cores)
+            self.timings["fork_s"] += time.perf_counter() - t0
 
     def close(self):
         try:
@@ -463,7 +468,7 @@ class Sweep:
         iotlb = {"hits": int(ios[:, iommu.W_HITS].sum()), "fills": int(ios[:, iommu.W_FILLS].sum()),
                  "faults": int(ios[:, iommu.W_FAULTS].sum())}
         out = {"locks": locks, "alloc_stats": alloc_stats, "footprint": footprint,
-               "exposure_ns": exposure, "flush": flush, "iotlb": iotlb,
+               "exposure_ns": exposure, "flush_stats": flush, "iotlb": iotlb,
                "unmaps": int(cnt[:, C_UNMAPS].sum()),
                "device_wait_ns": float(cnt[:, C_DEVICE_WAIT].sum() / cpn),
                "handoff_wait_ns": float(cnt[:, C_HAND_WAIT].sum() / cpn)}

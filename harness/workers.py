@@ -503,6 +503,10 @@ class Pool:
         ctx = mp.get_context("fork")
         env.ctl[CTL_GEN] = 0
         env.ctl[CTL_CMD] = 0
+        # what a parked worker calls must be compiled here: loading it in
+        # every child would cost each one megabytes of private memory
+        atomic_load(env.ctl, CTL_GEN)
+        atomic_add(env.ctl, CTL_DONE, 0)
         gc.collect()
         gc.freeze()      # forked children then leave the heap's pages shared
         self.procs = []
@@ -577,8 +581,10 @@ class Pool:
         for p in self.procs:
             if p.exitcode is None:
                 p.kill()
+        # SIGKILL cannot be refused; on a loaded machine the process may
+        # need a while to be scheduled and die, and it must be reaped
         for p in self.procs:
-            p.join(1.0)
+            p.join()
         self.procs = []
 
 

@@ -47,15 +47,14 @@ def point(design, threads, ops, runs=None, cores=4, **extra):
          "alloc_fails": 0, "locks": [lock("none", 0, 0, 0.0)] if alloc == "direct" else [],
          "alloc_stats": {}, "footprint_bytes": {"start": 0, "peak": 0},
          "exposure_ns": {"count": 0, "mean": 0.0, "p99": 0.0, "max": 0.0},
-         # as point_doc writes it: the statistics replace the policy name
-         "flush": {"invalidations": 0, "invalidation_wait_ns": 0.0, "invalidation_queue_ns": 0.0,
+         "flush_stats": {"invalidations": 0, "invalidation_wait_ns": 0.0, "invalidation_queue_ns": 0.0,
                    "queue_flushes": 0, "timer_flushes": 0, "flushed_entries": 0, "mean_batch": 0.0},
          "iotlb": {"hits": 0, "fills": 0, "faults": 0}, "unmaps": 10000,
          "device_wait_ns": 0.0, "handoff_wait_ns": 0.0}
     if alloc != "direct":
         p["exposure_ns"] = ({"count": 9000, "mean": 120e3, "p99": 400e3, "max": 2e6} if deferred
                             else {"count": 10000, "mean": 900.0, "p99": 1200.0, "max": 5000.0})
-        p["flush"] = ({"invalidations": 40, "invalidation_wait_ns": 40e3, "invalidation_queue_ns": 0.0,
+        p["flush_stats"] = ({"invalidations": 40, "invalidation_wait_ns": 40e3, "invalidation_queue_ns": 0.0,
                        "queue_flushes": 40, "timer_flushes": 4, "flushed_entries": 10000,
                        "mean_batch": 250.0} if deferred else
                       {"invalidations": 10000, "invalidation_wait_ns": 9e6,
