@@ -188,7 +188,7 @@ def defaults():
 
 
 def _line_of(text, key):
-    for i, line in enumerate(text.splitlines(), 1):
+    for i, line in enumerate(text.split("\n"), 1):     # TOML breaks lines at \n only
         if re.match(r"\s*%s\s*=" % re.escape(key), line):
             return i
     return None

@@ -76,9 +76,15 @@ def _shown(text, width=60):
     return repr(text)
 
 
+TOO_BIG = 1 << 128          # stands for any number of more digits than a range allows
+
+
 def _number(tok):
     if not _NUMBER.match(tok):
         return None
+    if len(tok.lstrip("0xX")) > 38:
+        # out of every range anyway; Python refuses to convert very long ones
+        return TOO_BIG
     return int(tok, 16) if tok[:2] in ("0x", "0X") else int(tok, 10)
 
 
