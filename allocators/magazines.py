@@ -510,7 +510,6 @@ def _rcache_get(st, w, cpu, c, limit_pfn):
 def free_cpu_cached_iovas(st, w, cpu):
     """Every IOVA in one CPU's loaded and prev magazines back to the tree;
     the magazines stay."""
-    stride = st.meta[C_STRIDE]
     n = 0
     for c in range(NCLS):
         pc = (cpu * NCLS + c) * LINE

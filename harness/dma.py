@@ -113,12 +113,14 @@ EXP_BUCKETS = 64 * EXP_SUB
 EXP_WORDS = EXP_BUCKETS + LINE          # histogram, then a line of totals
 E_COUNT, E_SUM, E_MAX = 0, 1, 2
 
-# rogue device: recently unmapped IOVAs
+# rogue device: recently unmapped IOVAs, two words each: (domain, IOVA) and
+# the generation of the mapping that was unmapped
 RECENT = 4096
+R_INDEX = 2 * RECENT         # the ring's next slot; then probe and hit counts
 
 FlushQ = namedtuple("FlushQ", ["q", "meta", "ends", "ring", "lk"])
 Env = namedtuple("Env", ["ctl", "cfg", "own", "cnt", "ring", "sizes", "io", "fq",
-                         "exp", "hand", "recent", "diag"])
+                         "exp", "hand", "recent", "diag", "gen"])
 
 
 def fq_layout(ndomains, ncpus):
@@ -137,7 +139,8 @@ def layout(nworkers, ndomains, pages, ncpus, tlb_entries, ways):
              ("sizes", np.int64, (SIZE_TABLE,)),
              ("exp", np.int64, (nworkers * EXP_WORDS,)),
              ("hand", np.int64, (nworkers * (RINGCAP * RING_WORDS + 2 * LINE),)),
-             ("recent", np.int64, (RECENT + LINE,)),
+             ("recent", np.int64, (2 * RECENT + LINE,)),
+             ("gen", np.int64, (ndomains * pages,)),
              ("diag", np.int64, (nworkers * LINE,))]
             + [("io." + n, d, s) for n, d, s in iommu.layout(ndomains, pages, tlb_entries,
                                                               ways, nworkers)]
@@ -157,7 +160,7 @@ def make(views, fq_lk):
     fq = FlushQ(views["fq.q"], views["fq.meta"], views["fq.ends"], views["fq.ring"], fq_lk)
     return Env(views["ctl"], views["cfg"], views["own"], views["cnt"], views["ring"],
                views["sizes"], io, fq, views["exp"], views["hand"], views["recent"],
-               views["diag"])
+               views["diag"], views["gen"])
 
 
 # --- the ownership map ---------------------------------------------------
@@ -235,9 +238,13 @@ def bucket_upper(b):
 
 @hot
 def _publish(env, dom, iova):
-    """For the rogue device: an IOVA whose unmap has returned."""
-    i = fetch_add(env.recent, RECENT, 1)
-    store(env.recent, i % RECENT, (dom << 40) | (iova + 1))
+    """For the rogue device: an IOVA whose unmap has returned, with the
+    generation of that mapping, so that a hit on a later mapping of the
+    same IOVA is not taken for a stale one.  The generation is written
+    first and checked again by the reader."""
+    i = fetch_add(env.recent, R_INDEX, 1) % RECENT
+    store(env.recent, 2 * i + 1, load(env.gen, dom * env.cfg[CFG_PAGES] + iova))
+    store(env.recent, 2 * i, (dom << 40) | (iova + 1))
 
 
 # --- map and unmap -------------------------------------------------------
@@ -255,6 +262,9 @@ def dma_map(alloc, st, env, w, cpu, dom, pages, phys, sample):
     t1 = cycles() if sample else 0
     if env.cfg[CFG_CHECK] != 0:
         _claim(env, w, dom, iova, pages)
+    if env.cfg[CFG_ROGUE] != 0:
+        g = dom * env.cfg[CFG_PAGES] + iova
+        store(env.gen, g, load(env.gen, g) + 1)
     iommu.write_ptes(env.io, dom, iova, pages, phys)
     if sample:
         b = w * LINE
@@ -392,6 +402,11 @@ def _fq_ring_free(free, sts, env, w, cpu, dom, ring_cpu):
         end = load(fq.ends, dom * FLUSH_ENDS + (cnt + 1) % FLUSH_ENDS)
         if fin - (cnt + 1) >= FLUSH_ENDS:
             end = load(fq.ends, dom * FLUSH_ENDS + fin % FLUSH_ENDS)
+        if end < fq.ring[e + 2]:
+            # its record is not written yet (that flush is between counting
+            # its finish and storing its end) or was overwritten: now is
+            # an upper bound
+            end = cycles()
         _exposure(env, w, end - fq.ring[e + 2])
         if env.cfg[CFG_CHECK] != 0:
             _settle(env, w, dom, fq.ring[e], fq.ring[e + 1])
@@ -399,7 +414,8 @@ def _fq_ring_free(free, sts, env, w, cpu, dom, ring_cpu):
         head = (head + 1) % IOVA_FQ_SIZE
         n += 1
     fq.ring[hdr] = head
-    fq.meta[dom * LINE + M_FLUSHED_ENTRIES] += n
+    # other CPUs free their own rings under their own locks meanwhile
+    fetch_add(fq.meta, dom * LINE + M_FLUSHED_ENTRIES, n)
 
 
 @hot
@@ -428,16 +444,17 @@ def _fq_queue(free, sts, env, w, cpu, dom, iova, pages, t):
     fq.ring[hdr + 1] = (tail + 1) % IOVA_FQ_SIZE
     release(fq.lk, li, w)
     mb = dom * LINE
-    if load(fq.meta, mb + M_TIMER_ON) == 0 and xchg(fq.meta, mb + M_TIMER_ON, 1) == 0:
+    if load(fq.meta, mb + M_TIMER_ON) == 0:
+        # the deadline first: a timer seen on must never carry an old one
         store(fq.meta, mb + M_DEADLINE, cycles() + env.cfg[CFG_FQ_TIMEOUT])
+        xchg(fq.meta, mb + M_TIMER_ON, 1)
 
 
 @hot
-def _fq_timeout(free, sts, env, w, cpu, dom):
-    """fq_flush_timeout: flush the domain, then empty every CPU's ring."""
+def _fq_flush_all(free, sts, env, w, cpu, dom):
+    """fq_flush_timeout's work: flush the domain, then empty every CPU's
+    ring."""
     fq = env.fq
-    store(fq.meta, dom * LINE + M_TIMER_ON, 0)
-    fetch_add(fq.meta, dom * LINE + M_TIMER_FLUSHES, 1)
     _fq_flush(env, w, dom)
     ncpus = env.cfg[CFG_NCPUS]
     for c in range(ncpus):
@@ -445,6 +462,14 @@ def _fq_timeout(free, sts, env, w, cpu, dom):
         acquire(fq.lk, li, w)
         _fq_ring_free(free, sts, env, w, cpu, dom, c)
         release(fq.lk, li, w)
+
+
+@hot
+def _fq_timeout(free, sts, env, w, cpu, dom):
+    """fq_flush_timeout: the timer is off again, then its work."""
+    store(env.fq.meta, dom * LINE + M_TIMER_ON, 0)
+    fetch_add(env.fq.meta, dom * LINE + M_TIMER_FLUSHES, 1)
+    _fq_flush_all(free, sts, env, w, cpu, dom)
 
 
 @hot
@@ -481,7 +506,7 @@ def drain(free, sts, env, w, cpu):
         release(fq.lk, 0, w)
     elif policy == FLUSH_PERCPU:
         for d in range(env.cfg[CFG_NDOMAINS]):
-            _fq_timeout(free, sts, env, w, cpu, d)
+            _fq_flush_all(free, sts, env, w, cpu, d)
 
 
 def init(env, ndomains, ncpus):
@@ -493,3 +518,4 @@ def init(env, ndomains, ncpus):
     env.exp[:] = 0
     env.recent[:] = 0
     env.diag[:] = 0
+    env.gen[:] = 0

@@ -13,12 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import hwmodel  # noqa: F401  (points numba's cache at the project's directory)
-from hwmodel.cpu import hot
 from allocators import DEFAULT_BOUNDARY_PAGES, Params
 from harness.compose import private
 from harness.errors import UsageError
 from harness.trace import OP_ALLOC, OP_FREE, read
+from hwmodel.cpu import hot
 
 
 def _optional(name):

@@ -25,12 +25,12 @@ from harness.dma import (CFG_CHECK, CFG_CONSUMERS, CFG_DEPTH, CFG_DEVICE, CFG_DI
                          CTL_ATTACHED, CTL_DONE, CTL_ERR, CTL_ERR_CLAIMANT, CTL_ERR_HOLDER,
                          CTL_ERR_KIND, CTL_ERR_PAGE, CTL_PHASE, CTL_PRODUCERS_LEFT, EXP_BUCKETS,
                          EXP_WORDS, E_COUNT, E_MAX, E_SUM, FLUSH_NAMES, IOVA_FQ_TIMEOUT, LINE,
-                         M_FLUSHED_ENTRIES, M_FLUSHES, M_TIMER_FLUSHES, RECENT, SIZE_TABLE,
+                         M_FLUSHED_ENTRIES, M_FLUSHES, M_TIMER_FLUSHES, SIZE_TABLE,
                          bucket_upper)
 from harness.workers import (C_DEVICE_WAIT, C_FAILS, C_HAND_WAIT, C_OPS, C_OPS_END, C_OPS_START,
                              C_STATUS, C_UNMAPS, CTL_FINISHED, CTL_ROGUE_PROBES,
                              CTL_ROGUE_READY, CTL_ROGUE_STALE, ENTRIES, PH_MEASURE, PH_STOP,
-                             PH_WARMUP, TRIM_PERIOD_MS, Pool, Watchdog, WorkerDied,
+                             PH_WAIT, PH_WARMUP, TRIM_PERIOD_MS, Pool, Watchdog, WorkerDied,
                              allowed_cores, rogue_loop)
 from hwmodel import iommu
 from hwmodel import locks as lockmod
@@ -235,6 +235,9 @@ class Sweep:
         for k in (CTL_ERR, CTL_ERR_PAGE, CTL_ERR_HOLDER, CTL_ERR_CLAIMANT, CTL_ERR_KIND,
                   CTL_FINISHED, CTL_ROGUE_PROBES, CTL_ROGUE_STALE, CTL_ROGUE_READY):
             env.ctl[k] = 0
+        # before anything is started: a rogue device forked now must not see
+        # the last window's stop
+        env.ctl[CTL_PHASE] = PH_WAIT
         env.ctl[CTL_PRODUCERS_LEFT] = threads - cfg[CFG_CONSUMERS]
 
     def _start_rogue(self):

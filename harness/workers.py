@@ -21,9 +21,11 @@ import time
 
 from allocators import bitmap, direct, magazines, pools, rbtree
 from harness.dma import (CFG_CONSUMERS, CFG_DEPTH, CFG_DEVICE, CFG_DIAG, CFG_HYPERCALL, CFG_NCPUS,
+                         CFG_PAGES,
                          CFG_NDOMAINS, CFG_PREMAPPED, CFG_SEED, CFG_TRANSLATE, CFG_TRIM,
                          CTL_ATTACHED, CTL_CMD, CTL_DESIGN, CTL_DONE, CTL_GEN, CTL_NACTIVE,
-                         CTL_PHASE, CTL_PRODUCERS_LEFT, DIAG_SAMPLE, LINE, RECENT, RING_WORDS,
+                         CTL_PHASE, CTL_PRODUCERS_LEFT, DIAG_SAMPLE, LINE, R_INDEX, RECENT,
+                         RING_WORDS,
                          RINGCAP,
                          SIZE_TABLE, dma_map, dma_unmap, drain, timers)
 from hwmodel import iommu
@@ -383,23 +385,25 @@ def rogue_loop(env):
     stale = 0
     k = 0
     while load(ctl, CTL_PHASE) == PH_MEASURE:
-        n = load(env.recent, RECENT)
+        n = load(env.recent, R_INDEX)
         if n == 0:
             sched_yield()
             continue
         # the most recent unmaps first, then further back
         k = (k + 1) % 64
-        e = load(env.recent, (n - 1 - k) % RECENT)
-        if e == 0:
+        i = (n - 1 - k) % RECENT
+        e = load(env.recent, 2 * i)
+        gen = load(env.recent, 2 * i + 1)
+        if e == 0 or load(env.recent, 2 * i) != e:
             continue
         dom = e >> 40
         iova = (e & ((1 << 40) - 1)) - 1
         probes += 1
         phys = iommu.probe(io, dom, iova)
-        if phys >= 0:
-            pte = iommu.pte(io, dom, iova)
-            if pte & iommu.PTE_PRESENT == 0 or (pte >> iommu.PAGE_SHIFT) != phys:
-                stale += 1
+        # a hit counts if the IOVA has not been mapped again since: its
+        # translation is the one whose unmap returned
+        if phys >= 0 and load(env.gen, dom * env.cfg[CFG_PAGES] + iova) == gen:
+            stale += 1
     ctl[CTL_ROGUE_PROBES] = probes
     ctl[CTL_ROGUE_STALE] = stale
 

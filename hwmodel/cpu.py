@@ -8,7 +8,6 @@ instructions, which are full barriers anyway.
 """
 import time
 
-import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils

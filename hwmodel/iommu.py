@@ -11,7 +11,9 @@ and a second flush queues behind the first; the submitting CPU polls until
 its own completes, as the kernel polls the invalidation-wait descriptor.
 
 An IOTLB entry is one int64, ((iova pfn + 1) << 32) | physical pfn, so that a
-probe never sees half of an entry.
+probe never sees half of an entry.  An invalidation removes its entries when
+it completes, not when it is submitted: until then the device can still use
+them.
 """
 from collections import namedtuple
 
@@ -37,8 +39,6 @@ I_NDOMAINS = 6
 
 # Iommu.unit words, one line per IOMMU
 U_BUSY_UNTIL = 0       # cycle at which the unit's last accepted flush completes
-U_FLUSHES = 1
-U_QUEUED = 2           # flushes that found the unit busy
 
 # per-worker statistics line
 W_FILLS = 0
@@ -110,9 +110,13 @@ def translate(io, w, dom, pfn):
     b = _set_base(io, dom, pfn)
     ways = io.cfg[I_WAYS]
     s = w * LINE
+    empty = -1
     for k in range(ways):
         e = load(io.tlb, b + k)
-        if e != 0 and (e >> TAG_SHIFT) == pfn + 1:
+        if e == 0:
+            if empty < 0:
+                empty = k
+        elif (e >> TAG_SHIFT) == pfn + 1:
             io.stats[s + W_HITS] += 1
             return e & PHYS_MASK
     pte = load(io.pt, dom * io.cfg[I_PAGES] + pfn)
@@ -120,9 +124,9 @@ def translate(io, w, dom, pfn):
         io.stats[s + W_FAULTS] += 1
         return -1
     phys = pte >> PAGE_SHIFT
-    # replace a way picked by the cycle counter's low bits: cheap, and
-    # without shared replacement state to bounce between CPUs
-    victim = cycles() % ways
+    # a free way if the set has one; else a victim picked by the cycle
+    # counter's low bits: no shared replacement state to bounce between CPUs
+    victim = empty if empty >= 0 else cycles() % ways
     store(io.tlb, b + victim, ((pfn + 1) << TAG_SHIFT) | (phys & PHYS_MASK))
     io.stats[s + W_FILLS] += 1
     return phys
@@ -191,14 +195,15 @@ def drop_domain(io, dom):
 def invalidate(io, w, dom, pfn, pages):
     """Invalidate `pages` pages from `pfn` (page-selective; pfn < 0: the
     whole domain) and wait for completion.  Returns the completion cycle."""
-    if pfn < 0:
-        t0, end = _occupy_unit(io, w, io.cfg[I_INV_DOMAIN])
-        removed = drop_domain(io, dom)
-    else:
-        t0, end = _occupy_unit(io, w, io.cfg[I_INV_PAGE])
-        removed = _drop_entries(io, w, dom, pfn, pages)
+    latency = io.cfg[I_INV_DOMAIN] if pfn < 0 else io.cfg[I_INV_PAGE]
+    t0, end = _occupy_unit(io, w, latency)
     while cycles() < end:
         pause()
+    # the stale translations live until the invalidation completes
+    if pfn < 0:
+        removed = drop_domain(io, dom)
+    else:
+        removed = _drop_entries(io, w, dom, pfn, pages)
     s = w * LINE
     io.stats[s + W_INV] += 1
     io.stats[s + W_INV_WAIT] += end - t0

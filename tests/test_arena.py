@@ -8,7 +8,6 @@ import pytest
 from harness import arena as arenamod
 from harness.arena import Arena, ArenaError, clean_stale
 
-from tests.conftest import our_segments
 
 
 def test_views_are_aligned_and_shared(no_leaks):

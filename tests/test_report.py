@@ -140,7 +140,7 @@ def test_invalidation_unit_is_a_pseudo_lock_ranked_by_its_queueing():
 
 def test_timing_off_blanks_wait_and_hold_and_says_so():
     p = point("rbtree", 1, 1e6, locks=[lock("rbtree", 100, 3, 0.0, 0.0)],
-              flush={"invalidations": 0})
+              flush_stats={"invalidations": 0})
     opts = dict(OPTIONS, lock_timing=False)
     line = diagnostics.timing_line(p, opts)
     assert "off" in line and "--lock-timing" in line

@@ -11,7 +11,6 @@ from harness import designs
 from harness.config import defaults
 from harness.sweep import PointFailed, Sweep
 
-from tests.conftest import our_segments
 
 
 def opts(**kw):
