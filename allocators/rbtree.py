@@ -204,7 +204,9 @@ def _rotate_set_parents(nd, meta, old, new, color):
 
 @hot
 def _insert_color(nd, meta, node):
-    """Rebalance after linking a red leaf (lib/rbtree.c __rb_insert)."""
+    """Rebalance after linking a red leaf (lib/rbtree.c __rb_insert).  As in
+    _erase_color, one body serves both mirror cases: `far` is the uncle's
+    side, `near` the parent's."""
     parent = nd[node * NW + PARENT]
     while True:
         if parent == NIL:
@@ -214,164 +216,100 @@ def _insert_color(nd, meta, node):
         if nd[parent * NW + COLOR] == BLACK:
             return
         gparent = nd[parent * NW + PARENT]   # a red parent is never the root
-        tmp = nd[gparent * NW + RIGHT]
-        if parent != tmp:
-            # parent is the left child
-            if tmp != NIL and nd[tmp * NW + COLOR] == RED:
-                # red uncle: push the blackness down, continue from gparent
-                nd[tmp * NW + COLOR] = BLACK
-                nd[parent * NW + COLOR] = BLACK
-                node = gparent
-                parent = nd[node * NW + PARENT]
-                nd[node * NW + COLOR] = RED
-                continue
-            tmp = nd[parent * NW + RIGHT]
-            if node == tmp:
-                # inner grandchild: rotate it outside (left at parent)
-                tmp = nd[node * NW + LEFT]
-                nd[parent * NW + RIGHT] = tmp
-                nd[node * NW + LEFT] = parent
-                if tmp != NIL:
-                    nd[tmp * NW + PARENT] = parent
-                    nd[tmp * NW + COLOR] = BLACK
-                nd[parent * NW + PARENT] = node
-                nd[parent * NW + COLOR] = RED
-                parent = node
-                tmp = nd[node * NW + RIGHT]
-            # outer grandchild: rotate right at gparent
-            nd[gparent * NW + LEFT] = tmp
-            nd[parent * NW + RIGHT] = gparent
-            if tmp != NIL:
-                nd[tmp * NW + PARENT] = gparent
-                nd[tmp * NW + COLOR] = BLACK
-            _rotate_set_parents(nd, meta, gparent, parent, RED)
-            return
+        if parent != nd[gparent * NW + RIGHT]:
+            far, near = RIGHT, LEFT          # parent is the left child
         else:
-            tmp = nd[gparent * NW + LEFT]
-            if tmp != NIL and nd[tmp * NW + COLOR] == RED:
-                nd[tmp * NW + COLOR] = BLACK
-                nd[parent * NW + COLOR] = BLACK
-                node = gparent
-                parent = nd[node * NW + PARENT]
-                nd[node * NW + COLOR] = RED
-                continue
-            tmp = nd[parent * NW + LEFT]
-            if node == tmp:
-                tmp = nd[node * NW + RIGHT]
-                nd[parent * NW + LEFT] = tmp
-                nd[node * NW + RIGHT] = parent
-                if tmp != NIL:
-                    nd[tmp * NW + PARENT] = parent
-                    nd[tmp * NW + COLOR] = BLACK
-                nd[parent * NW + PARENT] = node
-                nd[parent * NW + COLOR] = RED
-                parent = node
-                tmp = nd[node * NW + LEFT]
-            nd[gparent * NW + RIGHT] = tmp
-            nd[parent * NW + LEFT] = gparent
+            far, near = LEFT, RIGHT
+        tmp = nd[gparent * NW + far]
+        if tmp != NIL and nd[tmp * NW + COLOR] == RED:
+            # red uncle: push the blackness down, continue from gparent
+            nd[tmp * NW + COLOR] = BLACK
+            nd[parent * NW + COLOR] = BLACK
+            node = gparent
+            parent = nd[node * NW + PARENT]
+            nd[node * NW + COLOR] = RED
+            continue
+        tmp = nd[parent * NW + far]
+        if node == tmp:
+            # inner grandchild: rotate it outside, at parent
+            tmp = nd[node * NW + near]
+            nd[parent * NW + far] = tmp
+            nd[node * NW + near] = parent
             if tmp != NIL:
-                nd[tmp * NW + PARENT] = gparent
+                nd[tmp * NW + PARENT] = parent
                 nd[tmp * NW + COLOR] = BLACK
-            _rotate_set_parents(nd, meta, gparent, parent, RED)
-            return
+            nd[parent * NW + PARENT] = node
+            nd[parent * NW + COLOR] = RED
+            parent = node
+            tmp = nd[node * NW + far]
+        # outer grandchild: rotate at gparent
+        nd[gparent * NW + near] = tmp
+        nd[parent * NW + far] = gparent
+        if tmp != NIL:
+            nd[tmp * NW + PARENT] = gparent
+            nd[tmp * NW + COLOR] = BLACK
+        _rotate_set_parents(nd, meta, gparent, parent, RED)
+        return
 
 
 @hot
 def _erase_color(nd, meta, parent):
     """Restore the black heights after a black node left from under
-    `parent` (lib/rbtree.c ____rb_erase_color)."""
+    `parent` (lib/rbtree.c ____rb_erase_color).  The kernel writes the two
+    mirror cases out; here `far` is the sibling's side and `near` the
+    node's, so one body serves both."""
     node = NIL
     while True:
-        sibling = nd[parent * NW + RIGHT]
-        if node != sibling:
-            # node is the left child (possibly NIL)
-            if nd[sibling * NW + COLOR] == RED:
-                # red sibling: rotate left at parent so the sibling is black
-                tmp1 = nd[sibling * NW + LEFT]
-                nd[parent * NW + RIGHT] = tmp1
-                nd[sibling * NW + LEFT] = parent
-                nd[tmp1 * NW + PARENT] = parent
-                nd[tmp1 * NW + COLOR] = BLACK
-                _rotate_set_parents(nd, meta, parent, sibling, RED)
-                sibling = tmp1
-            tmp1 = nd[sibling * NW + RIGHT]
-            if tmp1 == NIL or nd[tmp1 * NW + COLOR] == BLACK:
-                tmp2 = nd[sibling * NW + LEFT]
-                if tmp2 == NIL or nd[tmp2 * NW + COLOR] == BLACK:
-                    # black sibling with black children: recolour, and go
-                    # up unless the parent can absorb the missing black
-                    nd[sibling * NW + PARENT] = parent
-                    nd[sibling * NW + COLOR] = RED
-                    if nd[parent * NW + COLOR] == RED:
-                        nd[parent * NW + COLOR] = BLACK
-                    else:
-                        node = parent
-                        parent = nd[node * NW + PARENT]
-                        if parent != NIL:
-                            continue
-                    return
-                # red inner nephew: rotate right at the sibling
-                tmp1 = nd[tmp2 * NW + RIGHT]
-                nd[sibling * NW + LEFT] = tmp1
-                nd[tmp2 * NW + RIGHT] = sibling
-                nd[parent * NW + RIGHT] = tmp2
-                if tmp1 != NIL:
-                    nd[tmp1 * NW + PARENT] = sibling
-                    nd[tmp1 * NW + COLOR] = BLACK
-                tmp1 = sibling
-                sibling = tmp2
-            # red outer nephew: rotate left at parent and recolour
-            tmp2 = nd[sibling * NW + LEFT]
-            nd[parent * NW + RIGHT] = tmp2
-            nd[sibling * NW + LEFT] = parent
-            nd[tmp1 * NW + PARENT] = sibling
-            nd[tmp1 * NW + COLOR] = BLACK
-            if tmp2 != NIL:
-                nd[tmp2 * NW + PARENT] = parent
-            _rotate_set_parents(nd, meta, parent, sibling, BLACK)
-            return
+        if node != nd[parent * NW + RIGHT]:
+            far, near = RIGHT, LEFT         # node is the left child (possibly NIL)
         else:
-            sibling = nd[parent * NW + LEFT]
-            if nd[sibling * NW + COLOR] == RED:
-                tmp1 = nd[sibling * NW + RIGHT]
-                nd[parent * NW + LEFT] = tmp1
-                nd[sibling * NW + RIGHT] = parent
-                nd[tmp1 * NW + PARENT] = parent
-                nd[tmp1 * NW + COLOR] = BLACK
-                _rotate_set_parents(nd, meta, parent, sibling, RED)
-                sibling = tmp1
-            tmp1 = nd[sibling * NW + LEFT]
-            if tmp1 == NIL or nd[tmp1 * NW + COLOR] == BLACK:
-                tmp2 = nd[sibling * NW + RIGHT]
-                if tmp2 == NIL or nd[tmp2 * NW + COLOR] == BLACK:
-                    nd[sibling * NW + PARENT] = parent
-                    nd[sibling * NW + COLOR] = RED
-                    if nd[parent * NW + COLOR] == RED:
-                        nd[parent * NW + COLOR] = BLACK
-                    else:
-                        node = parent
-                        parent = nd[node * NW + PARENT]
-                        if parent != NIL:
-                            continue
-                    return
-                tmp1 = nd[tmp2 * NW + LEFT]
-                nd[sibling * NW + RIGHT] = tmp1
-                nd[tmp2 * NW + LEFT] = sibling
-                nd[parent * NW + LEFT] = tmp2
-                if tmp1 != NIL:
-                    nd[tmp1 * NW + PARENT] = sibling
-                    nd[tmp1 * NW + COLOR] = BLACK
-                tmp1 = sibling
-                sibling = tmp2
-            tmp2 = nd[sibling * NW + RIGHT]
-            nd[parent * NW + LEFT] = tmp2
-            nd[sibling * NW + RIGHT] = parent
-            nd[tmp1 * NW + PARENT] = sibling
+            far, near = LEFT, RIGHT
+        sibling = nd[parent * NW + far]
+        if nd[sibling * NW + COLOR] == RED:
+            # red sibling: rotate at parent so the sibling is black
+            tmp1 = nd[sibling * NW + near]
+            nd[parent * NW + far] = tmp1
+            nd[sibling * NW + near] = parent
+            nd[tmp1 * NW + PARENT] = parent
             nd[tmp1 * NW + COLOR] = BLACK
-            if tmp2 != NIL:
-                nd[tmp2 * NW + PARENT] = parent
-            _rotate_set_parents(nd, meta, parent, sibling, BLACK)
-            return
+            _rotate_set_parents(nd, meta, parent, sibling, RED)
+            sibling = tmp1
+        tmp1 = nd[sibling * NW + far]
+        if tmp1 == NIL or nd[tmp1 * NW + COLOR] == BLACK:
+            tmp2 = nd[sibling * NW + near]
+            if tmp2 == NIL or nd[tmp2 * NW + COLOR] == BLACK:
+                # black sibling with black children: recolour, and go up
+                # unless the parent can absorb the missing black
+                nd[sibling * NW + PARENT] = parent
+                nd[sibling * NW + COLOR] = RED
+                if nd[parent * NW + COLOR] == RED:
+                    nd[parent * NW + COLOR] = BLACK
+                else:
+                    node = parent
+                    parent = nd[node * NW + PARENT]
+                    if parent != NIL:
+                        continue
+                return
+            # red inner nephew: rotate at the sibling
+            tmp1 = nd[tmp2 * NW + far]
+            nd[sibling * NW + near] = tmp1
+            nd[tmp2 * NW + far] = sibling
+            nd[parent * NW + far] = tmp2
+            if tmp1 != NIL:
+                nd[tmp1 * NW + PARENT] = sibling
+                nd[tmp1 * NW + COLOR] = BLACK
+            tmp1 = sibling
+            sibling = tmp2
+        # red outer nephew: rotate at parent and recolour
+        tmp2 = nd[sibling * NW + near]
+        nd[parent * NW + far] = tmp2
+        nd[sibling * NW + near] = parent
+        nd[tmp1 * NW + PARENT] = sibling
+        nd[tmp1 * NW + COLOR] = BLACK
+        if tmp2 != NIL:
+            nd[tmp2 * NW + PARENT] = parent
+        _rotate_set_parents(nd, meta, parent, sibling, BLACK)
+        return
 
 
 @hot
