@@ -166,8 +166,9 @@ def lock_table(point, fmt="simple", options=None):
             line += [fmt_us(v) for v in r[k]] if r[k] else ["-"] * 4
         line.append(fmt_count(r["handoffs"]))
         out.append(line)
-    notes = ["times in µs; wait (from asking to holding) is timed on every acquisition, so "
-             "wait-avg is per acquisition, not per contention as in lock_stat; "
+    notes = ["times in µs; wait runs from asking to holding, uncontended acquisitions "
+             "included, so wait-avg is per acquisition, not per contention as in lock_stat; "
+             "totals are scaled up from the timed acquisitions, min and max are theirs; "
              "hand-offs: taken by another worker than the last holder"]
     if any(r["name"] == INVALIDATION_UNIT for r in rows):
         notes.append("%s: one acquisition per invalidation; wait: queued behind other CPUs' "

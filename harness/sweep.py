@@ -101,7 +101,9 @@ class Sweep:
         self.max_threads = max(opts["threads"])
         self.cores = allowed_cores()
         self.profile = load_profile(opts["profile"])
-        self.lock_timing = opts["lock_timing"] or opts["diag"]
+        # --lock-timing times every acquisition; --diag one in DIAG_SAMPLE,
+        # so that diagnostics barely move the figures they explain
+        self.lock_timing = 1 if opts["lock_timing"] else (dma.DIAG_SAMPLE if opts["diag"] else 0)
         n = self.max_threads
         nd = opts["domains"]
         self.ndomains = nd
@@ -303,8 +305,10 @@ class Sweep:
             stats["series"] = series
             stats["breakdown_ns"] = self._breakdown(stats, threads, t1 - t0,
                                                     int(per_worker.sum()))
-            stats["diag"] = {"timing": "on: every lock wait and hold timed; one I/O in %d "
-                                       "timed step by step" % dma.DIAG_SAMPLE}
+            stats["diag"] = {"timing": "on: %s; one I/O in %d timed step by step"
+                             % ("every lock acquisition timed" if self.lock_timing == 1 else
+                                "one lock acquisition in %d timed, totals scaled"
+                                % self.lock_timing, dma.DIAG_SAMPLE)}
         problems = self.check(i)
         if problems:
             raise PointFailed("%s at %d threads: state is not fresh after the run: %s"
@@ -445,10 +449,10 @@ class Sweep:
                 rows = st.stats.reshape(-1, LINE)
                 for k, n in enumerate(mod.STATS):
                     alloc_stats[n] = alloc_stats.get(n, 0) + int(rows[:, k].sum())
-        footprint = {"start": 0, "peak": 0}
+        footprint = {}
         for st in sts:
-            f = mod.footprint(st, self.params[i])
-            footprint = {k: footprint[k] + f[k] for k in footprint}
+            for k, v in mod.footprint(st, self.params[i]).items():
+                footprint[k] = footprint.get(k, 0) + v
         exp = env.exp.reshape(-1, EXP_WORDS)
         hist = exp[:, :EXP_BUCKETS].sum(axis=0)
         tot = exp[:, EXP_BUCKETS:]

@@ -38,13 +38,14 @@ S_HANDOFF = 6
 S_T_ACQ = 7      # scratch: when the lock was taken
 S_WAIT_MIN = 8
 S_HOLD_MIN = 9
+S_SAMPLES = 10   # acquisitions timed
 STAT_FIELDS = ("acquisitions", "contentions", "wait_cycles", "hold_cycles",
                "wait_max", "hold_max", "handoffs")
 
 # Layout of Locks.cfg.
 C_KIND = 0
 C_SPIN = 1
-C_TIMING = 2
+C_TIMING = 2     # 0: off; n: time one acquisition in n
 C_NWORKERS = 3
 C_NCLASSES = 4
 
@@ -63,9 +64,10 @@ def layout(nlocks, nworkers, nclasses):
             ("cfg", (LINE,))]
 
 
-def init(lk, kind, classes, spin_bound=1000, timing=False):
+def init(lk, kind, classes, spin_bound=1000, timing=0):
     """Reset every lock to free and every statistic to zero.
-    `classes[i]` is the class of lock i."""
+    `classes[i]` is the class of lock i; `timing`: 0 off, n to time one
+    acquisition in n (True: every one)."""
     lk.word[:] = 0
     lk.qnode[:] = 0
     lk.stats[:] = 0
@@ -76,7 +78,7 @@ def init(lk, kind, classes, spin_bound=1000, timing=False):
     nclasses = max(classes) + 1 if len(classes) else 1
     lk.cfg[C_KIND] = KINDS.index(kind)
     lk.cfg[C_SPIN] = spin_bound
-    lk.cfg[C_TIMING] = 1 if timing else 0
+    lk.cfg[C_TIMING] = int(timing)
     lk.cfg[C_NCLASSES] = nclasses
     lk.cfg[C_NWORKERS] = nworkers_classes // nclasses
     # min fields start high so that the first sample wins
@@ -183,8 +185,11 @@ def acquire(lk, i, w):
     """Take lock i as worker w."""
     b = i * LINE
     cls = lk.word[b + W_CLASS]
-    timing = lk.cfg[C_TIMING] != 0
-    t0 = cycles() if timing else 0
+    s = _stat_base(lk, cls, w)
+    st = lk.stats
+    every = lk.cfg[C_TIMING]
+    timed = every != 0 and st[s + S_ACQ] % every == 0
+    t0 = cycles() if timed else 0
     kind = lk.cfg[C_KIND]
     if kind == TAS:
         contended = _acquire_tas(lk, b)
@@ -194,8 +199,6 @@ def acquire(lk, i, w):
         contended = _acquire_ticket(lk, b)
     else:
         contended = _acquire_mcs(lk, b, cls, w)
-    s = _stat_base(lk, cls, w)
-    st = lk.stats
     st[s + S_ACQ] += 1
     if contended:
         st[s + S_CONTENDED] += 1
@@ -204,10 +207,11 @@ def acquire(lk, i, w):
         if last != 0:
             st[s + S_HANDOFF] += 1
         lk.word[b + W_LAST] = w + 1
-    if timing:
+    if timed:
         t1 = cycles()
         wait = t1 - t0
         st[s + S_WAIT] += wait
+        st[s + S_SAMPLES] += 1
         if wait > st[s + S_WAIT_MAX]:
             st[s + S_WAIT_MAX] = wait
         if wait < st[s + S_WAIT_MIN]:
@@ -220,10 +224,11 @@ def release(lk, i, w):
     """Drop lock i, held by worker w."""
     b = i * LINE
     cls = lk.word[b + W_CLASS]
-    if lk.cfg[C_TIMING] != 0:
-        s = _stat_base(lk, cls, w)
-        st = lk.stats
+    s = _stat_base(lk, cls, w)
+    st = lk.stats
+    if st[s + S_T_ACQ] != 0:
         hold = cycles() - st[s + S_T_ACQ]
+        st[s + S_T_ACQ] = 0
         st[s + S_HOLD] += hold
         if hold > st[s + S_HOLD_MAX]:
             st[s + S_HOLD_MAX] = hold
@@ -239,7 +244,8 @@ def release(lk, i, w):
 
 
 def class_stats(lk):
-    """Per class, the sum over workers: dict of field -> int, plus min/max."""
+    """Per class, the sum over workers: dict of field -> int, plus min/max
+    (of the timed acquisitions)."""
     ncls = int(lk.cfg[C_NCLASSES])
     nw = int(lk.cfg[C_NWORKERS])
     st = lk.stats.reshape(ncls, nw, LINE)
@@ -249,12 +255,17 @@ def class_stats(lk):
         rows = st[c]
         wmin = rows[:, S_WAIT_MIN].min()
         hmin = rows[:, S_HOLD_MIN].min()
+        acq = int(rows[:, S_ACQ].sum())
+        timed = int(rows[:, S_SAMPLES].sum())
+        # totals of the timed acquisitions, scaled to all of them
+        scale = acq / timed if timed else 0.0
         out.append({
-            "acquisitions": int(rows[:, S_ACQ].sum()),
+            "acquisitions": acq,
             "contentions": int(rows[:, S_CONTENDED].sum()),
             "handoffs": int(rows[:, S_HANDOFF].sum()),
-            "wait_cycles": int(rows[:, S_WAIT].sum()),
-            "hold_cycles": int(rows[:, S_HOLD].sum()),
+            "timed": timed,
+            "wait_cycles": int(rows[:, S_WAIT].sum() * scale),
+            "hold_cycles": int(rows[:, S_HOLD].sum() * scale),
             "wait_max": int(rows[:, S_WAIT_MAX].max()),
             "hold_max": int(rows[:, S_HOLD_MAX].max()),
             "wait_min": 0 if wmin == big else int(wmin),
