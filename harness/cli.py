@@ -305,6 +305,9 @@ def _on_term(signum, frame):
 
 def main(argv=None):
     signal.signal(signal.SIGTERM, _on_term)
+    # a shell starts background jobs with SIGINT ignored, and Python then
+    # leaves it so; an interrupt sent to us must still stop the run cleanly
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
