@@ -724,20 +724,21 @@ def cached(st, p):
     pfns = {}
 
     def take(mag, where, c, size=None):
+        # `where` is (format, args): formatted only for a problem, since a
+        # check of 1024 CPUs visits twelve thousand magazines
         if not 0 <= mag < nmags:
-            problems.append("magazines: %s names slot %d of %d" % (where, mag, nmags))
+            problems.append("magazines: %s names slot %d of %d" % (where[0] % where[1], mag, nmags))
             return 0
         if mag in owner:
             problems.append("magazines: slot %d is both %s and %s"
-                            % (mag, owner[mag], where))
+                            % (mag, owner[mag][0] % owner[mag][1], where[0] % where[1]))
             return 0
         owner[mag] = where
         n = int(mags[mag, 0]) if size is None else size
         if not 0 <= n <= ms:
-            problems.append("magazines: %s holds %d of %d" % (where, n, ms))
+            problems.append("magazines: %s holds %d of %d" % (where[0] % where[1], n, ms))
             return 0
-        for pfn in mags[mag, 1:1 + n]:
-            pfn = int(pfn)
+        for pfn in mags[mag, 1:1 + n].tolist():
             if pfn in pfns:
                 problems.append("magazines: pfn %#x cached twice" % pfn)
             pfns[pfn] = c
@@ -747,8 +748,8 @@ def cached(st, p):
     for cpu in range(p.ncpus):
         for c in range(NCLS):
             row = pc[cpu * NCLS + c]
-            n = take(int(row[PC_LOADED]), "cpu %d class %d loaded" % (cpu, c), c)
-            n += take(int(row[PC_PREV]), "cpu %d class %d prev" % (cpu, c), c)
+            n = take(int(row[PC_LOADED]), ("cpu %d class %d loaded", (cpu, c)), c)
+            n += take(int(row[PC_PREV]), ("cpu %d class %d prev", (cpu, c)), c)
             if n != row[PC_COUNT]:
                 problems.append("magazines: cpu %d class %d holds %d, its count "
                                 "says %d" % (cpu, c, n, row[PC_COUNT]))
@@ -761,7 +762,7 @@ def cached(st, p):
         if variant == LIST:
             mag, k = int(rc[c, RC_HEAD]), 0
             while mag != -1 and k <= nmags:
-                n += take(mag, "class %d depot #%d" % (c, k), c, ms)
+                n += take(mag, ("class %d depot #%d", (c, k)), c, ms)
                 k += 1
                 mag = int(mags[mag, 0]) if 0 <= mag < nmags else -1
             if k != ds:
@@ -773,11 +774,11 @@ def cached(st, p):
                 problems.append("magazines: class %d depot size %d" % (c, ds))
                 ds = 0
             for j in range(ds):
-                n += take(int(depot[c, j]), "class %d depot[%d]" % (c, j), c)
+                n += take(int(depot[c, j]), ("class %d depot[%d]", (c, j)), c)
             depot_mags += ds
         else:
             for j in range(MAX_GLOBAL_MAGS):
-                n += take(int(depot[c, j]), "class %d depot[%d]" % (c, j), c)
+                n += take(int(depot[c, j]), ("class %d depot[%d]", (c, j)), c)
             depot_mags += MAX_GLOBAL_MAGS
         if n != rc[c, RC_COUNT]:
             problems.append("magazines: class %d depot holds %d, its count says %d"
