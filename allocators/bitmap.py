@@ -193,6 +193,16 @@ def _population(map_):
     return n
 
 
+def map_differs(map_, expect):
+    """[a problem] if the bitmap's bits are not `expect` (bools), else []."""
+    bits = np.unpackbits(map_.view(np.uint8), bitorder="little").astype(bool)
+    diff = np.flatnonzero(bits != expect)
+    if len(diff):
+        return ["bitmap differs from the live ranges at %d bit(s), first at %d"
+                % (len(diff), diff[0])]
+    return []
+
+
 def check(st, p, live):
     """The bitmap holds exactly the live ranges."""
     problems = []
@@ -206,11 +216,7 @@ def check(st, p, live):
         expect[pfn:pfn + pages] = True
         if is_span_boundary(pfn, pages, 0, p.boundary):
             problems.append("range %d+%d crosses a %d-page boundary" % (pfn, pages, p.boundary))
-    bits = np.unpackbits(st.map.view(np.uint8), bitorder="little").astype(bool)
-    diff = np.flatnonzero(bits != expect)
-    if len(diff):
-        problems.append("bitmap differs from the live ranges at %d bit(s), first at %d"
-                        % (len(diff), diff[0]))
+    problems += map_differs(st.map, expect)
     pop = int(_population(st.map))
     if pop != int(st.meta[M_LIVE]):
         problems.append("bitmap holds %d pages, its count says %d" % (pop, st.meta[M_LIVE]))

@@ -46,7 +46,7 @@ from allocators import IOVA_RANGE_CACHE_MAX_SIZE, MAX_GLOBAL_MAGS, STAT_LINE
 from allocators import rbtree
 from allocators.rbtree import (DOMAIN_BYTES, IOVA_ANCHOR, IOVA_BYTES, M_NODES,
                                alloc_locked, free_locked)
-from hwmodel.cpu import cas, clz, fetch_add, hot, load, store
+from hwmodel.cpu import cas, fetch_add, fls, hot, load, store
 from hwmodel.locks import acquire, release
 
 NAME = "magazines"
@@ -562,13 +562,6 @@ def free_global_cached_iovas(st, w):
 
 
 @hot
-def _fls(x):
-    if x == 0:
-        return 0
-    return 64 - clz(x)
-
-
-@hot
 def alloc(st, w, cpu, pages, limit):
     """alloc_iova_fast(iovad, pages, limit, true): pfn, or -1."""
     if cpu < 0 or cpu >= st.meta[C_NCPUS]:
@@ -577,8 +570,8 @@ def alloc(st, w, cpu, pages, limit):
         return -1
     size = pages
     if size < (1 << (NCLS - 1)):
-        size = np.int64(1) << _fls(size - 1)        # roundup_pow_of_two
-    c = _fls(size - 1)                              # order_base_2
+        size = np.int64(1) << fls(size - 1)        # roundup_pow_of_two
+    c = fls(size - 1)                              # order_base_2
     s = w * STAT_LINE
     if c < NCLS:
         # iova_rcache_get(iovad, size, limit + 1): entries up to
@@ -617,12 +610,12 @@ def free(st, w, cpu, pfn, pages):
         raise IndexError("simulated CPU out of range")
     if pages < 1:
         return
-    c = _fls(pages - 1)                             # order_base_2
+    c = fls(pages - 1)                             # order_base_2
     if c < NCLS and _rcache_insert(st, w, cpu, c, pfn):
         return
     size = pages
     if size < (1 << (NCLS - 1)):
-        size = np.int64(1) << _fls(size - 1)        # what alloc gave out
+        size = np.int64(1) << fls(size - 1)        # what alloc gave out
     t = st.tree
     rbtree.lock(t, w)
     free_locked(t, w, pfn, size)

@@ -342,11 +342,7 @@ def check(st, p, live):
             problems.append("range %d+%d beyond its limit %d" % (pfn, pages, limit))
         if not strayed and not any(s <= pfn and pfn + pages <= e - 1 for s, e in bounds):
             problems.append("range %d+%d not inside one pool" % (pfn, pages))
-    bits = np.unpackbits(st.map.view(np.uint8), bitorder="little").astype(bool)
-    diff = np.flatnonzero(bits != expect)
-    if len(diff):
-        problems.append("bitmap differs from the live ranges at %d bit(s), first at %d"
-                        % (len(diff), diff[0]))
+    problems += _bitmap.map_differs(st.map, expect)
     pop = int(_population(st.map))
     if pop != npages + 1:
         problems.append("bitmap holds %d entries, the live ranges %d (+1 reserved)"

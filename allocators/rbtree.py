@@ -39,7 +39,7 @@ import numpy as np
 from numba import njit
 
 from allocators import PAGE_SHIFT, STAT_LINE
-from hwmodel.cpu import clz, hot
+from hwmodel.cpu import fls, hot
 from hwmodel.locks import acquire, release
 
 NAME = "rbtree"
@@ -377,14 +377,6 @@ def _erase(nd, meta, node):
 
 
 @hot
-def _fls(x):
-    """fls_long: the 1-based index of the highest set bit, 0 for 0."""
-    if x == 0:
-        return 0
-    return 64 - clz(x)
-
-
-@hot
 def _find(nd, meta, pfn):
     """private_find_iova: the node whose range holds pfn, or NIL."""
     n = meta[M_ROOT]
@@ -482,7 +474,7 @@ def alloc_locked(t, w, size, limit):
     limit_pfn = limit + 1           # __alloc_and_insert_iova_range's bound
     dma32 = meta[M_DMA32]
     start_pfn = meta[M_START]
-    align_mask = np.int64(-1) << _fls(size - 1)
+    align_mask = np.int64(-1) << fls(size - 1)
     if limit_pfn <= dma32 and size >= meta[M_MAX32]:
         stats[s + S_FASTFAILS] += 1
         stats[s + S_FAILS] += 1

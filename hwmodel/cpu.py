@@ -234,6 +234,15 @@ clz = _bitcount("ctlz")      # count leading zeros; 64 for 0
 popcount = _bitcount("ctpop")
 
 
+@hot
+def fls(x):
+    """fls_long (include/asm-generic/bitops/fls64.h): the 1-based index of
+    the highest set bit, 0 for 0."""
+    if x == 0:
+        return 0
+    return 64 - clz(x)
+
+
 # Python-callable forms, for the parent and the parked workers (an
 # intrinsic can only be called from compiled code).
 @njit(cache=True)
