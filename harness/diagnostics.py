@@ -387,15 +387,60 @@ def fairness_table(point, fmt="simple"):
 
 # -------------------------------------------------------------------- series
 
+SERIES_ROWS = 60            # a longer series is shown in groups of seconds
+
+
 def series_table(point, fmt="simple"):
-    """One row per second of the window: throughput and the lock that made
-    CPUs wait longest in that second."""
+    """One row per second of the window (per group of seconds past
+    SERIES_ROWS): throughput and the lock that made CPUs wait longest,
+    then a line that says how flat the series is."""
     s = point.get("series")
     if not s:
         return None
-    rows = [["%g" % e.get("t", i), fmt_ops(e.get("ops_per_sec")), e.get("top_lock") or "-",
-             fmt_us(e.get("top_lock_wait_ns"))] for i, e in enumerate(s)]
-    return _table(rows, ["t (s)", "ops/s", "top lock", "its wait µs"], fmt)
+    k = -(-len(s) // SERIES_ROWS)
+    rows = []
+    for g in range(0, len(s), k):
+        part = s[g:g + k]
+        waits = {}
+        for e in part:
+            if e.get("top_lock"):
+                waits[e["top_lock"]] = waits.get(e["top_lock"], 0) + (e.get("top_lock_wait_ns") or 0)
+        top = max(waits, key=waits.get) if waits else None
+        rates = [e["ops_per_sec"] for e in part if e.get("ops_per_sec") is not None]
+        rows.append(["%g" % part[-1].get("t", g + len(part)),
+                     fmt_ops(statistics.fmean(rates) if rates else None), top or "-",
+                     fmt_us(waits[top] if top else None)])
+    out = _table(rows, ["t (s)", "ops/s", "top lock", "its wait µs"], fmt)
+    if k > 1:
+        out += "\none row per %d s, their mean; each second is in the results file" % k
+    drift = series_drift(s)
+    if drift:
+        out += "\n" + drift
+    return out
+
+
+def series_drift(series):
+    """How flat a per-second series is: the first and last tenth of it, the
+    least-squares slope, and the spread of the seconds.  None when there
+    are too few seconds to say."""
+    pts = [(e["t"], e["ops_per_sec"]) for e in series
+           if e.get("t") is not None and e.get("ops_per_sec") is not None]
+    if len(pts) < 10:
+        return None
+    ts = [t for t, _ in pts]
+    ys = [y for _, y in pts]
+    mean = statistics.fmean(ys)
+    if mean <= 0:
+        return None
+    tenth = max(1, len(ys) // 10)
+    first, last = statistics.fmean(ys[:tenth]), statistics.fmean(ys[-tenth:])
+    slope = statistics.linear_regression(ts, ys).slope      # ops/s per second
+    return ("drift over %.0f s: first tenth %s ops/s, last tenth %s (%+.1f%%); "
+            "least-squares slope %+.2f%% of the mean a minute; the seconds vary %.1f%% "
+            "(standard deviation / mean), min %s, max %s"
+            % (ts[-1], fmt_ops(first), fmt_ops(last), 100 * (last - first) / first,
+               100 * slope * 60 / mean, 100 * statistics.pstdev(ys) / mean,
+               fmt_ops(min(ys)), fmt_ops(max(ys))))
 
 
 # --------------------------------------------------------------------- point
@@ -416,6 +461,8 @@ def render_point(point, machine=None, options=None, fmt="simple"):
     """Every diagnostic the point holds, under one title, each section
     skipped when the point has no data for it."""
     out = ["== " + point_title(point, machine), timing_line(point, options)]
+    if point.get("state_checked"):
+        out.append("state after every window: %s" % point["state_checked"])
     sections = (("locks", lock_table(point, fmt, options)),
                 ("time per I/O", breakdown_table(point, fmt)),
                 ("allocator", alloc_table(point, fmt)),

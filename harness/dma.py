@@ -40,7 +40,7 @@ CTL_PHASE = 1
 CTL_ATTACHED = 2
 CTL_DONE = 3
 CTL_NACTIVE = 4
-CTL_GEN = 5                  # bumped to wake parked workers (futex word)
+CTL_GEN = 5                  # futex word parked workers sleep on (harness/workers.py)
 CTL_CMD = 6
 CTL_DESIGN = 7
 CTL_ERR = 8                  # 1 once a double mapping was found
@@ -70,6 +70,8 @@ CFG_NCPUS = 13
 CFG_PAGES = 14               # IOVA space per domain
 CFG_TRIM = 15                # cycles between depot trims (magazines, list depot)
 CFG_DIAG = 16                # 1: sample the time of each step of an I/O
+CFG_WARMUP = 17              # cycles of warm-up before the window
+CFG_WINDOW = 18              # cycles of the measurement window
 CFG_WORDS = 32
 
 DIAG_SAMPLE = 16             # with --diag, one I/O in this many is timed step by step

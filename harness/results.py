@@ -80,7 +80,7 @@ def point_doc(pt):
     for k in ("per_worker_ops", "unmap_workers", "fails", "locks", "alloc_stats", "footprint",
               "exposure_ns", "flush_stats", "iotlb", "unmaps", "device_wait_ns", "handoff_wait_ns",
               "stale_hits", "rogue_probes", "stale_hits_per_sec", "series", "breakdown_ns",
-              "diag"):
+              "diag", "state_checked"):
         if k in w:
             doc[k] = w[k]
     doc["alloc_fails"] = doc.pop("fails")

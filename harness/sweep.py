@@ -16,25 +16,25 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from allocators import Params
-from harness import compose, dma
+from harness import compose, dma, workers
 from harness.arena import Arena, clean_stale
 from harness.config import load_profile
 from harness.dma import (CFG_CHECK, CFG_CONSUMERS, CFG_DEPTH, CFG_DEVICE, CFG_DIAG, CFG_FLUSH,
                          CFG_FQ_TIMEOUT, CFG_HYPERCALL, CFG_LIMIT, CFG_NCPUS, CFG_NDOMAINS,
                          CFG_PAGES, CFG_PREMAPPED, CFG_ROGUE, CFG_SEED, CFG_TRANSLATE, CFG_TRIM,
-                         CTL_ATTACHED, CTL_DONE, CTL_ERR, CTL_ERR_CLAIMANT, CTL_ERR_HOLDER,
+                         CFG_WARMUP, CFG_WINDOW, CTL_ATTACHED, CTL_DONE, CTL_ERR, CTL_ERR_CLAIMANT, CTL_ERR_HOLDER,
                          CTL_ERR_KIND, CTL_ERR_PAGE, CTL_PHASE, CTL_PRODUCERS_LEFT, EXP_BUCKETS,
                          EXP_WORDS, E_COUNT, E_MAX, E_SUM, FLUSH_NAMES, IOVA_FQ_TIMEOUT, LINE,
                          M_FLUSHED_ENTRIES, M_FLUSHES, M_TIMER_FLUSHES, SIZE_TABLE,
                          bucket_upper)
 from harness.workers import (C_DEVICE_WAIT, C_FAILS, C_HAND_WAIT, C_OPS, C_OPS_END, C_OPS_START,
-                             C_STATUS, C_UNMAPS, CTL_FINISHED, CTL_ROGUE_PROBES,
-                             CTL_ROGUE_READY, CTL_ROGUE_STALE, ENTRIES, PH_MEASURE, PH_STOP,
-                             PH_WAIT, PH_WARMUP, TRIM_PERIOD_MS, Pool, Watchdog, WorkerDied,
-                             allowed_cores, rogue_loop)
+                             C_STATUS, C_UNMAPS, CTL_FINISHED, CTL_ROGUE_PROBES, CTL_ROGUE_READY,
+                             CTL_ROGUE_STALE, CTL_T_MEASURE, CTL_T_STOP, ENTRIES, PH_WAIT,
+                             TRIM_PERIOD_MS, Pool, Watchdog, WorkerDied, allowed_cores,
+                             rogue_loop)
 from hwmodel import iommu
 from hwmodel import locks as lockmod
-from hwmodel.cpu import atomic_store, calibrate
+from hwmodel.cpu import calibrate, read_cycles
 
 ATTACH_TIMEOUT = 60.0        # seconds for the active workers to reach the start line
 GRACE = 10.0                 # seconds after the window for every worker to finish
@@ -120,6 +120,7 @@ class Sweep:
                 max_live=n * opts["depth"] + deferred + 64, depot=d.depot,
                 mag_size=opts["mag_size"]))
         specs = dma.layout(n, nd, opts["pages"], ncpus_fq, opts["tlb_entries"], opts["tlb_ways"])
+        specs += workers.layout(n)
         fq_classes = dma.fq_lock_classes(nd, ncpus_fq)
         specs += [("fq.lock." + name, np.int64, shape)
                   for name, shape in lockmod.layout(len(fq_classes), n, len(dma.FQ_LOCK_CLASSES))]
@@ -167,19 +168,29 @@ class Sweep:
 
     def _compile(self):
         """Compile (or load) every loop in the parent, before forking: a
-        loop called with the abort word set returns at once."""
+        loop called with the abort word set returns at once.  The reset and
+        the check of each design are loaded here too, so that the first
+        point pays for nothing the others do not."""
         ctl = self.env.ctl
-        ctl[lockmod.CTL_ABORT] = 1
-        for entry, sts in zip(self.entries, self.states):
+        for i, (entry, sts) in enumerate(zip(self.entries, self.states)):
+            self._reset(i, 1)
+            ctl[lockmod.CTL_ABORT] = 1
             entry(sts, self.env, 0, 0)
+            ctl[lockmod.CTL_ABORT] = 0
+            problems = self.check(i)
+            if problems:
+                raise RuntimeError("%s: fresh state fails its check: %s"
+                                   % (self.designs[i].name, "; ".join(problems[:3])))
         if self.opts["rogue_device"]:
+            ctl[lockmod.CTL_ABORT] = 1
             rogue_loop(self.env)
         ctl[:] = 0
 
     def start_workers(self):
         if self.pool is None:
             t0 = time.perf_counter()
-            self.pool = Pool(self.max_threads, self.env, self.states, self.entries, self.cores)
+            self.pool = Pool(self.max_threads, self.env, self.arena.views["bell"], self.states,
+                             self.entries, self.cores)
             self.timings["fork_s"] += time.perf_counter() - t0
 
     def close(self):
@@ -233,9 +244,12 @@ class Sweep:
         cfg[CFG_PAGES] = p.pages
         cfg[CFG_TRIM] = int(TRIM_PERIOD_MS * 1e6 * cpn)
         cfg[CFG_DIAG] = 1 if o["diag"] else 0
+        cfg[CFG_WARMUP] = int(o["warmup"] * 1e9 * cpn)
+        cfg[CFG_WINDOW] = int(o["duration"] * 1e9 * cpn)
         env.sizes[:] = size_table(o["sizes"], o["seed"])
         for k in (CTL_ERR, CTL_ERR_PAGE, CTL_ERR_HOLDER, CTL_ERR_CLAIMANT, CTL_ERR_KIND,
-                  CTL_FINISHED, CTL_ROGUE_PROBES, CTL_ROGUE_STALE, CTL_ROGUE_READY):
+                  CTL_FINISHED, CTL_ROGUE_PROBES, CTL_ROGUE_STALE, CTL_ROGUE_READY,
+                  CTL_T_MEASURE, CTL_T_STOP):
             env.ctl[k] = 0
         # before anything is started: a rogue device forked now must not see
         # the last window's stop
@@ -262,20 +276,22 @@ class Sweep:
         try:
             rogue = self._start_rogue()
             pool.start_point(i, threads)
-            pool.wait_for(lambda: ctl[CTL_ATTACHED] >= threads and
-                          (rogue is None or ctl[CTL_ROGUE_READY]),
-                          time.monotonic() + ATTACH_TIMEOUT)
-            atomic_store(ctl, CTL_PHASE, PH_WARMUP)
-            pool.sleep(self.opts["warmup"])
-            atomic_store(ctl, CTL_PHASE, PH_MEASURE)
-            t0 = time.perf_counter()
-            series = self._sleep_and_sample(i, threads, t0) if self.opts["diag"] else None
-            if series is None:
-                pool.sleep(self.opts["duration"])
-            atomic_store(ctl, CTL_PHASE, PH_STOP)
-            t1 = time.perf_counter()
-            pool.wait_for(lambda: ctl[CTL_DONE] >= pool.n,
-                          time.monotonic() + GRACE + 0.01 * pool.n)
+            try:
+                pool.wait_for(lambda: ctl[CTL_PHASE] != PH_WAIT,
+                              time.monotonic() + ATTACH_TIMEOUT)
+            except Watchdog:
+                self._abandon_pool()
+                missing = threads - int(ctl[CTL_ATTACHED])
+                who = ("%d of the %d workers" % (missing, threads) if missing > 0
+                       else "the rogue device")
+                raise PointFailed("%s of %s did not reach the start line within %.0f s"
+                                  % (who, d.name, ATTACH_TIMEOUT)) from None
+            t0, t1 = self._window_times()
+            if self.opts["diag"]:
+                series = self._sleep_and_sample(i, threads, t0, t1)
+            pool.sleep(t1 - time.perf_counter())
+            pool.wait_for(lambda: ctl[CTL_DONE] >= threads,
+                          time.monotonic() + GRACE + 0.01 * threads, poll=0.005)
         except WorkerDied as e:
             self._abandon_pool()
             raise PointFailed("%s at %s, %d threads" % (e, d.name, threads)) from None
@@ -290,6 +306,7 @@ class Sweep:
                 if rogue.exitcode is None:
                     rogue.kill()
                     rogue.join()
+        seconds = (ctl[CTL_T_STOP] - ctl[CTL_T_MEASURE]) / self.cycles_per_ns / 1e9
         cnt = self.env.cnt.reshape(-1, LINE)[:threads]
         if ctl[CTL_ERR]:
             raise PointFailed(self._double_mapping(d, threads))
@@ -300,10 +317,10 @@ class Sweep:
         per_worker = (cnt[:, C_OPS_END] - cnt[:, C_OPS_START]).astype(np.int64)
         nprod = threads - int(self.env.cfg[CFG_CONSUMERS])
         # statistics before the check, whose own lock traffic would count
-        stats = self._statistics(i, threads, t1 - t0)
+        stats = self._statistics(i, threads, seconds)
         if series is not None:
             stats["series"] = series
-            stats["breakdown_ns"] = self._breakdown(stats, threads, t1 - t0,
+            stats["breakdown_ns"] = self._breakdown(stats, threads, seconds,
                                                     int(per_worker.sum()))
             stats["diag"] = {"timing": "on: %s; one I/O in %d timed step by step"
                              % ("every lock acquisition timed" if self.lock_timing == 1 else
@@ -313,12 +330,15 @@ class Sweep:
         if problems:
             raise PointFailed("%s at %d threads: state is not fresh after the run: %s"
                               % (d.name, threads, "; ".join(problems[:3])))
-        return {"ops_per_sec": float(per_worker.sum() / (t1 - t0)),
+        if d.allocator != "direct":
+            # a window whose check fails raises above: one kept says so
+            stats["state_checked"] = "allocator state fresh, page tables empty, no page owned"
+        return {"ops_per_sec": float(per_worker.sum() / seconds),
                 "per_worker_ops": per_worker[:nprod].tolist(),
                 "unmap_workers": threads - nprod,
                 "fails": int(cnt[:, C_FAILS].sum()),
                 "ops_total": int(cnt[:, C_OPS].sum()),
-                "seconds": t1 - t0, **stats}
+                "seconds": seconds, **stats}
 
     def _top_lock_wait(self, i):
         """(class name, total wait cycles) of the lock class waited on most."""
@@ -334,20 +354,28 @@ class Sweep:
                 best = (dma.FQ_LOCK_CLASSES[c], r["wait_cycles"])
         return best
 
-    def _sleep_and_sample(self, i, threads, t0):
+    def _window_times(self):
+        """The window's deadlines, which the workers keep, on perf_counter's clock."""
+        ctl = self.env.ctl
+        c, p = read_cycles(), time.perf_counter()
+        per_s = self.cycles_per_ns * 1e9
+        return (p + (ctl[CTL_T_MEASURE] - c) / per_s, p + (ctl[CTL_T_STOP] - c) / per_s)
+
+    def _sleep_and_sample(self, i, threads, t0, end):
         """The window, sampled once a second: ops/s and the top lock's wait."""
         from harness.workers import C_OPS_LIVE
         cnt = self.env.cnt.reshape(-1, LINE)
-        end = t0 + self.opts["duration"]
+        self.pool.sleep(t0 - time.perf_counter())
         series = []
-        last_t, last_ops = t0, int(cnt[:threads, C_OPS_LIVE].sum())
+        last_t, last_ops = time.perf_counter(), int(cnt[:threads, C_OPS_LIVE].sum())
         last_wait = dict([self._top_lock_wait(i)])
         while True:
             now = time.perf_counter()
             if now >= end:
                 return series
             self.pool.sleep(min(1.0, end - now))
-            t = time.perf_counter()
+            # the counters stop at the window's end, however late we look
+            t = min(time.perf_counter(), end)
             ops = int(cnt[:threads, C_OPS_LIVE].sum())
             name, wait = self._top_lock_wait(i)
             series.append({"t": round(t - t0, 3),

@@ -2,35 +2,40 @@
 
 The parent compiles every loop a sweep needs, then forks the largest number
 of workers the sweep asks for.  A worker pins itself to one core (round-robin
-over the cores the parent may use) and parks in a futex on the generation
-word; for each point the parent writes the design and the number of active
-workers, bumps the generation and wakes them all.  Active workers run the
-compiled loop; the others report done and park again.  No Python runs in a
-measurement: phase changes are words in the arena that the loop polls.
+over the cores the parent may use) and parks in a futex.  For each point the
+parent writes the design and the number n of active workers, rings the
+doorbells of workers 0..n-1 and wakes them with one FUTEX_WAKE_BITSET: the
+parked rest are not woken, which matters when a 1-thread point shares two
+cores with 1023 parked processes, and the parent is not preempted halfway
+through by the workers it has woken.  No Python runs in a measurement, and
+the window is timed by the workers themselves: the last one to arrive
+writes the deadlines of the warm-up and of the window, and whichever worker
+first finds a deadline passed moves the phase word on.  The parent only
+sleeps; with 1024 workers on two cores it may wake a round of timeslices
+late, which then costs wall time but never changes a window's length.
 """
 import ctypes
 import gc
 import multiprocessing as mp
-import multiprocessing.connection
 import os
 import platform
 import resource
+import selectors
 import signal
 import time
 
+import numpy as np
 
 from allocators import bitmap, direct, magazines, pools, rbtree
 from harness.dma import (CFG_CONSUMERS, CFG_DEPTH, CFG_DEVICE, CFG_DIAG, CFG_HYPERCALL, CFG_NCPUS,
-                         CFG_PAGES,
-                         CFG_NDOMAINS, CFG_PREMAPPED, CFG_SEED, CFG_TRANSLATE, CFG_TRIM,
-                         CTL_ATTACHED, CTL_CMD, CTL_DESIGN, CTL_DONE, CTL_GEN, CTL_NACTIVE,
-                         CTL_PHASE, CTL_PRODUCERS_LEFT, DIAG_SAMPLE, LINE, R_INDEX, RECENT,
-                         RING_WORDS,
-                         RINGCAP,
-                         SIZE_TABLE, dma_map, dma_unmap, drain, timers)
+                         CFG_NDOMAINS, CFG_PAGES, CFG_PREMAPPED, CFG_ROGUE, CFG_SEED,
+                         CFG_TRANSLATE, CFG_TRIM, CFG_WARMUP, CFG_WINDOW, CTL_ATTACHED, CTL_CMD,
+                         CTL_DESIGN, CTL_DONE, CTL_GEN, CTL_NACTIVE, CTL_PHASE, CTL_PRODUCERS_LEFT,
+                         DIAG_SAMPLE, LINE, R_INDEX, RECENT, RING_WORDS, RINGCAP, SIZE_TABLE,
+                         dma_map, dma_unmap, drain, timers)
 from hwmodel import iommu
-from hwmodel.cpu import (atomic_add, atomic_load, busy_wait_cycles, cycles, fetch_add, hot, load,
-                         pause, sched_yield, store)
+from hwmodel.cpu import (atomic_add, atomic_load, busy_wait_cycles, cas, cycles, fetch_add, hot,
+                         load, pause, sched_yield, store)
 from hwmodel.locks import CTL_ABORT
 
 # phases of a point (CTL_PHASE)
@@ -57,6 +62,8 @@ CTL_FINISHED = 14    # workers past their loop; the last one drains the queues
 CTL_ROGUE_PROBES = 15
 CTL_ROGUE_STALE = 16
 CTL_ROGUE_READY = 17
+CTL_T_MEASURE = 18   # cycle counter at which the warm-up ends and the window opens
+CTL_T_STOP = 19      # ... and at which the window closes
 
 SPIN_BEFORE_YIELD = 200
 TRIM_PERIOD_MS = 100 # IOVA_DEPOT_DELAY (drivers/iommu/iova.c, 6.7+)
@@ -82,14 +89,50 @@ def _relax(ctl, spins):
 
 
 @hot
-def _wait_start(ctl):
-    """Spin, then yield, until the parent opens the point."""
+def _open(env):
+    """Called by the last worker to arrive: once the rogue device (if any)
+    is watching, set the deadlines and start the warm-up."""
+    ctl = env.ctl
+    cfg = env.cfg
+    spins = 0
+    while cfg[CFG_ROGUE] != 0 and load(ctl, CTL_ROGUE_READY) == 0:
+        if load(ctl, CTL_ABORT) != 0:
+            return
+        spins = _relax(ctl, spins)
+    t = cycles() + cfg[CFG_WARMUP]
+    ctl[CTL_T_MEASURE] = t
+    ctl[CTL_T_STOP] = t + cfg[CFG_WINDOW]
+    store(ctl, CTL_PHASE, PH_WARMUP)
+
+
+@hot
+def attach(env):
+    """Report at the start line and wait there until every active worker
+    has; False if the point is aborted first."""
+    ctl = env.ctl
+    if fetch_add(ctl, CTL_ATTACHED, 1) == ctl[CTL_NACTIVE] - 1:
+        _open(env)
     spins = 0
     while load(ctl, CTL_PHASE) == PH_WAIT:
         if load(ctl, CTL_ABORT) != 0:
             return False
         spins = _relax(ctl, spins)
     return True
+
+
+@hot
+def clock(ctl, now):
+    """The phase at cycle `now`, moving the phase word past any deadline
+    that has gone by (the first worker to see it does; the CAS makes that
+    one move)."""
+    ph = load(ctl, CTL_PHASE)
+    if ph == PH_WARMUP and now >= ctl[CTL_T_MEASURE]:
+        cas(ctl, CTL_PHASE, PH_WARMUP, PH_MEASURE)
+        ph = load(ctl, CTL_PHASE)
+    if ph == PH_MEASURE and now >= ctl[CTL_T_STOP]:
+        cas(ctl, CTL_PHASE, PH_MEASURE, PH_STOP)
+        ph = load(ctl, CTL_PHASE)
+    return ph
 
 
 @hot
@@ -130,10 +173,9 @@ def _hand_base(w):
 
 
 @hot
-def _service(free, housekeep, sts, env, w, cpu, next_trim):
+def _service(free, housekeep, sts, env, w, cpu, now, next_trim):
     """What any worker does besides I/O: fire expired flush timers and, on
     worker 0, the depot trim.  Returns the next trim deadline."""
-    now = cycles()
     timers(free, sts, env, w, cpu, now)
     if w == 0 and now >= next_trim:
         for d in range(env.cfg[CFG_NDOMAINS]):
@@ -163,7 +205,9 @@ def _consume(free, housekeep, sts, env, w, cpu, first_consumer, nconsumers):
                 _unmap(free, sts, env, w, cpu, p, hand[o + 3], hand[o], hand[o + 1], False)
                 store(hand, hdr, head + 1)
                 busy = True
-        next_trim = _service(free, housekeep, sts, env, w, cpu, next_trim)
+        now = cycles()
+        clock(ctl, now)
+        next_trim = _service(free, housekeep, sts, env, w, cpu, now, next_trim)
         if not busy:
             if load(ctl, CTL_PRODUCERS_LEFT) == 0:
                 # one more pass: a producer may have pushed before leaving
@@ -188,8 +232,7 @@ def io_loop(alloc, free, housekeep, sts, env, w, cpu):
     cnt = env.cnt
     cfg = env.cfg
     c = w * LINE
-    fetch_add(ctl, CTL_ATTACHED, 1)
-    if not _wait_start(ctl):
+    if not attach(env):
         cnt[c + C_STATUS] = 2
         return
     t_begin = cycles()
@@ -236,16 +279,17 @@ def io_loop(alloc, free, housekeep, sts, env, w, cpu):
         if nout == 0:
             fails += 1
     while True:
-        ph = load(ctl, CTL_PHASE)
+        now = cycles()
+        ph = clock(ctl, now)
         if ph != seen:
             if seen < PH_MEASURE and ph >= PH_MEASURE:
                 cnt[c + C_OPS_START] = ops
-                cnt[c + C_T_START] = cycles()
+                cnt[c + C_T_START] = now
             if ph >= PH_STOP:
                 break
             seen = ph
         cnt[c + C_OPS_LIVE] = ops
-        next_trim = _service(free, housekeep, sts, env, w, cpu, next_trim)
+        next_trim = _service(free, housekeep, sts, env, w, cpu, now, next_trim)
         rng = _xorshift(rng)
         pages = env.sizes[rng & (SIZE_TABLE - 1)]
         if premapped:
@@ -412,7 +456,8 @@ def rogue_loop(env):
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _SYS_FUTEX = {"x86_64": 202, "aarch64": 98}.get(platform.machine())
-FUTEX_WAIT, FUTEX_WAKE = 0, 1
+FUTEX_WAIT_BITSET, FUTEX_WAKE_BITSET = 9, 10      # include/uapi/linux/futex.h
+FUTEX_BITSET_MATCH_ANY = 0xFFFFFFFF
 PR_SET_PDEATHSIG = 1
 
 
@@ -424,20 +469,36 @@ def _word_addr(arr, index):
     return arr.ctypes.data + index * arr.itemsize
 
 
-def futex_wait(arr, index, expected, timeout):
-    """Sleep while the low 32 bits of arr[index] equal `expected`."""
+def futex_wait(arr, index, expected, bits, timeout):
+    """Sleep while the low 32 bits of arr[index] equal `expected`, until a
+    wake whose bitset meets `bits`, or `timeout` seconds."""
     if _SYS_FUTEX is None:
         time.sleep(min(timeout, 0.01))
         return
-    ts = _Timespec(int(timeout), int((timeout % 1) * 1e9))
-    _libc.syscall(_SYS_FUTEX, ctypes.c_void_p(_word_addr(arr, index)), FUTEX_WAIT,
-                  ctypes.c_uint(expected & 0xFFFFFFFF), ctypes.byref(ts), None, 0)
+    # FUTEX_WAIT_BITSET's timeout is absolute, on CLOCK_MONOTONIC
+    end = time.monotonic() + timeout
+    ts = _Timespec(int(end), int((end % 1) * 1e9))
+    _libc.syscall(_SYS_FUTEX, ctypes.c_void_p(_word_addr(arr, index)), FUTEX_WAIT_BITSET,
+                  ctypes.c_uint(expected & 0xFFFFFFFF), ctypes.byref(ts), None,
+                  ctypes.c_uint(bits))
 
 
-def futex_wake(arr, index):
+def futex_wake(arr, index, bits=FUTEX_BITSET_MATCH_ANY):
+    """Wake every waiter on arr[index] whose bitset meets `bits`: one system
+    call, so the caller is not preempted by the first one it wakes."""
     if _SYS_FUTEX is not None:
-        _libc.syscall(_SYS_FUTEX, ctypes.c_void_p(_word_addr(arr, index)), FUTEX_WAKE,
-                      ctypes.c_int(2**31 - 1), None, None, 0)
+        _libc.syscall(_SYS_FUTEX, ctypes.c_void_p(_word_addr(arr, index)), FUTEX_WAKE_BITSET,
+                      ctypes.c_int(2**31 - 1), None, None, ctypes.c_uint(bits))
+
+
+def _group(w):
+    """The futex bit of worker w: workers 2^(k-1)..2^k-1 share bit k, so
+    that waking workers 0..n-1 wakes fewer than 2n."""
+    return 1 << min(31, w.bit_length())
+
+
+def _groups_below(n):
+    return (_group(n - 1) << 1) - 1 if n > 0 else 0
 
 
 def allowed_cores():
@@ -466,7 +527,17 @@ def _describe_exit(code):
     return "exit status %d" % code
 
 
-def _worker_main(w, core, env, states, entries, gen):
+# a parked worker looks at its parent this often; PR_SET_PDEATHSIG does the
+# real work, this only covers a parent that died before the prctl
+PARK_TIMEOUT = 5.0
+
+
+def layout(nworkers):
+    """One doorbell word per worker, each on its own cache line."""
+    return [("bell", np.int64, (nworkers * LINE,))]
+
+
+def _worker_main(w, core, env, bell, states, entries):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -476,51 +547,64 @@ def _worker_main(w, core, env, states, entries, gen):
     except OSError:
         pass
     ctl = env.ctl
-    # `gen` is the generation the pool was created at, not a read of the
-    # word: the parent may bump it before this process gets that far
+    bit = _group(w)
+    # bells start at 0 when the pool is made, before any fork: a ring the
+    # parent sends before this process gets here is not missed
+    rung = 0
     while True:
-        while int(atomic_load(ctl, CTL_GEN)) == gen:
-            futex_wait(ctl, CTL_GEN, gen, 0.5)
+        while int(atomic_load(bell, w * LINE)) == rung:
+            # the parent rings, then bumps CTL_GEN, then wakes: a bump after
+            # this read fails the wait at once, one before it rang first
+            gen = int(atomic_load(ctl, CTL_GEN))
+            if int(atomic_load(bell, w * LINE)) != rung:
+                break
+            futex_wait(ctl, CTL_GEN, gen, bit, PARK_TIMEOUT)
             if os.getppid() != parent:
                 os._exit(3)
-        gen = int(atomic_load(ctl, CTL_GEN))
+        rung = int(atomic_load(bell, w * LINE))
         if ctl[CTL_CMD] == CMD_EXIT:
             os._exit(0)
-        if w < ctl[CTL_NACTIVE]:
-            env.cnt[w * LINE + C_CORE] = core
-            d = int(ctl[CTL_DESIGN])
-            try:
-                entries[d](states[d], env, w, w)
-            except Exception:
-                env.cnt[w * LINE + C_STATUS] = 2
+        env.cnt[w * LINE + C_CORE] = core
+        d = int(ctl[CTL_DESIGN])
+        try:
+            entries[d](states[d], env, w, w)
+        except Exception:
+            env.cnt[w * LINE + C_STATUS] = 2
         atomic_add(ctl, CTL_DONE, 1)
 
 
 class Pool:
-    """`n` forked workers parked on the arena's generation word."""
+    """`n` forked workers, parked until their doorbell in `bell` rings."""
 
-    def __init__(self, n, env, states, entries, cores=None):
+    def __init__(self, n, env, bell, states, entries, cores=None):
         self.env = env
+        self.bell = bell
         self.n = n
         self.cores = cores or allowed_cores()
         _raise_fd_limit(n)
         ctx = mp.get_context("fork")
-        env.ctl[CTL_GEN] = 0
+        bell[:] = 0
         env.ctl[CTL_CMD] = 0
+        env.ctl[CTL_GEN] = 0
         # what a parked worker calls must be compiled here: loading it in
         # every child would cost each one megabytes of private memory
-        atomic_load(env.ctl, CTL_GEN)
+        atomic_load(bell, 0)
         atomic_add(env.ctl, CTL_DONE, 0)
         gc.collect()
         gc.freeze()      # forked children then leave the heap's pages shared
         self.procs = []
+        # one epoll set of the workers' sentinels, made once: building a
+        # selector of 1024 descriptors at every poll costs the parent
+        # milliseconds it does not get back when 1024 workers share 2 cores
+        self._watch = selectors.DefaultSelector()
         try:
             for w in range(n):
                 core = self.cores[w % len(self.cores)]
                 p = ctx.Process(target=_worker_main, name="iommu-stress-w%d" % w,
-                                args=(w, core, env, states, entries, 0), daemon=True)
+                                args=(w, core, env, bell, states, entries), daemon=True)
                 p.start()
                 self.procs.append(p)
+                self._watch.register(p.sentinel, selectors.EVENT_READ, w)
         except BaseException:
             self.close()
             raise
@@ -534,32 +618,39 @@ class Pool:
                 return w, p.exitcode
         return None
 
+    def _watch_for(self, timeout):
+        """Sleep up to `timeout` s, or raise as soon as a worker dies."""
+        for key, _ in self._watch.select(timeout):
+            p = self.procs[key.data]
+            p.join(1.0)
+            raise WorkerDied(key.data, p.exitcode)
+
     def wait_for(self, cond, deadline, poll=0.02):
         """Wait until cond() holds; raise if a worker dies or time runs out."""
-        sentinels = [p.sentinel for p in self.procs]
         while not cond():
             if time.monotonic() > deadline:
                 raise Watchdog()
-            ready = mp.connection.wait(sentinels, timeout=poll)
-            if ready:
-                d = self.dead()
-                if d:
-                    raise WorkerDied(*d)
+            self._watch_for(poll)
 
     def sleep(self, seconds):
         """Sleep, watching for dead workers."""
         end = time.monotonic() + seconds
-        sentinels = [p.sentinel for p in self.procs]
         while True:
             left = end - time.monotonic()
             if left <= 0:
                 return
-            if mp.connection.wait(sentinels, timeout=min(left, 0.05)):
-                d = self.dead()
-                if d:
-                    raise WorkerDied(*d)
+            self._watch_for(left)
+
+    def _ring(self, n):
+        """Ring the doorbells of workers 0..n-1 and wake them, with one
+        system call whichever n."""
+        self.bell[:n * LINE:LINE] += 1
+        atomic_add(self.env.ctl, CTL_GEN, 1)
+        futex_wake(self.env.ctl, CTL_GEN, _groups_below(n))
 
     def start_point(self, design_index, nactive):
+        """Run the loop of design `design_index` on workers 0..nactive-1;
+        each adds one to CTL_DONE when it is parked again."""
         ctl = self.env.ctl
         ctl[CTL_PHASE] = PH_WAIT
         ctl[CTL_ABORT] = 0
@@ -568,8 +659,7 @@ class Pool:
         ctl[CTL_NACTIVE] = nactive
         ctl[CTL_DESIGN] = design_index
         ctl[CTL_CMD] = CMD_RUN
-        atomic_add(ctl, CTL_GEN, 1)
-        futex_wake(ctl, CTL_GEN)
+        self._ring(nactive)
 
     def close(self, timeout=2.0):
         """Stop every worker; kill the ones that do not exit in time."""
@@ -577,8 +667,7 @@ class Pool:
         ctl[CTL_CMD] = CMD_EXIT
         ctl[CTL_ABORT] = 1
         ctl[CTL_PHASE] = PH_STOP
-        atomic_add(ctl, CTL_GEN, 1)
-        futex_wake(ctl, CTL_GEN)
+        self._ring(len(self.procs))
         end = time.monotonic() + timeout
         for p in self.procs:
             p.join(max(0.0, end - time.monotonic()))
@@ -590,6 +679,7 @@ class Pool:
         for p in self.procs:
             p.join()
         self.procs = []
+        self._watch.close()
 
 
 def _raise_fd_limit(n):

@@ -175,7 +175,8 @@ def sched_yield(typingctx):
 
 
 @njit(cache=True)
-def _now():
+def read_cycles():
+    """The cycle counter, from Python."""
     return cycles()
 
 
@@ -191,14 +192,14 @@ def busy_wait_cycles(n):
 
 def calibrate(seconds=0.05):
     """Cycles per ns of the counter, measured against perf_counter_ns."""
-    _now()  # compile outside the measurement
+    read_cycles()  # compile outside the measurement
     best = None
     for _ in range(3):
-        t0, c0 = time.perf_counter_ns(), _now()
+        t0, c0 = time.perf_counter_ns(), read_cycles()
         end = t0 + int(seconds * 1e9 / 3)
         while time.perf_counter_ns() < end:
             pass
-        t1, c1 = time.perf_counter_ns(), _now()
+        t1, c1 = time.perf_counter_ns(), read_cycles()
         rate = (c1 - c0) / (t1 - t0)
         best = rate if best is None else max(best, rate)
     if not best or best <= 0:

@@ -27,7 +27,7 @@ from harness.dma import (CFG_CHECK, CFG_FLUSH, CFG_FQ_TIMEOUT, CFG_LIMIT, CFG_NC
                          M_TIMER_FLUSHES, M_TIMER_ON, PENDING, bucket_upper)
 from harness.sweep import Sweep
 from harness.workers import (C_STATUS, CTL_ROGUE_PROBES, CTL_ROGUE_READY, CTL_ROGUE_STALE,
-                             PH_MEASURE, PH_STOP, PH_WAIT, rogue_loop)
+                             PH_MEASURE, PH_STOP, PH_WAIT, attach, clock, rogue_loop)
 from hwmodel import iommu
 from hwmodel import locks as lockmod
 from hwmodel.cpu import calibrate, cycles, fetch_add, hot, load, sched_yield
@@ -632,13 +632,10 @@ def test_the_policies_in_a_run():
 @hot(cache=True)
 def _publisher(sts, env, w, cpu):
     ctl = env.ctl
-    fetch_add(ctl, dma.CTL_ATTACHED, 1)
-    while load(ctl, CTL_PHASE) == PH_WAIT:
-        if load(ctl, CTL_ABORT) != 0:
-            env.cnt[w * LINE + C_STATUS] = 2
-            return
-        sched_yield()
-    while load(ctl, CTL_PHASE) < PH_STOP:
+    if not attach(env):
+        env.cnt[w * LINE + C_STATUS] = 2
+        return
+    while clock(ctl, cycles()) < PH_STOP:
         dma._publish(env, 0, 1)
         sched_yield()
     env.cnt[w * LINE + C_STATUS] = 1

@@ -232,18 +232,43 @@ def test_flush_and_exposure_statistics():
 
 def test_render_point_sections_present_and_absent():
     p = point("peleg-2015", 8, 1e6, locks=[lock("rbtree", 10, 1, 100.0)],
+              state_checked="allocator state fresh, page tables empty, no page owned",
               series=[{"t": 1, "ops_per_sec": 1e6, "top_lock": "rbtree", "top_lock_wait_ns": 5e3},
                       {"t": 2, "ops_per_sec": 9e5, "top_lock": "fq", "top_lock_wait_ns": 7e3}])
     text = diagnostics.render_point(p, MACHINE, OPTIONS)
     assert text.splitlines()[0] == ("== peleg-2015 (magazines:fixed+percpu) at 8 threads: 1.00M ops/s, "
                                     "oversubscribed (4 cores)")
     assert text.splitlines()[1].startswith("lock timing: on")
+    assert text.splitlines()[2] == ("state after every window: allocator state fresh, page tables "
+                                    "empty, no page owned")
     for section in ("-- locks", "-- flush and exposure", "-- fairness", "-- per second"):
         assert section in text
     assert "-- time per I/O" not in text
     assert re.search(r"2\s+900\.0k\s+fq\s+7\.000", text)
     d = diagnostics.render_point(point("direct", 1, 5e6), MACHINE, OPTIONS)
     assert "-- locks" not in d and "-- allocator" not in d
+
+
+def test_long_series_grouped_and_its_drift_stated():
+    # 600 seconds falling linearly from 1.2M to 0.6M ops/s, the lock alternating
+    s = [{"t": t, "ops_per_sec": 1.2e6 - 1e3 * (t - 1), "top_lock": ("rbtree", "fq")[t % 2],
+          "top_lock_wait_ns": 1e3 * (1 + t % 2)} for t in range(1, 601)]
+    text = diagnostics.series_table({"series": s})
+    lines = text.splitlines()
+    assert len(lines) == 2 + 60 + 2                      # header, rule, rows, two notes
+    # the first group: seconds 1-10, mean 1.1955M; fq waited 5 x 2 us, rbtree 5 x 1 us
+    assert re.match(r"10\s+1\.20M\s+fq\s+10\.00$", lines[2])
+    assert lines[-2] == "one row per 10 s, their mean; each second is in the results file"
+    # first tenth 1.2M..1.141M (mean 1.1705M), last 0.66M..0.601M (0.6305M): -46.1%;
+    # slope -1000 ops/s a second over a mean of 0.9005M: -6.66% a minute
+    assert lines[-1].startswith("drift over 600 s: first tenth 1.17M ops/s, last tenth 630.5k "
+                                "(-46.1%); least-squares slope -6.66% of the mean a minute")
+    flat = [dict(e, ops_per_sec=1e6) for e in s[:20]]
+    text = diagnostics.series_table({"series": flat})
+    assert "one row per" not in text
+    assert "(+0.0%); least-squares slope +0.00% of the mean a minute; the seconds vary 0.0%" in text
+    # too short to judge a drift
+    assert "drift" not in diagnostics.series_table({"series": s[:9]})
 
 
 # -------------------------------------------------------------------- report

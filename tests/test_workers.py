@@ -6,11 +6,14 @@ import time
 
 import psutil
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from harness import designs
+from harness import designs, workers
 from harness.config import defaults
+from harness.dma import LINE
 from harness.sweep import PointFailed, Sweep
-
+from harness.workers import C_T_END, CTL_T_STOP
 
 
 def opts(**kw):
@@ -48,7 +51,57 @@ def test_workers_are_pinned_round_robin():
         sw.window(0, 3)
         cores = sorted(os.sched_getaffinity(0))
         from harness.workers import C_CORE
-        from harness.dma import LINE
         got = [int(sw.env.cnt[w * LINE + C_CORE]) for w in range(3)]
         assert got == [cores[w % len(cores)] for w in range(3)]
     assert not psutil.Process().children(recursive=True)
+
+
+@given(st.integers(1, 1 << 16))
+def test_a_wake_of_n_workers_reaches_them_all_and_fewer_than_2n(n):
+    mask = workers._groups_below(n)
+    woken = [w for w in range(2 * n + 1) if workers._group(w) & mask]
+    assert woken[:n] == list(range(n))
+    assert len(woken) < 2 * n
+
+
+def _wait_parked(procs):
+    """Until every worker sleeps (its only sleep is the futex)."""
+    end = time.monotonic() + 30
+    while not all(psutil.Process(p.pid).status() == psutil.STATUS_SLEEPING for p in procs):
+        assert time.monotonic() < end
+        time.sleep(0.01)
+
+
+def test_a_point_wakes_only_its_workers(monkeypatch, no_leaks):
+    # no timed wake-up of a parked worker within the test
+    monkeypatch.setattr(workers, "PARK_TIMEOUT", 600.0)
+    d = [designs.resolve("direct")]
+    with Sweep(opts(threads=[8], duration=0.1), d) as sw:
+        sw.window(0, 8)
+        procs = sw.pool.procs
+        _wait_parked(procs)
+        switches = lambda: [psutil.Process(p.pid).num_ctx_switches().voluntary for p in procs]
+        before = switches()
+        sw.window(0, 1)
+        _wait_parked(procs)
+        after = switches()
+        assert after[0] > before[0]
+        assert after[1:] == before[1:]        # workers 1-7 slept through it
+        r = sw.window(0, 8)                   # and still answer the next point
+        assert len(r["per_worker_ops"]) == 8 and min(r["per_worker_ops"]) > 0
+
+
+def test_the_workers_keep_the_window_when_the_parent_is_late(no_leaks):
+    d = [designs.resolve("direct")]
+    with Sweep(opts(threads=[2], duration=0.2), d) as sw:
+        sw.start_workers()
+        on_time = sw.pool.sleep
+        sw.pool.sleep = lambda s: on_time(s + 0.5)
+        t0 = time.monotonic()
+        r = sw.window(0, 2)
+        assert time.monotonic() - t0 >= 0.7
+        assert r["seconds"] == pytest.approx(0.2, rel=1e-6)
+        cnt = sw.env.cnt.reshape(-1, LINE)
+        late = (cnt[:2, C_T_END] - sw.env.ctl[CTL_T_STOP]) / sw.cycles_per_ns / 1e9
+        # each worker left its loop at the deadline, not when the parent woke
+        assert max(late) < 0.2
