@@ -66,7 +66,8 @@ def main():
         print("command to first result, cold numba cache: %.1f s (exit %d)" % (cold, r.returncode))
         print("command to first result, warm numba cache: %.1f s (exit %d)" % (warm, r2.returncode))
     for n in [int(x) for x in args.workers.split(",")]:
-        cmd = cli + ["run", "--design", "peleg-2015", "--threads", str(n), "--duration", "0.5",
+        # a 2 s window: the 0.5 s sampler must see the steady state
+        cmd = cli + ["run", "--design", "peleg-2015", "--threads", str(n), "--duration", "2",
                      "--warmup", "0", "--repeats", "1"]
         peak, secs, rc = peak_pss(cmd)
         print("%5d workers: peak PSS %.0f MiB (%.2f MiB a worker), %.1f s, exit %d"

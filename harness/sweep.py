@@ -31,13 +31,14 @@ from harness.workers import (C_DEVICE_WAIT, C_FAILS, C_HAND_WAIT, C_OPS, C_OPS_E
                              C_STATUS, C_UNMAPS, CTL_FINISHED, CTL_ROGUE_PROBES, CTL_ROGUE_READY,
                              CTL_ROGUE_STALE, CTL_T_MEASURE, CTL_T_STOP, ENTRIES, PH_WAIT,
                              TRIM_PERIOD_MS, Pool, Watchdog, WorkerDied, allowed_cores,
-                             rogue_loop)
+                             rogue_loop, run_in_child)
 from hwmodel import iommu
 from hwmodel import locks as lockmod
 from hwmodel.cpu import calibrate, read_cycles
 
 ATTACH_TIMEOUT = 60.0        # seconds for the active workers to reach the start line
 GRACE = 10.0                 # seconds after the window for every worker to finish
+LEAN_PARENT = 64             # sweeps of more workers compile in a child process
 
 
 class PointFailed(Exception):
@@ -163,6 +164,13 @@ class Sweep:
         self.entries = [ENTRIES[d.allocator] for d in self.designs]
         self.cycles_per_ns = calibrate()
         t0 = time.perf_counter()
+        if self.max_threads > LEAN_PARENT:
+            # numba's compiler leaves some 400 MiB of LLVM's state in the
+            # process that ran it, which 1024 forked workers then map (and
+            # partly copy): compile in a child that fills the on-disk cache,
+            # and load only the machine code here.  A failure there shows
+            # again, with its message, when this process compiles itself.
+            run_in_child(self._compile)
         self._compile()
         self.timings["compile_s"] = time.perf_counter() - t0
 

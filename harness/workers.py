@@ -689,6 +689,27 @@ class Pool:
         self._watch.close()
 
 
+def run_in_child(fn):
+    """Run fn() in a forked child and wait for it; True if it returned.
+    The child dies with the parent (PR_SET_PDEATHSIG)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            fn()
+            code = 0
+        finally:
+            os._exit(code)
+    try:
+        _, status = os.waitpid(pid, 0)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    return os.waitstatus_to_exitcode(status) == 0
+
+
 def _raise_fd_limit(n):
     """Each worker costs the parent one descriptor (its sentinel)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

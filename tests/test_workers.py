@@ -105,3 +105,27 @@ def test_the_workers_keep_the_window_when_the_parent_is_late(no_leaks):
         late = (cnt[:2, C_T_END] - sw.env.ctl[CTL_T_STOP]) / sw.cycles_per_ns / 1e9
         # each worker left its loop at the deadline, not when the parent woke
         assert max(late) < 0.2
+
+
+def test_run_in_child_reports_how_the_child_ended():
+    assert workers.run_in_child(lambda: None)
+    assert not workers.run_in_child(lambda: 1 / 0)
+    assert not psutil.Process().children()
+
+
+def test_a_large_sweep_compiles_in_a_child(monkeypatch, no_leaks):
+    import harness.sweep as sweepmod
+    calls = []
+
+    def counted(fn):
+        calls.append(fn)
+        return workers.run_in_child(fn)
+
+    monkeypatch.setattr(sweepmod, "LEAN_PARENT", 1)
+    monkeypatch.setattr(sweepmod, "run_in_child", counted)
+    with Sweep(opts(threads=[2], duration=0.05), [designs.resolve("bitmap")]) as sw:
+        assert len(calls) == 1
+        assert sw.window(0, 2)["ops_per_sec"] > 0
+    with Sweep(opts(threads=[1], duration=0.05), [designs.resolve("bitmap")]):
+        assert len(calls) == 1                   # one worker: the parent compiles
+    assert not psutil.Process().children(recursive=True)
