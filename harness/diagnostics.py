@@ -403,8 +403,9 @@ def series_table(point, fmt="simple"):
         part = s[g:g + k]
         waits = {}
         for e in part:
-            if e.get("top_lock"):
-                waits[e["top_lock"]] = waits.get(e["top_lock"], 0) + (e.get("top_lock_wait_ns") or 0)
+            name = e.get("top_lock")
+            if name:
+                waits[name] = waits.get(name, 0) + (e.get("top_lock_wait_ns") or 0)
         top = max(waits, key=waits.get) if waits else None
         rates = [e["ops_per_sec"] for e in part if e.get("ops_per_sec") is not None]
         rows.append(["%g" % part[-1].get("t", g + len(part)),

@@ -22,11 +22,11 @@ from harness.config import load_profile
 from harness.dma import (CFG_CHECK, CFG_CONSUMERS, CFG_DEPTH, CFG_DEVICE, CFG_DIAG, CFG_FLUSH,
                          CFG_FQ_TIMEOUT, CFG_HYPERCALL, CFG_LIMIT, CFG_NCPUS, CFG_NDOMAINS,
                          CFG_PAGES, CFG_PREMAPPED, CFG_ROGUE, CFG_SEED, CFG_TRANSLATE, CFG_TRIM,
-                         CFG_WARMUP, CFG_WINDOW, CTL_ATTACHED, CTL_DONE, CTL_ERR, CTL_ERR_CLAIMANT, CTL_ERR_HOLDER,
-                         CTL_ERR_KIND, CTL_ERR_PAGE, CTL_PHASE, CTL_PRODUCERS_LEFT, EXP_BUCKETS,
-                         EXP_WORDS, E_COUNT, E_MAX, E_SUM, FLUSH_NAMES, IOVA_FQ_TIMEOUT, LINE,
-                         M_FLUSHED_ENTRIES, M_FLUSHES, M_TIMER_FLUSHES, SIZE_TABLE,
-                         bucket_upper)
+                         CFG_WARMUP, CFG_WINDOW, CTL_ATTACHED, CTL_DONE, CTL_ERR,
+                         CTL_ERR_CLAIMANT, CTL_ERR_HOLDER, CTL_ERR_KIND, CTL_ERR_PAGE, CTL_PHASE,
+                         CTL_PRODUCERS_LEFT, EXP_BUCKETS, EXP_WORDS, E_COUNT, E_MAX, E_SUM,
+                         FLUSH_NAMES, IOVA_FQ_TIMEOUT, LINE, M_FLUSHED_ENTRIES, M_FLUSHES,
+                         M_TIMER_FLUSHES, SIZE_TABLE, bucket_upper)
 from harness.workers import (C_DEVICE_WAIT, C_FAILS, C_HAND_WAIT, C_OPS, C_OPS_END, C_OPS_START,
                              C_STATUS, C_UNMAPS, CTL_FINISHED, CTL_ROGUE_PROBES, CTL_ROGUE_READY,
                              CTL_ROGUE_STALE, CTL_T_MEASURE, CTL_T_STOP, ENTRIES, PH_WAIT,
@@ -175,7 +175,7 @@ class Sweep:
         self.timings["compile_s"] = time.perf_counter() - t0
 
     def _compile(self):
-        """Compile (or load) every loop in the parent, before forking: a
+        """Compile (or load) every loop before the workers are forked: a
         loop called with the abort word set returns at once.  The reset and
         the check of each design are loaded here too, so that the first
         point pays for nothing the others do not."""
