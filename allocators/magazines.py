@@ -671,30 +671,6 @@ def flush_all(st, w):
     return n
 
 
-# Replay: one request per row of `ops`; the result of row i in out[i].
-OP_ALLOC = 0        # (OP_ALLOC, cpu, pages, limit) -> pfn or -1
-OP_FREE = 1         # (OP_FREE, cpu, pfn, pages) -> 0
-OP_TRIM = 2         # (OP_TRIM, 0, ncpus, 0) -> magazines trimmed
-OP_FLUSH = 3        # (OP_FLUSH, 0, 0, 0) -> IOVAs returned to the tree
-
-
-@njit(cache=True)
-def replay(st, w, ops, out):
-    """Run a request sequence single-threaded, for `iommu-stress replay`
-    and for the comparison with the reference model."""
-    for i in range(ops.shape[0]):
-        op = ops[i, 0]
-        if op == OP_ALLOC:
-            out[i] = alloc(st, w, ops[i, 1], ops[i, 2], ops[i, 3])
-        elif op == OP_FREE:
-            free(st, w, ops[i, 1], ops[i, 2], ops[i, 3])
-            out[i] = 0
-        elif op == OP_TRIM:
-            out[i] = trim(st, w, ops[i, 2])
-        else:
-            out[i] = flush_all(st, w)
-
-
 # ---------------------------------------------------------------- checks
 
 

@@ -612,24 +612,6 @@ def find(st, w, pfn):
     return r
 
 
-# Replay: one request per row of `ops`; the result of row i in out[i].
-OP_ALLOC = 0        # (OP_ALLOC, cpu, pages, limit) -> pfn or -1
-OP_FREE = 1         # (OP_FREE, cpu, pfn, pages) -> 0
-
-
-@njit(cache=True)
-def replay(st, w, ops, out):
-    """Run a request sequence single-threaded, for `iommu-stress replay`
-    and for the comparison with the reference model."""
-    for i in range(ops.shape[0]):
-        op = ops[i, 0]
-        if op == OP_ALLOC:
-            out[i] = alloc(st, w, ops[i, 1], ops[i, 2], ops[i, 3])
-        else:
-            free(st, w, ops[i, 1], ops[i, 2], ops[i, 3])
-            out[i] = 0
-
-
 # ------------------------------------------------------------------ checks
 
 

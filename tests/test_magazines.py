@@ -17,6 +17,7 @@ from allocators import Params, magazines as M, rbtree
 from harness import compose
 from hwmodel import locks as lockmod
 from tests import ref_iova as R
+from tests.drivers import drive_magazines
 
 W = 0
 
@@ -32,7 +33,7 @@ def tree_stat(st, name):
 def replay(st, rows):
     ops = np.array(rows, dtype=np.int64).reshape(-1, 4)
     out = np.zeros(len(ops), dtype=np.int64)
-    M.replay(st, W, ops, out)
+    drive_magazines(st, W, ops, out)
     return out.tolist()
 
 

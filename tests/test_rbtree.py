@@ -10,6 +10,7 @@ from hypothesis import strategies as hs
 from allocators import Params, rbtree
 from harness.compose import private
 from tests import ref_iova as R
+from tests.drivers import drive_rbtree
 
 DMA32 = 1 << 20            # dma_32bit_pfn with a 4 KiB granule
 W = 0                      # the one worker of a single-threaded replay
@@ -22,7 +23,7 @@ def stat(st, name):
 def replay(st, rows):
     ops = np.array(rows, dtype=np.int64).reshape(-1, 4)
     out = np.zeros(len(ops), dtype=np.int64)
-    rbtree.replay(st, W, ops, out)
+    drive_rbtree(st, W, ops, out)
     return out
 
 
@@ -190,7 +191,7 @@ def check_trace(p, ops, res, live):
     st = private(rbtree, p)
     ops = np.array(ops, dtype=np.int64).reshape(-1, 4)
     out = np.zeros(len(ops), dtype=np.int64)
-    rbtree.replay(st, W, ops, out)
+    drive_rbtree(st, W, ops, out)
     want = np.array(res, dtype=np.int64)
     bad = np.flatnonzero(out != want)
     assert len(bad) == 0, "row %d %s: allocator %d, reference %d" % (

@@ -1,0 +1,42 @@
+"""Single-threaded request drivers for the allocator tests: one request per
+row of `ops` (the rows of tests/ref_iova.py), the result of row i in out[i].
+The harness's own replay (harness/replay.py) reads traces, which have no
+verbs for the magazines' trim and flush; these rows do."""
+from numba import njit
+
+from allocators import magazines, rbtree
+from tests.ref_iova import OP_ALLOC, OP_FREE, OP_TRIM
+
+
+@njit
+def _drive(alloc, free, st, w, ops, out, i):
+    """Allocations and frees from row i on; the index of the first row
+    that is neither (or of the end)."""
+    while i < ops.shape[0]:
+        op = ops[i, 0]
+        if op == OP_ALLOC:
+            out[i] = alloc(st, w, ops[i, 1], ops[i, 2], ops[i, 3])
+        elif op == OP_FREE:
+            free(st, w, ops[i, 1], ops[i, 2], ops[i, 3])
+            out[i] = 0
+        else:
+            return i
+        i += 1
+    return i
+
+
+# one cached entry each: see harness/workers.py on numba's cache
+@njit(cache=True)
+def drive_rbtree(st, w, ops, out):
+    _drive(rbtree.alloc, rbtree.free, st, w, ops, out, 0)
+
+
+@njit(cache=True)
+def drive_magazines(st, w, ops, out):
+    i = _drive(magazines.alloc, magazines.free, st, w, ops, out, 0)
+    while i < ops.shape[0]:
+        if ops[i, 0] == OP_TRIM:
+            out[i] = magazines.trim(st, w, ops[i, 2])
+        else:
+            out[i] = magazines.flush_all(st, w)
+        i = _drive(magazines.alloc, magazines.free, st, w, ops, out, i + 1)
