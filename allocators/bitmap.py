@@ -227,8 +227,3 @@ def footprint(st, p):
     nbytes = st.map.nbytes + 8          # the map and the hint
     return {"start": nbytes, "peak": nbytes}
 
-
-@hot
-def trim(st, w, ncpus):
-    """Periodic housekeeping (the magazines' depot trim); none here."""
-    return 0

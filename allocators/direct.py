@@ -48,8 +48,3 @@ def check(st, p, live):
 def footprint(st, p):
     return {"start": 0, "peak": 0}
 
-
-@hot
-def trim(st, w, ncpus):
-    """Periodic housekeeping (the magazines' depot trim); none here."""
-    return 0

@@ -1,6 +1,6 @@
 """Per-CPU magazine caches over the red-black tree: `alloc_iova_fast` and
 `free_iova_fast` of drivers/iommu/iova.c, with the depot of one of three
-eras, chosen by `p.depot`:
+eras, chosen by `p.variant`:
 
 * "list" (Linux 6.7+): an unbounded linked list of full magazines per size
   class; a delayed work item (`iova_depot_work_func`, every
@@ -65,6 +65,8 @@ S_TRIMS = S_PUSHES + 3
 
 DEPOTS = ("fixed", "list", "prealloc")
 FIXED, LIST, PREALLOC = range(3)
+VARIANTS = DEPOTS                         # the design names' `magazines:<depot>`
+DEFAULT_VARIANT = "list"
 
 # drivers/iommu/iova.c IOVA_DEPOT_DELAY: the trim period, for the harness
 IOVA_DEPOT_DELAY_MS = 100
@@ -106,9 +108,10 @@ State = namedtuple("State", ["tree", "pcpu", "rcache", "depot", "mags", "meta",
 
 
 def _variant(p):
-    if p.depot not in DEPOTS:
-        raise ValueError("unknown depot %r: one of %s" % (p.depot, ", ".join(DEPOTS)))
-    return DEPOTS.index(p.depot)
+    depot = p.variant or DEFAULT_VARIANT
+    if depot not in DEPOTS:
+        raise ValueError("unknown depot %r: one of %s" % (depot, ", ".join(DEPOTS)))
+    return DEPOTS.index(depot)
 
 
 def _stride(mag_size):

@@ -70,6 +70,7 @@ from hwmodel.locks import acquire, release
 NAME = "pools"
 LOCK_CLASSES = ("pool",)
 STATS = ("allocs", "fails", "spills", "words_scanned", "pass_retries", "frees")
+LIMIT_IS_MASK = True        # a limit is the device's DMA mask in pages, 0: none
 S_ALLOCS, S_FAILS, S_SPILLS, S_SCANNED, S_PASS_RETRIES, S_FREES = range(6)
 # The search helpers borrowed from bitmap.py count scanned words at their own
 # index of the worker's line; ours must be the same one.
@@ -359,8 +360,3 @@ def footprint(st, p):
     nbytes = (p.pages + 63) // 64 * 8 + NPOOLS_MAX * L1_CACHE_BYTES
     return {"start": nbytes, "peak": nbytes}
 
-
-@hot
-def trim(st, w, ncpus):
-    """Periodic housekeeping (the magazines' depot trim); none here."""
-    return 0

@@ -798,8 +798,3 @@ def node_bytes(nodes):
     """Kernel bytes of a tree of `nodes` nodes, the anchor included."""
     return DOMAIN_BYTES + (nodes - 1) * IOVA_BYTES
 
-
-@hot
-def trim(st, w, ncpus):
-    """Periodic housekeeping (the magazines' depot trim); none here."""
-    return 0

@@ -4,7 +4,6 @@ import signal
 import sys
 import time
 
-from tqdm import tqdm
 
 from harness import config
 from harness.arena import ArenaError
@@ -134,8 +133,9 @@ def _resumed(args, designs):
 
 
 def cmd_sweep(args, several=True):
-    from harness import results
-    from harness.sweep import PointFailed, Sweep
+    from harness import results, sweep
+    from harness.arena import clean_stale
+    from harness.bench import Bench
 
     opts = _options(args, several)
     designs = _designs(opts)
@@ -146,42 +146,22 @@ def cmd_sweep(args, several=True):
             if (d.name, t) not in done]
     json_path = args.json or args.resume
     t_start = time.monotonic()
-    failed = False
-    with Sweep(opts, designs) as sw:
-        res = results.ResultsFile(json_path, results.machine(sw.cycles_per_ns), opts,
+    clean_stale()
+    with Bench(opts, designs) as bench:
+        res = results.ResultsFile(json_path, results.machine(bench.cycles_per_ns), opts,
                                   " ".join([PROG] + sys.argv[1:]), points=kept)
-        bar = tqdm(total=len(todo), unit="point", file=sys.stderr, leave=False,
-                   disable=not sys.stderr.isatty(), dynamic_ncols=True)
         try:
-            for t, i in todo:
-                bar.set_description("%s at %d threads" % (designs[i].name, t))
-                try:
-                    pt = sw.measure(i, t, opts["repeats"])
-                except PointFailed as e:
-                    failed = True
-                    res.fail(str(e))
-                    tqdm.write("%s: point failed: %s" % (PROG, e), file=sys.stderr)
-                    if args.on_error == "stop":
-                        break
-                    continue
-                finally:
-                    bar.update(1)
-                res.doc["timings"] = dict(sw.timings)
-                res.add(results.point_doc(pt))
-            if not failed:
-                res.finish()
+            ok = sweep.run(bench, todo, opts["repeats"], res, args.on_error, PROG)
         except BaseException:
-            bar.close()
             _print_results(res.doc, args, opts)
             raise
-        bar.close()
     _print_results(res.doc, args, opts)
     _print_published(res.doc, args.preset_extras)
     print("%d points measured in %.1f s (compiling %.1f s, starting workers %.1f s)%s"
           % (len(res.doc["points"]) - len(kept), time.monotonic() - t_start,
-             sw.timings["compile_s"], sw.timings["fork_s"],
+             bench.timings["compile_s"], bench.timings["fork_s"],
              ", %d kept from %s" % (len(kept), args.resume) if kept else ""), file=sys.stderr)
-    return 1 if failed else 0
+    return 0 if ok else 1
 
 
 def _print_results(doc, args, opts):
@@ -192,9 +172,8 @@ def _print_results(doc, args, opts):
         return
     fmt = "csv" if getattr(args, "csv", False) else "simple"
     print(report.throughput_table(doc["points"], fmt=fmt, cores=doc["machine"]["cores_allowed"]))
-    extra = getattr(report, "exposure_table", None)
-    if extra is not None and fmt != "csv":
-        text = extra(doc["points"])
+    if fmt != "csv":
+        text = report.exposure_table(doc["points"])
         if text:
             print()
             print(text)
@@ -214,7 +193,7 @@ def _print_published(doc, extras):
     threads = pub.pop("threads", 1)
     metric = pub.pop("metric", "x_direct")
     pts = {p["design"]: p for p in doc["points"] if p["threads"] == threads}
-    direct = next((p for p in pts.values() if p["allocator"] == "direct"), None)
+    direct = next((p for p in pts.values() if p["flush"] == "none"), None)
     first = next(iter(pts.values()), None)
     rows = []
     for name, (figure, ratio, unit) in pub.items():
@@ -254,6 +233,19 @@ def cmd_diagnose(args):
     return cmd_sweep(args, several=False)
 
 
+def cmd_designs(args):
+    from tabulate import tabulate
+
+    from harness import designs as designmod
+    from harness.dma import FLUSHES
+    from hwmodel.locks import KINDS
+    print(tabulate(designmod.listing(), headers=["design", "what it is"], disable_numparse=True,
+                   maxcolwidths=[None, 90]))
+    print("\nwrite allocator[:variant]+flush[@premapped]; flush policies: %s; lock kinds "
+          "(--lock): %s" % (", ".join(FLUSHES), ", ".join(KINDS)))
+    return 0
+
+
 def cmd_clean(args):
     from harness.arena import clean_stale
     for name in clean_stale():
@@ -288,14 +280,13 @@ def build_parser():
     pl = sub.add_parser("plot", help="throughput against threads, and where the time goes (PNG)")
     plot.add_plot_arguments(pl)
     pl.set_defaults(func=plot.cmd_plot)
-    try:
-        from harness import replay
-    except ImportError:
-        replay = None
-    if replay is not None:
-        rp = sub.add_parser("replay", help="replay a request trace against one allocator")
-        replay.add_arguments(rp)
-        rp.set_defaults(func=lambda a: replay.command(a, sys.stdout, sys.stderr))
+    from harness import replay
+    rp = sub.add_parser("replay", help="replay a request trace against one allocator")
+    replay.add_arguments(rp)
+    rp.set_defaults(func=lambda a: replay.command(a, sys.stdout, sys.stderr))
+    ds = sub.add_parser("designs", help="list the allocators, their variants and the named "
+                                        "designs")
+    ds.set_defaults(func=cmd_designs)
     return p
 
 

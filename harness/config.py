@@ -9,9 +9,10 @@ import tomllib
 from pathlib import Path
 
 from harness.errors import UsageError
+from harness.abi import MAX_DEPTH, MAX_DOMAINS, MAX_WORKERS
 from hwmodel.locks import KINDS
 
-MAX_THREADS = 1024
+MAX_THREADS = MAX_WORKERS
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
 
@@ -156,7 +157,7 @@ OPTIONS = {
     "repeats": (_number(1, 100, integer=True), 3, "windows per point; the median is reported"),
     "lock": (_choice(KINDS), "ttas", "lock kind"),
     "spin_bound": (_number(1, 10**9, integer=True), 1000, "spins before a waiter yields"),
-    "depth": (_number(1, 1024, integer=True), 32, "mappings in flight per worker"),
+    "depth": (_number(1, MAX_DEPTH, integer=True), 32, "mappings in flight per worker"),
     "sizes": (_sizes, [(1, 1.0)], "request sizes in pages with weights"),
     "pages": (_power_of_two, 1 << 20, "IOVA space in 4 KiB pages"),
     "boundary": (_power_of_two, 1 << 20, "segment boundary in pages"),
@@ -165,7 +166,7 @@ OPTIONS = {
     "device_ns": (_number(0, 1e9), None, "device time per I/O, ns (default: the profile's)"),
     "hypercall_ns": (_number(0, 1e9), None, "hypercall per map and unmap, ns (default: the profile's)"),
     "unmap_fraction": (_number(0.0, 0.9), 0.0, "share of workers that only unmap (cross-CPU)"),
-    "domains": (_number(1, 64, integer=True), 1, "devices (IOMMU domains); workers spread over them"),
+    "domains": (_number(1, MAX_DOMAINS, integer=True), 1, "devices (IOMMU domains); workers spread over them"),
     "premapped": (_bool, False, "the driver maps a buffer pool once and recycles it"),
     "tlb_entries": (_power_of_two, 512, "IOTLB entries per domain"),
     "tlb_ways": (_power_of_two, 8, "IOTLB associativity"),

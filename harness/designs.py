@@ -4,15 +4,15 @@ A design is written `allocator[:variant]+flush[@premapped]`, e.g.
 `magazines:fixed+percpu`; a bare allocator name means `+strict`; `@premapped`
 is the driver-side optimisation of the seeds (map a buffer pool once,
 recycle it).  The names users know from the literature resolve to a spec.
+Allocators and their variants come from the registry (allocators/), the
+flush policies from harness/dma.py, the lock kinds from hwmodel/locks.py;
+the named designs are listed here, and only here.
 """
-import importlib
 from dataclasses import dataclass, replace
 
+import allocators
+from harness.dma import FLUSHES
 from harness.errors import UsageError
-
-ALLOCATORS = ("direct", "bitmap", "pools", "rbtree", "magazines")
-FLUSHES = ("strict", "batched", "percpu")
-DEPOTS = ("fixed", "list", "prealloc")
 
 # the seeds' designs
 NAMED = {
@@ -28,25 +28,30 @@ NAMED = {
 class Design:
     name: str                 # as the user wrote it
     allocator: str
-    flush: str = "strict"
-    depot: str = "list"
+    flush: str = "strict"     # "none" for an allocator that does not translate
+    variant: str = ""         # "" for an allocator without variants
     premapped: bool = False
 
     @property
     def spec(self):
-        if self.allocator == "direct":
-            return "direct"
-        alloc = self.allocator
-        if alloc == "magazines":
-            alloc += ":" + self.depot
+        if self.flush == "none":
+            return self.allocator
+        alloc = self.allocator + (":" + self.variant if self.variant else "")
         return "%s+%s%s" % (alloc, self.flush, "@premapped" if self.premapped else "")
 
     def module(self):
-        return allocator_module(self.allocator)
+        return allocators.module(self.allocator)
+
+    @property
+    def translates(self):
+        return self.module().TRANSLATES
 
 
-def allocator_module(name):
-    return importlib.import_module("allocators." + name)
+def _unknown(text):
+    return UsageError("unknown design %r: write allocator[:variant]+flush with an allocator of "
+                      "%s and a flush of %s, or a named design: %s"
+                      % (text, ", ".join(allocators.names()), ", ".join(FLUSHES),
+                         ", ".join(NAMED)))
 
 
 def resolve(name):
@@ -57,27 +62,43 @@ def resolve(name):
         if modifier != "premapped":
             raise UsageError("design %r: unknown modifier @%s; valid: @premapped" % (text, modifier))
         d = resolve(base)
-        if d.allocator == "direct":
-            raise UsageError("design %r: direct maps nothing, so nothing to pre-map" % text)
+        if not d.translates:
+            raise UsageError("design %r: %s maps nothing, so nothing to pre-map"
+                             % (text, d.allocator))
         return replace(d, name=text, premapped=True)
     spec = NAMED.get(text, text)
     alloc, _, flush = spec.partition("+")
     alloc, _, variant = alloc.partition(":")
-    if alloc not in ALLOCATORS:
-        raise UsageError("unknown design %r: write allocator[:depot]+flush with an allocator of "
-                         "%s and a flush of %s, or a named design: %s"
-                         % (text, ", ".join(ALLOCATORS), ", ".join(FLUSHES), ", ".join(NAMED)))
-    if alloc == "direct":
+    if alloc not in allocators.names():
+        raise _unknown(text)
+    mod = allocators.module(alloc)
+    if not mod.TRANSLATES:
         if flush or variant:
-            raise UsageError("design %r: direct has no IOMMU, so no flush policy or variant" % text)
-        return Design(text, "direct", "none")
+            raise UsageError("design %r: %s has no IOMMU, so no flush policy or variant"
+                             % (text, alloc))
+        return Design(text, alloc, "none")
     flush = flush or "strict"
     if flush not in FLUSHES:
         raise UsageError("design %r: unknown flush policy %r; valid: %s"
                          % (text, flush, ", ".join(FLUSHES)))
-    if not variant:
-        return Design(text, alloc, flush)
-    if alloc != "magazines" or variant not in DEPOTS:
-        raise UsageError("design %r: only magazines takes a variant, one of %s"
-                         % (text, ", ".join(DEPOTS)))
-    return Design(text, alloc, flush, variant)
+    if variant and variant not in mod.VARIANTS:
+        if not mod.VARIANTS:
+            raise UsageError("design %r: %s has no variants" % (text, alloc))
+        raise UsageError("design %r: %s has no variant %r; valid: %s"
+                         % (text, alloc, variant, ", ".join(mod.VARIANTS)))
+    return Design(text, alloc, flush, variant or mod.DEFAULT_VARIANT)
+
+
+def listing():
+    """[(spec, what it is)] of every allocator with its variants, then the
+    named designs: what `iommu-stress designs` prints."""
+    rows = []
+    for name in allocators.names():
+        mod = allocators.module(name)
+        doc = (mod.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        rows.append((name, doc))
+        for v in mod.VARIANTS:
+            rows.append(("%s:%s" % (name, v), "variant%s" % (" (default)" if v == mod.DEFAULT_VARIANT
+                                                          else "")))
+    rows += [(n, "named: " + spec) for n, spec in NAMED.items()]
+    return rows

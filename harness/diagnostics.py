@@ -314,7 +314,7 @@ def flush_table(point, fmt="simple"):
     rows = []
     unmaps = point.get("unmaps") or 0
     fl = point.get("flush_stats")
-    if isinstance(fl, dict) and point.get("allocator") != "direct":
+    if isinstance(fl, dict) and point["flush"] != "none":
         n = fl.get("invalidations", 0)
         rows.append(["invalidations", fmt_count(n), _per_unmap(n, unmaps)])
         if n:
@@ -458,12 +458,27 @@ def point_title(point, machine=None):
                                             fmt_ops(point["ops_per_sec"]), over)
 
 
+def disturbance_line(point):
+    """What else had the cores during the point's median window."""
+    d = point.get("disturbance")
+    if not isinstance(d, dict):
+        return None
+    return ("disturbance: %d busy process(es) on %d core(s); %d preemption(s) of %d of them "
+            "during the window; steal time %s ms%s"
+            % (d.get("busy_processes", 0), d.get("cores", 0), d.get("preemptions", 0),
+               d.get("preempted", 0), "%.3f" % (d.get("steal_ns", 0) / 1e6),
+               "" if d.get("preemptions") or d.get("steal_ns") else " (undisturbed)"))
+
+
 def render_point(point, machine=None, options=None, fmt="simple"):
     """Every diagnostic the point holds, under one title, each section
     skipped when the point has no data for it."""
     out = ["== " + point_title(point, machine), timing_line(point, options)]
     if point.get("state_checked"):
         out.append("state after every window: %s" % point["state_checked"])
+    line = disturbance_line(point)
+    if line:
+        out.append(line)
     sections = (("locks", lock_table(point, fmt, options)),
                 ("time per I/O", breakdown_table(point, fmt)),
                 ("allocator", alloc_table(point, fmt)),

@@ -29,65 +29,15 @@ from collections import namedtuple
 
 import numpy as np
 
+from harness.abi import (CTL_ERR, CTL_ERR_CLAIMANT, CTL_ERR_HOLDER, CTL_ERR_KIND, CTL_ERR_PAGE,
+                         ERR_DOUBLE_MAP, ERR_EARLY_REUSE, ERR_NOT_HELD, LINE)
 from hwmodel import iommu
-from hwmodel.cpu import cas, clz, cycles, fetch_add, hot, load, store, xchg
+from hwmodel.cpu import busy_wait_cycles, cas, clz, cycles, fetch_add, hot, load, store, xchg
 from hwmodel.locks import CTL_ABORT, acquire, release
-
-LINE = 16
-
-# Control words (Env.ctl), shared by the parent and every worker.
-CTL_PHASE = 1
-CTL_ATTACHED = 2
-CTL_DONE = 3
-CTL_NACTIVE = 4
-CTL_GEN = 5                  # futex word parked workers sleep on (harness/workers.py)
-CTL_CMD = 6
-CTL_DESIGN = 7
-CTL_ERR = 8                  # 1 once a double mapping was found
-CTL_ERR_PAGE = 9
-CTL_ERR_HOLDER = 10          # worker + 1 that held the page
-CTL_ERR_CLAIMANT = 11        # worker + 1 that claimed it again
-CTL_ERR_KIND = 12            # 1 double map, 2 release of a page not held,
-                             # 3 reuse before the invalidation completed
-CTL_PRODUCERS_LEFT = 13      # cross-CPU unmap: producers still mapping
-CTL_WORDS = 32
-
-# Env.cfg words: the point's parameters, read by every worker.
-CFG_DEPTH = 0                # mappings outstanding before the oldest is unmapped
-CFG_CHECK = 1
-CFG_LIMIT = 2                # the limit passed to alloc (pfn, or index for bitmaps)
-CFG_TRANSLATE = 3            # 0 for the direct design
-CFG_SEED = 4
-CFG_FLUSH = 5                # FLUSH_*
-CFG_NDOMAINS = 6
-CFG_DEVICE = 7               # cycles of device time per I/O
-CFG_HYPERCALL = 8            # cycles per map and per unmap (PVDMA)
-CFG_PREMAPPED = 9            # 1: the driver maps a buffer pool once and recycles it
-CFG_CONSUMERS = 10           # workers that only unmap (cross-CPU unmap)
-CFG_ROGUE = 11               # 1: publish unmapped IOVAs for the rogue device
-CFG_FQ_TIMEOUT = 12          # cycles: IOVA_FQ_TIMEOUT / the 2008 unmap timer
-CFG_NCPUS = 13
-CFG_PAGES = 14               # IOVA space per domain
-CFG_TRIM = 15                # cycles between depot trims (magazines, list depot)
-CFG_DIAG = 16                # 1: sample the time of each step of an I/O
-CFG_WARMUP = 17              # cycles of warm-up before the window
-CFG_WINDOW = 18              # cycles of the measurement window
-CFG_WORDS = 32
-
-DIAG_SAMPLE = 16             # with --diag, one I/O in this many is timed step by step
-# per-worker lines of Env.diag (cycles, summed over sampled I/Os)
-B_ALLOC = 0
-B_PTE = 1                    # page-table writes and clears
-B_FREE = 2                   # the free, or the queueing of a deferred one
-B_MAPS = 3                   # sampled maps
-B_UNMAPS = 4                 # sampled unmaps
 
 FLUSH_NONE, FLUSH_STRICT, FLUSH_BATCHED, FLUSH_PERCPU = range(4)
 FLUSH_NAMES = ("none", "strict", "batched", "percpu")
-
-RINGCAP = 1024               # the deepest in-flight ring a workload may ask for
-RING_WORDS = 4               # iova, pages, device completion cycle, domain
-SIZE_TABLE = 1024            # request sizes: a table indexed by 10 random bits
+FLUSHES = FLUSH_NAMES[1:]    # what a design of an allocator that translates may use
 
 # drivers/iommu/intel-iommu.c (2008): HIGH_WATER_MARK, the 10 ms unmap_timer
 HIGH_WATER_MARK = 250
@@ -121,8 +71,10 @@ RECENT = 4096
 R_INDEX = 2 * RECENT         # the ring's next slot; then probe and hit counts
 
 FlushQ = namedtuple("FlushQ", ["q", "meta", "ends", "ring", "lk"])
-Env = namedtuple("Env", ["ctl", "cfg", "own", "cnt", "ring", "sizes", "io", "fq",
-                         "exp", "hand", "recent", "diag", "gen"])
+# the run's arrays as compiled code sees them: those of harness/abi.py, then
+# map and unmap's own
+Env = namedtuple("Env", ["ctl", "cfg", "cnt", "steps", "ring", "hand", "sizes",
+                         "own", "exp", "recent", "gen", "io", "fq"])
 
 
 def fq_layout(ndomains, ncpus):
@@ -133,17 +85,12 @@ def fq_layout(ndomains, ncpus):
 
 
 def layout(nworkers, ndomains, pages, ncpus, tlb_entries, ways):
-    return ([("ctl", np.int64, (CTL_WORDS,)),
-             ("cfg", np.int64, (CFG_WORDS,)),
-             ("own", np.int64, (ndomains * pages,)),
-             ("cnt", np.int64, (nworkers * LINE,)),
-             ("ring", np.int64, (nworkers * RINGCAP * RING_WORDS,)),
-             ("sizes", np.int64, (SIZE_TABLE,)),
+    """The arrays of map and unmap: the ownership map, exposure histograms,
+    the rogue device's list, the IOMMU and the flush queues."""
+    return ([("own", np.int64, (ndomains * pages,)),
              ("exp", np.int64, (nworkers * EXP_WORDS,)),
-             ("hand", np.int64, (nworkers * (RINGCAP * RING_WORDS + 2 * LINE),)),
              ("recent", np.int64, (2 * RECENT + LINE,)),
-             ("gen", np.int64, (ndomains * pages,)),
-             ("diag", np.int64, (nworkers * LINE,))]
+             ("gen", np.int64, (ndomains * pages,))]
             + [("io." + n, d, s) for n, d, s in iommu.layout(ndomains, pages, tlb_entries,
                                                               ways, nworkers)]
             + fq_layout(ndomains, ncpus))
@@ -160,9 +107,9 @@ FQ_LOCK_CLASSES = ("flushq", "fq")
 def make(views, fq_lk):
     io = iommu.make({n[3:]: v for n, v in views.items() if n.startswith("io.")})
     fq = FlushQ(views["fq.q"], views["fq.meta"], views["fq.ends"], views["fq.ring"], fq_lk)
-    return Env(views["ctl"], views["cfg"], views["own"], views["cnt"], views["ring"],
-               views["sizes"], io, fq, views["exp"], views["hand"], views["recent"],
-               views["diag"], views["gen"])
+    return Env(views["ctl"], views["cfg"], views["cnt"], views["steps"], views["ring"],
+               views["hand"], views["sizes"], views["own"], views["exp"], views["recent"],
+               views["gen"], io, fq)
 
 
 # --- the ownership map ---------------------------------------------------
@@ -181,32 +128,32 @@ def _report(env, kind, page, holder, claimant):
 
 @hot
 def _claim(env, owner, dom, iova, pages):
-    base = dom * env.cfg[CFG_PAGES]
+    base = dom * env.cfg[0].pages
     for i in range(pages):
         old = cas(env.own, base + iova + i, 0, owner + 1)
         if old != 0:
-            _report(env, 3 if old == PENDING else 1, iova + i, old, owner + 1)
+            _report(env, ERR_EARLY_REUSE if old == PENDING else ERR_DOUBLE_MAP, iova + i, old, owner + 1)
 
 
 @hot
 def _release(env, owner, dom, iova, pages):
     """At unmap: the pages leave their owner but stay PENDING until the
     invalidation that covers them has completed."""
-    base = dom * env.cfg[CFG_PAGES]
+    base = dom * env.cfg[0].pages
     for i in range(pages):
         old = cas(env.own, base + iova + i, owner + 1, PENDING)
         if old != owner + 1:
-            _report(env, 2, iova + i, old, owner + 1)
+            _report(env, ERR_NOT_HELD, iova + i, old, owner + 1)
 
 
 @hot
 def _settle(env, w, dom, iova, pages):
     """After the covering invalidation, before the allocator gets the range."""
-    base = dom * env.cfg[CFG_PAGES]
+    base = dom * env.cfg[0].pages
     for i in range(pages):
         old = cas(env.own, base + iova + i, PENDING, 0)
         if old != PENDING:
-            _report(env, 2, iova + i, old, w + 1)
+            _report(env, ERR_NOT_HELD, iova + i, old, w + 1)
 
 
 # --- exposure --------------------------------------------------------------
@@ -245,50 +192,67 @@ def _publish(env, dom, iova):
     same IOVA is not taken for a stale one.  The generation is written
     first and checked again by the reader."""
     i = fetch_add(env.recent, R_INDEX, 1) % RECENT
-    store(env.recent, 2 * i + 1, load(env.gen, dom * env.cfg[CFG_PAGES] + iova))
+    store(env.recent, 2 * i + 1, load(env.gen, dom * env.cfg[0].pages + iova))
     store(env.recent, 2 * i, (dom << 40) | (iova + 1))
 
 
 # --- map and unmap -------------------------------------------------------
 
-@hot
+@hot(inline="always")
+def _hypercall(env):
+    """PVDMA: a guest's map or unmap is a hypercall the host serves (the
+    profile's hypercall_ns, polled as the guest waits for it)."""
+    n = env.cfg[0].hypercall_cycles
+    if n > 0:
+        busy_wait_cycles(n)
+
+
+@hot(inline="always")
 def dma_map(alloc, st, env, w, cpu, dom, pages, phys, sample):
     """The bus address of `pages` pages at physical page `phys`, or -1 when
     the allocator has no room.  `sample`: time each step (--diag)."""
-    if env.cfg[CFG_TRANSLATE] == 0:
+    cfg = env.cfg[0]
+    if cfg.translate == 0:
         return phys
     t0 = cycles() if sample else 0
-    iova = alloc(st, w, cpu, pages, env.cfg[CFG_LIMIT])
+    _hypercall(env)
+    t1 = cycles() if sample else 0
+    iova = alloc(st, w, cpu, pages, cfg.limit)
     if iova < 0:
         return -1
-    t1 = cycles() if sample else 0
-    if env.cfg[CFG_CHECK] != 0:
+    t2 = cycles() if sample else 0
+    if cfg.check != 0:
         _claim(env, w, dom, iova, pages)
-    if env.cfg[CFG_ROGUE] != 0:
-        g = dom * env.cfg[CFG_PAGES] + iova
+    if cfg.rogue != 0:
+        g = dom * cfg.pages + iova
         store(env.gen, g, load(env.gen, g) + 1)
     iommu.write_ptes(env.io, dom, iova, pages, phys)
     if sample:
-        b = w * LINE
-        env.diag[b + B_ALLOC] += t1 - t0
-        env.diag[b + B_PTE] += cycles() - t1
-        env.diag[b + B_MAPS] += 1
+        s = env.steps[w]
+        s.hypercall_cycles += t1 - t0
+        s.alloc_cycles += t2 - t1
+        s.map_pte_cycles += cycles() - t2
+        s.maps += 1
     return iova
 
 
-@hot
+@hot(inline="always")
 def dma_unmap(free, sts, env, w, cpu, owner, dom, iova, pages, sample):
     """Unmap a range mapped by worker `owner` (not always `w`: cross-CPU)."""
-    if env.cfg[CFG_TRANSLATE] == 0:
+    cfg = env.cfg[0]
+    if cfg.translate == 0:
         return
     io = env.io
     t0 = cycles() if sample else 0
-    inv0 = io.stats[w * LINE + iommu.W_INV_WAIT]
+    _hypercall(env)
+    th = cycles() if sample else 0
+    inv0 = io.stats[w * LINE + iommu.S_INV_WAIT]
     iommu.clear_ptes(io, dom, iova, pages)
-    if env.cfg[CFG_CHECK] != 0:
+    if cfg.check != 0:
         _release(env, owner, dom, iova, pages)
+    # the exposure of this unmap starts here: every unmap reads the clock
     t1 = cycles()
-    policy = env.cfg[CFG_FLUSH]
+    policy = cfg.flush
     if policy == FLUSH_BATCHED:
         _batched_add(free, sts, env, w, cpu, dom, iova, pages, t1)
     elif policy == FLUSH_PERCPU:
@@ -296,19 +260,20 @@ def dma_unmap(free, sts, env, w, cpu, owner, dom, iova, pages, sample):
     else:
         end = iommu.invalidate(io, w, dom, iova, pages)
         _exposure(env, w, end - t1)
-        if env.cfg[CFG_CHECK] != 0:
+        if cfg.check != 0:
             _settle(env, w, dom, iova, pages)
         free(sts[dom], w, cpu, iova, pages)
-    if env.cfg[CFG_ROGUE] != 0:
+    if cfg.rogue != 0:
         _publish(env, dom, iova)
     if sample:
         # the invalidations waited for here are accounted by the IOMMU's
         # statistics; the free's share is the rest
-        b = w * LINE
-        inv = io.stats[w * LINE + iommu.W_INV_WAIT] - inv0
-        env.diag[b + B_PTE] += t1 - t0
-        env.diag[b + B_FREE] += cycles() - t1 - inv
-        env.diag[b + B_UNMAPS] += 1
+        s = env.steps[w]
+        inv = io.stats[w * LINE + iommu.S_INV_WAIT] - inv0
+        s.hypercall_cycles += th - t0
+        s.unmap_pte_cycles += t1 - th
+        s.free_cycles += cycles() - t1 - inv
+        s.unmaps += 1
 
 
 # --- batched: one global queue (2008) ----------------------------------------
@@ -324,7 +289,7 @@ def _batched_flush(free, sts, env, w, cpu):
     if n == 0:
         return
     end = 0
-    nd = env.cfg[CFG_NDOMAINS]
+    nd = env.cfg[0].ndomains
     for d in range(nd):
         # DMA_TLB_GLOBAL_FLUSH: every domain of the IOMMU at once; one unit
         # occupation, the domains' entries all dropped
@@ -336,7 +301,7 @@ def _batched_flush(free, sts, env, w, cpu):
         e = k * FQ_WORDS
         dom = fq.q[e + 2]
         _exposure(env, w, end - fq.q[e + 3])
-        if env.cfg[CFG_CHECK] != 0:
+        if env.cfg[0].check != 0:
             _settle(env, w, dom, fq.q[e], fq.q[e + 1])
         free(sts[dom], w, cpu, fq.q[e], fq.q[e + 1])
     m[M_COUNT] = 0
@@ -357,7 +322,7 @@ def _batched_add(free, sts, env, w, cpu, dom, iova, pages, t):
     fq.q[e + 2] = dom
     fq.q[e + 3] = t
     if m[M_TIMER_ON] == 0:
-        store(m, M_DEADLINE, t + env.cfg[CFG_FQ_TIMEOUT])
+        store(m, M_DEADLINE, t + env.cfg[0].fq_timeout_cycles)
         store(m, M_TIMER_ON, 1)
     m[M_COUNT] += 1
     release(fq.lk, 0, w)
@@ -367,7 +332,7 @@ def _batched_add(free, sts, env, w, cpu, dom, iova, pages, t):
 
 @hot(inline="always")
 def _fq_base(env, dom, cpu):
-    return (dom * env.cfg[CFG_NCPUS] + cpu) * (IOVA_FQ_SIZE * FQ_WORDS + LINE)
+    return (dom * env.cfg[0].ncpus + cpu) * (IOVA_FQ_SIZE * FQ_WORDS + LINE)
 
 
 @hot
@@ -410,7 +375,7 @@ def _fq_ring_free(free, sts, env, w, cpu, dom, ring_cpu):
             # an upper bound
             end = cycles()
         _exposure(env, w, end - fq.ring[e + 2])
-        if env.cfg[CFG_CHECK] != 0:
+        if env.cfg[0].check != 0:
             _settle(env, w, dom, fq.ring[e], fq.ring[e + 1])
         free(sts[dom], w, cpu, fq.ring[e], fq.ring[e + 1])
         head = (head + 1) % IOVA_FQ_SIZE
@@ -424,7 +389,7 @@ def _fq_ring_free(free, sts, env, w, cpu, dom, ring_cpu):
 def _fq_queue(free, sts, env, w, cpu, dom, iova, pages, t):
     """queue_iova."""
     fq = env.fq
-    li = 1 + dom * env.cfg[CFG_NCPUS] + cpu
+    li = 1 + dom * env.cfg[0].ncpus + cpu
     acquire(fq.lk, li, w)
     _fq_ring_free(free, sts, env, w, cpu, dom, cpu)
     b = _fq_base(env, dom, cpu)
@@ -448,7 +413,7 @@ def _fq_queue(free, sts, env, w, cpu, dom, iova, pages, t):
     mb = dom * LINE
     if load(fq.meta, mb + M_TIMER_ON) == 0:
         # the deadline first: a timer seen on must never carry an old one
-        store(fq.meta, mb + M_DEADLINE, cycles() + env.cfg[CFG_FQ_TIMEOUT])
+        store(fq.meta, mb + M_DEADLINE, cycles() + env.cfg[0].fq_timeout_cycles)
         xchg(fq.meta, mb + M_TIMER_ON, 1)
 
 
@@ -458,7 +423,7 @@ def _fq_flush_all(free, sts, env, w, cpu, dom):
     ring."""
     fq = env.fq
     _fq_flush(env, w, dom)
-    ncpus = env.cfg[CFG_NCPUS]
+    ncpus = env.cfg[0].ncpus
     for c in range(ncpus):
         li = 1 + dom * ncpus + c
         acquire(fq.lk, li, w)
@@ -477,7 +442,7 @@ def _fq_timeout(free, sts, env, w, cpu, dom):
 @hot
 def timers(free, sts, env, w, cpu, now):
     """Fire the flush timers whose deadline has passed (any worker may)."""
-    policy = env.cfg[CFG_FLUSH]
+    policy = env.cfg[0].flush
     fq = env.fq
     if policy == FLUSH_BATCHED:
         if load(fq.meta, M_TIMER_ON) != 0 and now >= load(fq.meta, M_DEADLINE):
@@ -488,7 +453,7 @@ def timers(free, sts, env, w, cpu, now):
                 _batched_flush(free, sts, env, w, cpu)
             release(fq.lk, 0, w)
     elif policy == FLUSH_PERCPU:
-        for d in range(env.cfg[CFG_NDOMAINS]):
+        for d in range(env.cfg[0].ndomains):
             mb = d * LINE
             if load(fq.meta, mb + M_TIMER_ON) != 0 and now >= load(fq.meta, mb + M_DEADLINE):
                 # fq_flush_timeout runs once per expiry: whoever clears timer_on
@@ -500,24 +465,24 @@ def timers(free, sts, env, w, cpu, now):
 def drain(free, sts, env, w, cpu):
     """At the end of a window: flush and free everything still queued, as
     the timers would."""
-    policy = env.cfg[CFG_FLUSH]
+    policy = env.cfg[0].flush
     fq = env.fq
     if policy == FLUSH_BATCHED:
         acquire(fq.lk, 0, w)
         _batched_flush(free, sts, env, w, cpu)
         release(fq.lk, 0, w)
     elif policy == FLUSH_PERCPU:
-        for d in range(env.cfg[CFG_NDOMAINS]):
+        for d in range(env.cfg[0].ndomains):
             _fq_flush_all(free, sts, env, w, cpu, d)
 
 
-def init(env, ndomains, ncpus):
-    """Empty queues (Python side, between points)."""
+def init(env):
+    """Empty queues, histograms and maps (Python side, between points)."""
     env.fq.q[:] = 0
     env.fq.meta[:] = 0
     env.fq.ends[:] = 0
     env.fq.ring[:] = 0
     env.exp[:] = 0
     env.recent[:] = 0
-    env.diag[:] = 0
+    env.own[:] = 0
     env.gen[:] = 0

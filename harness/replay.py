@@ -7,44 +7,26 @@ project's way of composing compiled code; but numba never caches a function
 whose signature holds a dispatcher, so each allocator gets a small cached
 entry that calls the loop with its own functions as constants.
 """
-import importlib
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+import allocators
 from allocators import DEFAULT_BOUNDARY_PAGES, Params
+from harness import entries
 from harness.compose import private
 from harness.errors import UsageError
 from harness.trace import OP_ALLOC, OP_FREE, read
 from hwmodel.cpu import hot
 
-
-def _optional(name):
-    """The allocator module, or None while it does not exist yet; an import
-    error inside an existing module is not hidden."""
-    try:
-        return importlib.import_module("allocators." + name)
-    except ModuleNotFoundError as e:
-        if e.name == "allocators." + name:
-            return None
-        raise
-
-
-bitmap = _optional("bitmap")
-pools = _optional("pools")
-rbtree = _optional("rbtree")
-magazines = _optional("magazines")
-
-ALLOCATORS = ("bitmap", "pools", "rbtree", "magazines")
-DEPOTS = ("fixed", "list", "prealloc")
 MAG_SIZES = (127, 128)
 DEFAULT_PAGES = 1 << 20
 MAX_PAGES = 1 << 31
 
 
 @hot
-def _loop(alloc, free, st, op, ref, pages, limit, cpu, result):
+def replay_loop(alloc, free, st, op, ref, pages, limit, cpu, result):
     """Replay every request as worker 0; result[i] is what allocation i got
     (-1: failed), or for a free what it freed.  Returns -1, or the first
     request whose tag is in the wrong state: an allocation of a tag still
@@ -64,56 +46,28 @@ def _loop(alloc, free, st, op, ref, pages, limit, cpu, result):
     return -1
 
 
-@hot(cache=True)
-def _replay_bitmap(st, op, ref, pages, limit, cpu, result):
-    return _loop(bitmap.alloc, bitmap.free, st, op, ref, pages, limit, cpu, result)
-
-
-@hot(cache=True)
-def _replay_pools(st, op, ref, pages, limit, cpu, result):
-    return _loop(pools.alloc, pools.free, st, op, ref, pages, limit, cpu, result)
-
-
-@hot(cache=True)
-def _replay_rbtree(st, op, ref, pages, limit, cpu, result):
-    return _loop(rbtree.alloc, rbtree.free, st, op, ref, pages, limit, cpu, result)
-
-
-@hot(cache=True)
-def _replay_magazines(st, op, ref, pages, limit, cpu, result):
-    return _loop(magazines.alloc, magazines.free, st, op, ref, pages, limit, cpu, result)
-
-
-_ENTRIES = {"bitmap": _replay_bitmap, "pools": _replay_pools,
-            "rbtree": _replay_rbtree, "magazines": _replay_magazines}
-
-
-def module_or_none(name):
-    """The allocator module called `name`, None while it is not written."""
-    return globals()[name] if name in ALLOCATORS else None
+def replayable():
+    """The allocators a trace can be replayed against: those that place
+    addresses."""
+    return tuple(n for n in allocators.names() if allocators.module(n).TRANSLATES)
 
 
 def module(name):
     """The allocator module called `name`; UsageError for any other name."""
-    if name not in ALLOCATORS:
-        raise UsageError("unknown allocator %r: choose one of %s" % (name, ", ".join(ALLOCATORS)))
-    mod = module_or_none(name)
-    if mod is None:
-        raise UsageError("allocator %r is not built into this version" % name)
-    return mod
-
-
-# pools takes a DMA mask in pages as its limit, 0 for none; the others a
-# highest pfn, the top of the space by default.
-MASK_LIMITS = ("pools",)
+    if name not in replayable():
+        raise UsageError("unknown allocator %r: choose one of %s"
+                         % (name, ", ".join(replayable())))
+    return allocators.module(name)
 
 
 def default_limit(name, pages):
-    return 0 if name in MASK_LIMITS else pages - 1
+    """The limit of a request that names none: no DMA mask (0) for an
+    allocator whose limit is a mask, else the top of the space."""
+    return 0 if allocators.module(name).LIMIT_IS_MASK else pages - 1
 
 
 def params(trace, name, pages=DEFAULT_PAGES, boundary=DEFAULT_BOUNDARY_PAGES,
-           depot="list", mag_size=127):
+           variant="", mag_size=127):
     """The Params a replay of `trace` runs under.  max_live is the most tags
     the trace can have live at once (the count if every allocation
     succeeds); the magazines module adds room for its caches on top of it.
@@ -126,7 +80,7 @@ def params(trace, name, pages=DEFAULT_PAGES, boundary=DEFAULT_BOUNDARY_PAGES,
         if len(limits) > 1:
             max_live = max(max_live, trace.nallocs)
     return Params(pages=pages, nworkers=1, ncpus=trace.ncpus, boundary=boundary,
-                  max_live=max(1, max_live), mag_size=mag_size, depot=depot)
+                  max_live=max(1, max_live), mag_size=mag_size, variant=variant)
 
 
 @dataclass
@@ -156,13 +110,13 @@ class Replay:
 
 
 def run(trace, allocator, pages=DEFAULT_PAGES, boundary=DEFAULT_BOUNDARY_PAGES,
-        depot="list", mag_size=127):
+        variant="", mag_size=127):
     """Replay a parsed trace against a fresh allocator.  Raises UsageError
     for a request the allocator's answers make invalid (a free of a tag
     whose allocation failed, an allocation of a tag still live)."""
     mod = module(allocator)
-    entry = _ENTRIES[allocator]
-    p = params(trace, allocator, pages, boundary, depot, mag_size)
+    entry = entries.of(allocator).replay
+    p = params(trace, allocator, pages, boundary, variant, mag_size)
     try:
         st = private(mod, p)
     except ValueError as e:
@@ -210,7 +164,7 @@ def add_arguments(parser):
     parser.add_argument("trace", metavar="TRACE",
                         help="request trace, format v1 ('-': standard input)")
     parser.add_argument("--allocator", default="rbtree", metavar="NAME",
-                        help="one of %s (default: %%(default)s)" % ", ".join(ALLOCATORS))
+                        help="one of %s (default: %%(default)s)" % ", ".join(replayable()))
     parser.add_argument("--pages", default=str(DEFAULT_PAGES), metavar="N",
                         help="size of the IOVA space in 4 KiB pages; a request without "
                              "a limit gets limit pfn N-1 (rbtree, magazines) or no DMA "
@@ -218,9 +172,10 @@ def add_arguments(parser):
     parser.add_argument("--boundary", default=str(DEFAULT_BOUNDARY_PAGES), metavar="B",
                         help="segment boundary in pages, a power of two "
                              "(default: %(default)s, the PCI default 4 GiB)")
-    parser.add_argument("--depot", default="list", metavar="KIND",
-                        help="magazines: depot kind, one of %s (default: %%(default)s)"
-                             % ", ".join(DEPOTS))
+    parser.add_argument("--variant", "--depot", dest="variant", default="", metavar="KIND",
+                        help="the allocator's variant (magazines: its depot, one of %s; "
+                             "default: the allocator's default)"
+                             % ", ".join(allocators.module("magazines").VARIANTS))
     parser.add_argument("--mag-size", default="127", metavar="M",
                         help="magazines: IOVA_MAG_SIZE, 127 (6.x) or 128 (before 2022) "
                              "(default: %(default)s)")
@@ -231,32 +186,32 @@ def add_arguments(parser):
 
 def _validate(args):
     name = args.allocator
-    if name not in ALLOCATORS:
+    if name not in replayable():
         raise UsageError("--allocator: unknown allocator %r: choose one of %s"
-                         % (name, ", ".join(ALLOCATORS)))
+                         % (name, ", ".join(replayable())))
+    mod = allocators.module(name)
     pages = _int(args.pages, "--pages")
     if not 2 <= pages <= MAX_PAGES:
         raise UsageError("--pages: %d out of range 2..%d" % (pages, MAX_PAGES))
     boundary = _int(args.boundary, "--boundary")
     if boundary < 1 or boundary & (boundary - 1):
         raise UsageError("--boundary: %d is not a power of two" % boundary)
-    if args.depot not in DEPOTS:
-        raise UsageError("--depot: unknown depot %r: choose one of %s"
-                         % (args.depot, ", ".join(DEPOTS)))
+    if args.variant and args.variant not in mod.VARIANTS:
+        raise UsageError("--variant: %s has no variant %r; valid: %s"
+                         % (name, args.variant, ", ".join(mod.VARIANTS) or "none"))
     mag_size = _int(args.mag_size, "--mag-size")
     if mag_size not in MAG_SIZES:
         raise UsageError("--mag-size: %d, expected 127 or 128" % mag_size)
-    return name, pages, boundary, args.depot, mag_size
+    return name, pages, boundary, args.variant, mag_size
 
 
 def command(args, stdout, stderr):
     """Run the replay subcommand: the output on `stdout`, `--timing` on
     `stderr`.  Bad input raises UsageError; an allocator whose state is
     wrong after the replay raises RuntimeError (a bug of ours)."""
-    name, pages, boundary, depot, mag_size = _validate(args)
-    module(name)
-    trace = read(args.trace, pages=pages, masks=name in MASK_LIMITS)
-    rep = run(trace, name, pages, boundary, depot, mag_size)
+    name, pages, boundary, variant, mag_size = _validate(args)
+    trace = read(args.trace, pages=pages, masks=module(name).LIMIT_IS_MASK)
+    rep = run(trace, name, pages, boundary, variant, mag_size)
     stdout.write(rep.text())
     stdout.flush()
     if rep.problems:

@@ -57,14 +57,8 @@ def header(machine):
 
 
 def flush_policy(point):
-    """strict, batched, percpu or none."""
-    fl = point.get("flush")
-    if isinstance(fl, str):
-        return fl
-    if point.get("allocator") == "direct" or point.get("spec") == "direct":
-        return "none"
-    spec = (point.get("spec") or "").partition("@")[0]
-    return spec.partition("+")[2] or "strict"
+    """strict, batched, percpu, or none for a design without an IOMMU."""
+    return point["flush"]
 
 
 def _designs(points):
@@ -76,7 +70,8 @@ def _designs(points):
 
 
 def _is_direct(p):
-    return p.get("allocator", p["design"]) == "direct"
+    """The baseline of the `x direct` column: a design with no IOMMU."""
+    return flush_policy(p) == "none"
 
 
 class _Figures:
@@ -161,6 +156,9 @@ def throughput_table(points, fmt="simple", cores=None):
             if spread(p.get("runs", [])) > SPREAD_MARK:
                 s += " ~"
                 marks.add("~")
+            if p.get("disturbed"):
+                s += " !"
+                marks.add("!")
             row.append(s)
             if fig.has_direct:
                 xd = fig.x_direct(p)
@@ -172,11 +170,22 @@ def throughput_table(points, fmt="simple", cores=None):
                    colalign=["left"] + ["right"] * (len(heads) - 1))
     notes = []
     if "*" in marks:
-        notes.append("* oversubscribed: more workers than cores (%s); workers share cores, "
-                     "so lock holders get preempted" % (cores if cores else "see header"))
+        notes.append("* oversubscribed: more busy processes (workers, a rogue device) than "
+                     "cores (%s); they share cores, so lock holders get preempted"
+                     % (cores if cores else "see header"))
     if "~" in marks:
         notes.append("~ repeats spread over %d%% of the median" % (SPREAD_MARK * 100))
+    if "!" in marks:
+        notes.append(DISTURBED_NOTE)
     return out + ("\n" + "\n".join(notes) if notes else "")
+
+
+DISTURBED_NOTE = ("! disturbed: a worker was preempted, or the hypervisor stole time, during a "
+                  "window (`report --diag` has the counts); the figure is partly the machine's")
+
+
+def _point_marks(p):
+    return ("*" if p.get("oversubscribed") else "") + ("!" if p.get("disturbed") else "")
 
 
 def wants_exposure(points):
@@ -204,7 +213,7 @@ def exposure_table(points, fmt="simple"):
         fl = p.get("flush_stats") or {}
         deferred = pol in DEFERRED
         has_ex = bool(ex.get("count"))
-        row = [p["design"], "%d%s" % (p["threads"], "*" if p.get("oversubscribed") else ""), pol,
+        row = [p["design"], "%d%s" % (p["threads"], _point_marks(p)), pol,
                fmt_us(ex.get("mean")) if has_ex else "-",
                fmt_us(ex.get("p99")) if has_ex else "-",
                fmt_us(ex.get("max")) if has_ex else "-",
@@ -222,6 +231,10 @@ def exposure_table(points, fmt="simple"):
             "queue flushes (timer): flushes of the deferred queue, those the timeout started")
     if rogue:
         note += "; stale hits: a rogue device's reads that still reached unmapped memory"
+    if any(p.get("disturbed") for p in points if flush_policy(p) != "none"):
+        note += ("\n! the exposure of a disturbed point includes preemptions between a "
+                 "page-table clear and the invalidation that covers it, which the kernel "
+                 "(preemption off there) never has: it is not the design's alone")
     return out + "\n" + note
 
 

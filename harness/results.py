@@ -17,7 +17,8 @@ import psutil
 from harness.errors import UsageError
 
 FORMAT = "iommu-stress-results"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)                # versions load() accepts; older ones are upgraded
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -61,31 +62,6 @@ def machine(cycles_per_ns=None):
         "commit": git_commit(),
         "cycles_per_ns": cycles_per_ns,
     }
-
-
-def point_doc(pt):
-    d = pt.design
-    w = pt.median_window
-    doc = {
-        "design": d.name,
-        "spec": d.spec,
-        "allocator": d.allocator,
-        "flush": d.flush,
-        "threads": pt.threads,
-        "ops_per_sec": pt.ops_per_sec,
-        "runs": pt.runs,
-        "oversubscribed": pt.oversubscribed,
-    }
-    # the median window's detail
-    for k in ("per_worker_ops", "unmap_workers", "fails", "locks", "alloc_stats", "footprint",
-              "exposure_ns", "flush_stats", "iotlb", "unmaps", "device_wait_ns", "handoff_wait_ns",
-              "stale_hits", "rogue_probes", "stale_hits_per_sec", "series", "breakdown_ns",
-              "diag", "state_checked"):
-        if k in w:
-            doc[k] = w[k]
-    doc["alloc_fails"] = doc.pop("fails")
-    doc["footprint_bytes"] = doc.pop("footprint")
-    return doc
 
 
 class ResultsFile:
@@ -141,12 +117,28 @@ def load(path):
         raise UsageError("%s:%d: not a results file: invalid JSON (%s)" % (path, e.lineno, e.msg)) from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise UsageError("%s: not an iommu-stress results file (no \"format\": \"%s\")" % (path, FORMAT))
-    if doc.get("version") != VERSION:
-        raise UsageError("%s: results format version %r, this tool reads version %d"
-                         % (path, doc.get("version"), VERSION))
+    if doc.get("version") not in READS:
+        raise UsageError("%s: results format version %r, this tool reads versions %s"
+                         % (path, doc.get("version"), ", ".join(map(str, READS))))
     if not isinstance(doc.get("points"), list):
         raise UsageError("%s: results file has no list of points" % path)
     for i, p in enumerate(doc["points"]):
         if not isinstance(p, dict) or not all(k in p for k in ("design", "threads", "ops_per_sec")):
             raise UsageError("%s: point %d lacks design, threads or ops_per_sec" % (path, i))
+    return upgrade(doc)
+
+
+def upgrade(doc):
+    """A document of an older version as the current version reads:
+    version 1 points lack `variant` (it is in their spec) and `window_s`;
+    their lock waits counted every acquisition, not only contended ones,
+    which `wait_scope` says."""
+    if doc.get("version") == 1:
+        for p in doc["points"]:
+            spec = str(p.get("spec", "")).partition("+")[0]
+            p.setdefault("variant", spec.partition(":")[2])
+            for lock in p.get("locks") or []:
+                if isinstance(lock, dict):
+                    lock.setdefault("wait_scope", "all acquisitions")
+        doc["version"] = VERSION
     return doc

@@ -1,8 +1,12 @@
 """The machine under the allocators: atomics, locks, the IOMMU, costs.
 
 Numba's on-disk cache does not notice when a function's callees change, so
-the cache lives in a directory named after a hash of the project's compiled
-sources: any edit starts a fresh cache instead of running stale code.
+the cache lives in a directory named after a hash of the sources that hold
+compiled code: any edit starts a fresh cache instead of running stale code.
+Each floor of the project adds its own sources to the hash before it
+defines compiled functions (`compiled_sources`), so a function is cached
+under a key that covers it and everything below it; this floor names only
+its own files.
 """
 import hashlib
 import os
@@ -10,26 +14,23 @@ from pathlib import Path
 
 import numba
 
-_ROOT = Path(__file__).resolve().parent.parent
-# the modules holding compiled code: editing the report does not recompile
-_COMPILED = ("hwmodel/*.py", "allocators/*.py", "harness/dma.py", "harness/workers.py",
-             "harness/replay.py")
+_hash = hashlib.sha1(numba.__version__.encode())
 
 
-def _source_hash():
-    h = hashlib.sha1(numba.__version__.encode())
-    for pattern in _COMPILED:
-        for f in sorted(_ROOT.glob(pattern)):
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+def cache_base():
+    return os.environ.get("IOMMU_STRESS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "iommu-stress")
 
 
-def cache_dir():
-    base = os.environ.get("IOMMU_STRESS_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
-        "iommu-stress")
-    return os.path.join(base, "numba-" + _source_hash())
+def compiled_sources(files):
+    """Key numba's cache by these source files as well; returns the cache
+    directory now in force.  Call it before the functions they define are
+    decorated: numba fixes a function's cache directory then."""
+    for f in sorted(Path(f) for f in files):
+        _hash.update(f.name.encode())
+        _hash.update(f.read_bytes())
+    numba.config.CACHE_DIR = os.path.join(cache_base(), "numba-" + _hash.hexdigest()[:16])
+    return numba.config.CACHE_DIR
 
 
-numba.config.CACHE_DIR = cache_dir()
+compiled_sources(Path(__file__).resolve().parent.glob("*.py"))

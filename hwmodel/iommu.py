@@ -41,13 +41,13 @@ I_NDOMAINS = 6
 U_BUSY_UNTIL = 0       # cycle at which the unit's last accepted flush completes
 
 # per-worker statistics line
-W_FILLS = 0
-W_HITS = 1
-W_FAULTS = 2
-W_INV = 3              # invalidations submitted
-W_INV_WAIT = 4         # cycles waited for own invalidations (queueing included)
-W_INV_QUEUE = 5        # cycles of that spent behind other CPUs' flushes
-W_INV_ENTRIES = 6      # IOTLB entries removed
+S_FILLS = 0
+S_HITS = 1
+S_FAULTS = 2
+S_INV = 3              # invalidations submitted
+S_INV_WAIT = 4         # cycles waited for own invalidations (queueing included)
+S_INV_QUEUE = 5        # cycles of that spent behind other CPUs' flushes
+S_INV_ENTRIES = 6      # IOTLB entries removed
 
 Iommu = namedtuple("Iommu", ["pt", "tlb", "unit", "cfg", "stats"])
 
@@ -117,18 +117,18 @@ def translate(io, w, dom, pfn):
             if empty < 0:
                 empty = k
         elif (e >> TAG_SHIFT) == pfn + 1:
-            io.stats[s + W_HITS] += 1
+            io.stats[s + S_HITS] += 1
             return e & PHYS_MASK
     pte = load(io.pt, dom * io.cfg[I_PAGES] + pfn)
     if pte & PTE_PRESENT == 0:
-        io.stats[s + W_FAULTS] += 1
+        io.stats[s + S_FAULTS] += 1
         return -1
     phys = pte >> PAGE_SHIFT
     # a free way if the set has one; else a victim picked by the cycle
     # counter's low bits: no shared replacement state to bounce between CPUs
     victim = empty if empty >= 0 else cycles() % ways
     store(io.tlb, b + victim, ((pfn + 1) << TAG_SHIFT) | (phys & PHYS_MASK))
-    io.stats[s + W_FILLS] += 1
+    io.stats[s + S_FILLS] += 1
     return phys
 
 
@@ -160,7 +160,7 @@ def _occupy_unit(io, w, latency):
         end = start + latency
         if cas(io.unit, U_BUSY_UNTIL, busy, end) == busy:
             if start > now:
-                io.stats[w * LINE + W_INV_QUEUE] += start - now
+                io.stats[w * LINE + S_INV_QUEUE] += start - now
             return now, end
         pause()
 
@@ -205,9 +205,9 @@ def invalidate(io, w, dom, pfn, pages):
     else:
         removed = _drop_entries(io, w, dom, pfn, pages)
     s = w * LINE
-    io.stats[s + W_INV] += 1
-    io.stats[s + W_INV_WAIT] += end - t0
-    io.stats[s + W_INV_ENTRIES] += removed
+    io.stats[s + S_INV] += 1
+    io.stats[s + S_INV_WAIT] += end - t0
+    io.stats[s + S_INV_ENTRIES] += removed
     return end
 
 

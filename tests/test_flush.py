@@ -17,17 +17,18 @@ import numpy as np
 import pytest
 
 from allocators import Params, rbtree
-from harness import compose, designs, dma
+from harness import abi, compose, designs, dma, readout
+from harness.abi import (CTL_ERR, CTL_ERR_CLAIMANT, CTL_ERR_KIND, CTL_ERR_PAGE, CTL_PHASE,
+                         CTL_ROGUE_PROBES, CTL_ROGUE_READY, CTL_ROGUE_STALE, LINE, PH_MEASURE,
+                         PH_STOP, PH_WAIT, STATUS_ABORTED, STATUS_RAN)
+from harness.bench import Bench
 from harness.config import defaults
-from harness.dma import (CFG_CHECK, CFG_FLUSH, CFG_FQ_TIMEOUT, CFG_LIMIT, CFG_NCPUS,
-                         CFG_NDOMAINS, CFG_PAGES, CFG_ROGUE, CFG_TRANSLATE, CTL_ERR, CTL_PHASE,
-                         EXP_BUCKETS, EXP_WORDS, E_COUNT, E_MAX, E_SUM, FLUSH_NAMES, FQ_WORDS,
-                         HIGH_WATER_MARK, IOVA_FQ_SIZE, IOVA_FQ_TIMEOUT, LINE, M_COUNT,
-                         M_DEADLINE, M_FINISH_CNT, M_FLUSHED_ENTRIES, M_FLUSHES, M_START_CNT,
+from harness.dma import (EXP_BUCKETS, EXP_WORDS, E_COUNT, E_MAX, E_SUM, FLUSH_NAMES, FQ_WORDS,
+                         HIGH_WATER_MARK, IOVA_FQ_SIZE, IOVA_FQ_TIMEOUT, M_COUNT, M_DEADLINE,
+                         M_FINISH_CNT, M_FLUSHED_ENTRIES, M_FLUSHES, M_START_CNT,
                          M_TIMER_FLUSHES, M_TIMER_ON, PENDING, bucket_upper)
-from harness.sweep import Sweep
-from harness.workers import (C_STATUS, CTL_ROGUE_PROBES, CTL_ROGUE_READY, CTL_ROGUE_STALE,
-                             PH_MEASURE, PH_STOP, PH_WAIT, attach, clock, rogue_loop)
+from harness.loop import attach, clock
+from harness.rogue import rogue_loop
 from hwmodel import iommu
 from hwmodel import locks as lockmod
 from hwmodel.cpu import calibrate, cycles, fetch_add, hot, load, sched_yield
@@ -116,7 +117,7 @@ def make_env(flush, cpn, pages=PAGES, inv_page=0, inv_domain=0, rogue=False):
     check on."""
     p = Params(pages=pages, nworkers=NCPUS, ncpus=NCPUS, max_live=1024)
     classes = dma.fq_lock_classes(NDOM, NCPUS)
-    specs = dma.layout(NCPUS, NDOM, pages, NCPUS, 64, 4)
+    specs = abi.layout(NCPUS) + dma.layout(NCPUS, NDOM, pages, NCPUS, 64, 4)
     specs += [("fq.lock." + n, np.int64, s)
               for n, s in lockmod.layout(len(classes), NCPUS, len(dma.FQ_LOCK_CLASSES))]
     for d in range(NDOM):
@@ -129,17 +130,12 @@ def make_env(flush, cpn, pages=PAGES, inv_page=0, inv_domain=0, rogue=False):
     lockmod.init(lk, "ttas", classes)
     env = dma.make(v, lk)
     iommu.init(env.io, NDOM, pages, 64, 4, inv_page, inv_domain, 0)
-    dma.init(env, NDOM, NCPUS)
-    cfg = env.cfg
-    cfg[CFG_CHECK] = 1
-    cfg[CFG_LIMIT] = pages - 1
-    cfg[CFG_TRANSLATE] = 1
-    cfg[CFG_FLUSH] = FLUSH_NAMES.index(flush)
-    cfg[CFG_NDOMAINS] = NDOM
-    cfg[CFG_ROGUE] = 1 if rogue else 0
-    cfg[CFG_FQ_TIMEOUT] = ms(cpn, IOVA_FQ_TIMEOUT)
-    cfg[CFG_NCPUS] = NCPUS
-    cfg[CFG_PAGES] = pages
+    dma.init(env)
+    abi.pack(env.cfg, depth=1, check=1, limit=pages - 1, translate=1, seed=0,
+             flush=FLUSH_NAMES.index(flush), ndomains=NDOM, device_cycles=0, hypercall_cycles=0,
+             premapped=0, consumers=0, rogue=rogue, fq_timeout_cycles=ms(cpn, IOVA_FQ_TIMEOUT),
+             ncpus=NCPUS, pages=pages, trim_cycles=0, diag=0, warmup_cycles=0,
+             window_cycles=0, phase_every=1)
     sts = []
     for d in range(NDOM):
         meta = v["d%d.spy.meta" % d]
@@ -173,7 +169,7 @@ def allocated(sts, dom, pfn):
 
 
 def owner(env, dom, pfn):
-    return int(env.own[dom * int(env.cfg[CFG_PAGES]) + pfn])
+    return int(env.own[dom * int(env.cfg[0]["pages"]) + pfn])
 
 
 def meta(env, k, dom=0):
@@ -220,7 +216,7 @@ def covered(rec):
 
 def no_errors(env):
     assert env.ctl[CTL_ERR] == 0, "ownership check: kind %d page %d" % (
-        env.ctl[dma.CTL_ERR_KIND], env.ctl[dma.CTL_ERR_PAGE])
+        env.ctl[CTL_ERR_KIND], env.ctl[CTL_ERR_PAGE])
 
 
 # --- strict ------------------------------------------------------------------
@@ -243,9 +239,9 @@ def test_strict_invalidates_each_unmap_before_the_free(cpn):
         assert all(iommu.probe(env.io, 0, iova + i) < 0 for i in range(n))
         assert all(iommu.pte(env.io, 0, iova + i) == 0 for i in range(n))
         assert all(owner(env, 0, iova + i) == 0 for i in range(n))
-        assert io_stat(env, iommu.W_INV) == k + 1        # one page-selective each
-    assert io_stat(env, iommu.W_INV_ENTRIES) == removed > 0
-    assert io_stat(env, iommu.W_INV_WAIT) == len(sizes) * lat
+        assert io_stat(env, iommu.S_INV) == k + 1        # one page-selective each
+    assert io_stat(env, iommu.S_INV_ENTRIES) == removed > 0
+    assert io_stat(env, iommu.S_INV_WAIT) == len(sizes) * lat
     count, total, _, hist = exposure(env)
     assert count == len(sizes)
     assert none_below(hist, lat)
@@ -266,7 +262,7 @@ def test_batched_frees_only_at_the_flush_of_the_unmap_that_finds_250(cpn):
         f_unmap(sts, env, k % 2, 0, iovas[k], 1)
         assert meta(env, M_COUNT) == k + 1
     assert freed(sts) == []
-    assert io_stat(env, iommu.W_INV) == 0
+    assert io_stat(env, iommu.S_INV) == 0
     for iova in iovas[:n]:
         assert allocated(sts, 0, iova)
         assert owner(env, 0, iova) == PENDING
@@ -282,14 +278,14 @@ def test_batched_frees_only_at_the_flush_of_the_unmap_that_finds_250(cpn):
     assert [r["pfn"] for r in log] == iovas[:n]
     assert all(covered(r) for r in log)
     assert all(not allocated(sts, 0, i) and owner(env, 0, i) == 0 for i in iovas[:n])
-    assert io_stat(env, iommu.W_INV) == 1            # one global flush
+    assert io_stat(env, iommu.S_INV) == 1            # one global flush
     assert meta(env, M_FLUSHES) == 1 and meta(env, M_FLUSHED_ENTRIES) == n
     assert meta(env, M_TIMER_FLUSHES) == 0
     # the unmap that flushed is queued behind, for the next flush
     assert meta(env, M_COUNT) == 1
     assert allocated(sts, 0, iovas[n]) and owner(env, 0, iovas[n]) == PENDING
     assert meta(env, M_TIMER_ON) == 1                 # and re-armed the timer
-    timeout = int(env.cfg[CFG_FQ_TIMEOUT])
+    timeout = int(env.cfg[0]["fq_timeout_cycles"])
     assert c0 + timeout <= meta(env, M_DEADLINE) <= c1 + timeout
     count, _, _, hist = exposure(env)
     assert count == n
@@ -300,7 +296,7 @@ def test_batched_frees_only_at_the_flush_of_the_unmap_that_finds_250(cpn):
 def test_batched_timer_flushes_when_no_unmap_follows(cpn):
     lat = ms(cpn, 0.1)
     env, sts = make_env("batched", cpn, inv_domain=lat)
-    timeout = int(env.cfg[CFG_FQ_TIMEOUT])
+    timeout = int(env.cfg[0]["fq_timeout_cycles"])
     doms = [0, 0, 1, 0, 1]
     iovas = [map_io(sts, env, k % 2, d) for k, d in enumerate(doms)]
     c0 = now()
@@ -317,7 +313,7 @@ def test_batched_timer_flushes_when_no_unmap_follows(cpn):
     f_timers(sts, env, 1, deadline)
     assert meta(env, M_COUNT) == 0 and meta(env, M_TIMER_ON) == 0
     assert meta(env, M_TIMER_FLUSHES) == 1 and meta(env, M_FLUSHES) == 1
-    assert io_stat(env, iommu.W_INV) == 1            # one global flush covers both domains
+    assert io_stat(env, iommu.S_INV) == 1            # one global flush covers both domains
     for d in (0, 1):
         mine = [i for i, dd in zip(iovas, doms) if dd == d]
         log = freed(sts, d)
@@ -347,12 +343,12 @@ def test_percpu_ring_holds_255_and_the_256th_unmap_flushes(cpn):
     assert len(q) == IOVA_FQ_SIZE - 1
     assert [e[0] for e in q] == iovas[:-1] and all(e[1] == 1 and e[3] == 0 for e in q)
     assert meta(env, M_START_CNT) == meta(env, M_FINISH_CNT) == 0
-    assert io_stat(env, iommu.W_INV) == 0 and freed(sts) == []
+    assert io_stat(env, iommu.S_INV) == 0 and freed(sts) == []
     assert all(allocated(sts, 0, i) for i in iovas)
     f_unmap(sts, env, 0, 0, iovas[-1], 1)             # the ring is full: flush the domain
     assert meta(env, M_START_CNT) == meta(env, M_FINISH_CNT) == 1
     assert meta(env, M_FLUSHES) == 1 and meta(env, M_TIMER_FLUSHES) == 0
-    assert io_stat(env, iommu.W_INV) == 1
+    assert io_stat(env, iommu.S_INV) == 1
     log = freed(sts)
     assert [r["pfn"] for r in log] == iovas[:-1]
     assert all(covered(r) and r["cpu"] == 0 for r in log)
@@ -376,7 +372,7 @@ def test_percpu_ring_holds_255_and_the_256th_unmap_flushes(cpn):
 def test_percpu_timer_flushes_every_cpu_ring(cpn):
     lat = ms(cpn, 0.1)
     env, sts = make_env("percpu", cpn, inv_domain=lat)
-    timeout = int(env.cfg[CFG_FQ_TIMEOUT])
+    timeout = int(env.cfg[0]["fq_timeout_cycles"])
     cpus = [0, 1, 0, 1, 0]
     iovas = [map_io(sts, env, c) for c in cpus]
     c0 = now()
@@ -468,8 +464,8 @@ def test_the_check_catches_a_claim_of_a_page_whose_flush_is_pending(cpn):
     assert owner(env, 0, iova) == PENDING
     dma._claim(env, 1, 0, iova, 1)                   # what mapping it again would do
     ctl = env.ctl
-    assert (ctl[CTL_ERR], ctl[dma.CTL_ERR_KIND], ctl[dma.CTL_ERR_PAGE]) == (1, 3, iova)
-    assert ctl[dma.CTL_ERR_CLAIMANT] == 2 and ctl[CTL_ABORT] == 1
+    assert (ctl[CTL_ERR], ctl[CTL_ERR_KIND], ctl[CTL_ERR_PAGE]) == (1, 3, iova)
+    assert ctl[CTL_ERR_CLAIMANT] == 2 and ctl[CTL_ABORT] == 1
 
 
 @pytest.mark.parametrize("flush", ["batched", "percpu"])
@@ -552,7 +548,7 @@ def test_the_policies_in_a_run():
              rogue_device=True, profile="vtd-2015", depth=32, sizes=[(1, 1.0)])
     ds = [designs.resolve(n) for n in ("rbtree+strict", "rbtree+batched", "rbtree+percpu")]
     timeout_ns = IOVA_FQ_TIMEOUT * 1e6
-    with Sweep(o, ds) as sw:
+    with Bench(o, ds) as sw:
         lat_page = sw.profile.inv_page_ns
         lat_dom = sw.profile.inv_domain_ns
 
@@ -561,7 +557,7 @@ def test_the_policies_in_a_run():
             # a rogue device started while the phase word still says "stop"
             # ends at once (see test_rogue_device_waits_for_its_window)
             sw.env.ctl[CTL_PHASE] = PH_WAIT
-            r = sw.window(i, threads)
+            r = readout.window(sw.window(i, threads))
             f, e = r["flush_stats"], r["exposure_ns"]
             assert r["rogue_probes"] > 0
             assert r["unmaps"] > 0
@@ -633,24 +629,24 @@ def test_the_policies_in_a_run():
 def _publisher(sts, env, w, cpu):
     ctl = env.ctl
     if not attach(env):
-        env.cnt[w * LINE + C_STATUS] = 2
+        env.cnt[w].status = STATUS_ABORTED
         return
     while clock(ctl, cycles()) < PH_STOP:
         dma._publish(env, 0, 1)
         sched_yield()
-    env.cnt[w * LINE + C_STATUS] = 1
+    env.cnt[w].status = STATUS_RAN
 
 
-class _PublisherSweep(Sweep):
-    def _compile(self):
+class _PublisherBench(Bench):
+    def _bind(self):
+        super()._bind()
         self.entries = [_publisher] * len(self.designs)
-        super()._compile()
 
 
 def test_rogue_device_waits_for_its_window():
     o = defaults()
     o.update(threads=[1], duration=0.1, warmup=0.0, repeats=1, rogue_device=True)
-    with _PublisherSweep(o, [designs.resolve("rbtree+strict")]) as sw:
+    with _PublisherBench(o, [designs.resolve("rbtree+strict")]) as sw:
         start = sw._start_rogue
 
         def late_parent():
@@ -660,4 +656,4 @@ def test_rogue_device_waits_for_its_window():
 
         sw._start_rogue = late_parent
         for _ in range(2):
-            assert sw.window(0, 1)["rogue_probes"] > 0
+            assert readout.window(sw.window(0, 1))["rogue_probes"] > 0

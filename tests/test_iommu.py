@@ -18,8 +18,8 @@ from numba import njit
 
 from hwmodel import iommu
 from hwmodel.cpu import calibrate, cycles
-from hwmodel.iommu import (LINE, U_BUSY_UNTIL, W_FAULTS, W_FILLS, W_HITS, W_INV, W_INV_ENTRIES,
-                           W_INV_QUEUE, W_INV_WAIT)
+from hwmodel.iommu import (LINE, U_BUSY_UNTIL, S_FAULTS, S_FILLS, S_HITS, S_INV, S_INV_ENTRIES,
+                           S_INV_QUEUE, S_INV_WAIT)
 
 PAGES = 1024
 NDOM = 2
@@ -125,12 +125,12 @@ def test_translate_walks_fills_then_hits():
     iommu.write_ptes(io, 0, 10, 3, 500)
     assert iommu.probe(io, 0, 10) == -1                  # nothing cached yet
     assert iommu.translate(io, 0, 0, 10) == 500          # a walk
-    assert (stat(io, 0, W_FILLS), stat(io, 0, W_HITS)) == (1, 0)
+    assert (stat(io, 0, S_FILLS), stat(io, 0, S_HITS)) == (1, 0)
     assert iommu.probe(io, 0, 10) == 500                 # ... that filled the IOTLB
     assert iommu.translate(io, 0, 0, 10) == 500          # a hit
-    assert (stat(io, 0, W_FILLS), stat(io, 0, W_HITS)) == (1, 1)
+    assert (stat(io, 0, S_FILLS), stat(io, 0, S_HITS)) == (1, 1)
     assert iommu.translate(io, 1, 0, 12) == 502          # statistics per worker
-    assert (stat(io, 1, W_FILLS), stat(io, 0, W_FILLS)) == (1, 1)
+    assert (stat(io, 1, S_FILLS), stat(io, 0, S_FILLS)) == (1, 1)
     assert tlb_entries(io, 0) == {10: 500, 12: 502}
     assert tlb_entries(io, 1) == {}
     assert iommu.stale_entries(io, 0) == []
@@ -141,8 +141,8 @@ def test_translate_faults_without_a_pte():
     iommu.write_ptes(io, 0, 10, 1, 500)
     assert iommu.translate(io, 0, 0, 11) == -1
     assert iommu.translate(io, 0, 1, 10) == -1           # another domain's table
-    assert stat(io, 0, W_FAULTS) == 2
-    assert stat(io, 0, W_FILLS) == 0
+    assert stat(io, 0, S_FAULTS) == 2
+    assert stat(io, 0, S_FILLS) == 0
     assert not io.tlb.any()                              # a fault fills nothing
 
 
@@ -155,7 +155,7 @@ def test_a_hit_outlives_the_pte_until_an_invalidation():
     assert iommu.pte(io, 0, 10) == 0
     # the device still reaches the old page: a stale translation
     assert iommu.translate(io, 0, 0, 10) == 500
-    assert stat(io, 0, W_HITS) == 1
+    assert stat(io, 0, S_HITS) == 1
     assert sorted(iommu.stale_entries(io, 0)) == [10, 11]
     # a new mapping of the same IOVA does not replace the cached one either
     iommu.write_ptes(io, 0, 11, 1, 900)
@@ -182,8 +182,8 @@ def test_page_selective_invalidation_removes_exactly_those_pages():
     assert tlb_entries(io, 1) == {pfn: 200 + pfn - 10 for pfn in range(10, 16)}
     n = io.tlb.size // NDOM
     assert (io.tlb[n:] == other[n:]).all()               # domain 1 untouched
-    assert stat(io, 2, W_INV) == 1
-    assert stat(io, 2, W_INV_ENTRIES) == 3
+    assert stat(io, 2, S_INV) == 1
+    assert stat(io, 2, S_INV_ENTRIES) == 3
 
 
 def test_domain_invalidation_removes_that_domain_only():
@@ -198,7 +198,7 @@ def test_domain_invalidation_removes_that_domain_only():
     iommu.invalidate(io, 1, 1, -1, 0)
     assert tlb_entries(io, 1) == {}
     assert tlb_entries(io, 0) == before0
-    assert stat(io, 1, W_INV_ENTRIES) == n1
+    assert stat(io, 1, S_INV_ENTRIES) == n1
 
 
 def test_more_pages_than_ways_in_one_set_evict():
@@ -259,16 +259,16 @@ def test_a_flush_makes_its_submitter_wait_its_latency(cpn):
     assert t1 - t0 >= 0.9 * 2e-3                         # 10% for the calibration
     assert int(io.unit[U_BUSY_UNTIL]) == end
     # an idle unit: the wait is exactly the latency, none of it queueing
-    assert stat(io, 0, W_INV_WAIT) == lat_page
-    assert stat(io, 0, W_INV_QUEUE) == 0
+    assert stat(io, 0, S_INV_WAIT) == lat_page
+    assert stat(io, 0, S_INV_QUEUE) == 0
     c0 = now()
     t0 = time.perf_counter()
     end = iommu.invalidate(io, 0, 0, -1, 0)              # domain-wide: its own latency
     t1 = time.perf_counter()
     assert end - c0 >= lat_dom
     assert t1 - t0 >= 0.9 * 3e-3
-    assert stat(io, 0, W_INV_WAIT) == lat_page + lat_dom
-    assert stat(io, 0, W_INV) == 2
+    assert stat(io, 0, S_INV_WAIT) == lat_page + lat_dom
+    assert stat(io, 0, S_INV) == 2
 
 
 def test_a_second_flush_queues_behind_the_first(cpn):
@@ -282,10 +282,10 @@ def test_a_second_flush_queues_behind_the_first(cpn):
     assert end_a - t_a == first
     assert end_b == end_a + lat                          # starts when the first completes
     assert now() >= end_b
-    queued, waited = stat(io, 1, W_INV_QUEUE), stat(io, 1, W_INV_WAIT)
+    queued, waited = stat(io, 1, S_INV_QUEUE), stat(io, 1, S_INV_WAIT)
     assert waited - queued == lat                        # the rest of the wait is queueing
     assert 0 < queued <= first
-    assert stat(io, 0, W_INV_QUEUE) == 0
+    assert stat(io, 0, S_INV_QUEUE) == 0
     assert int(io.unit[U_BUSY_UNTIL]) == end_b
 
 
@@ -310,6 +310,6 @@ def test_the_unit_is_serial_across_processes(cpn):
     ends = np.sort(out["ends"])
     assert (ends > 0).all()
     assert (np.diff(ends) >= lat).all()                  # never two at once
-    assert sum(stat(io, w, W_INV) for w in range(nproc)) == nproc * each
-    own = sum(stat(io, w, W_INV_WAIT) - stat(io, w, W_INV_QUEUE) for w in range(nproc))
+    assert sum(stat(io, w, S_INV) for w in range(nproc)) == nproc * each
+    own = sum(stat(io, w, S_INV_WAIT) - stat(io, w, S_INV_QUEUE) for w in range(nproc))
     assert own == nproc * each * lat

@@ -49,7 +49,7 @@ def run_both(p, rows):
     """Replay rows on the allocator and on the reference: (state, reference,
     results), the two results lists being equal."""
     st = compose.private(M, p)
-    rc = R.RCache(R.Domain(p.start_pfn), p.ncpus, p.mag_size, p.depot)
+    rc = R.RCache(R.Domain(p.start_pfn), p.ncpus, p.mag_size, p.variant)
     want = []
     for op, cpu, a, b in rows:
         if op == R.OP_ALLOC:
@@ -143,7 +143,7 @@ def singles(n, cpu=0, pages=1):
 
 
 def test_fixed_depot_overflows_into_the_tree():
-    p = Params(ncpus=1, mag_size=2, depot="fixed", max_live=128)
+    p = Params(ncpus=1, mag_size=2, variant="fixed", max_live=128)
     st = compose.private(M, p)
     pfns = replay(st, singles(70))
     replay(st, [F(0, pfn, 1) for pfn in pfns])
@@ -163,7 +163,7 @@ def test_fixed_depot_overflows_into_the_tree():
 def test_fixed_depot_footprint_of_the_2020_thread():
     """32 magazines x 6 classes x (1 + 128) words x 8 bytes = 198144 bytes,
     Cong Wang's figure for a full 2016-era depot."""
-    p = Params(ncpus=1, mag_size=128, depot="fixed", max_live=6 * 4225)
+    p = Params(ncpus=1, mag_size=128, variant="fixed", max_live=6 * 4225)
     st = compose.private(M, p)
     # per class: 128 + 128 fill loaded and prev, then 32 magazines of 128
     # reach the depot by the 256 + 31 * 128 + 1 = 4225th free
@@ -180,7 +180,7 @@ def test_fixed_depot_footprint_of_the_2020_thread():
 
 
 def test_list_depot_trim():
-    p = Params(ncpus=2, mag_size=2, depot="list", max_live=64)
+    p = Params(ncpus=2, mag_size=2, variant="list", max_live=64)
     # 40 single pages from the top down, then all freed on CPU 0: 2 + 2 fill
     # loaded and prev, each 2 more push a magazine: 18 in the depot
     rows = singles(40) + [F(0, 0xFFFFF - i, 1) for i in range(40)]
@@ -197,7 +197,7 @@ def test_list_depot_trim():
 
 
 def test_prealloc_recycles_magazines():
-    p = Params(ncpus=1, mag_size=2, depot="prealloc", max_live=256)
+    p = Params(ncpus=1, mag_size=2, variant="prealloc", max_live=256)
     st = compose.private(M, p)
     start = M.footprint(st, p)
     assert start["magazines"] == (2 * 6 + 32 * 6) * 24
@@ -226,7 +226,7 @@ LIMITS = [0xFFFFF, 0xFFFFF, 0x3FFF, 0x7FF, 0xFF]
        limits=hs.lists(hs.sampled_from(LIMITS), min_size=1, max_size=3))
 def test_matches_reference(depot, seed, n, ncpus, mag_size, target, limits):
     rnd = random.Random(seed)
-    p = Params(ncpus=ncpus, mag_size=mag_size, depot=depot, max_live=n + 1)
+    p = Params(ncpus=ncpus, mag_size=mag_size, variant=depot, max_live=n + 1)
     ops, res, live, rc = R.rcache_trace(rnd, n, ncpus, mag_size, depot, limits,
                                         target=target, p_trim=0.02,
                                         p_flush=0.005, p_switch=0.2, period=151)
@@ -268,7 +268,7 @@ def test_long_trace():
     ops, res, live, rc = R.rcache_trace(rnd, 100_000, 4, 16, "list", limits,
                                         target=3000, p_trim=0.002,
                                         p_flush=0.0001, period=5000)
-    p = Params(ncpus=4, mag_size=16, depot="list", max_live=8000)
+    p = Params(ncpus=4, mag_size=16, variant="list", max_live=8000)
     st = compose.private(M, p)
     got = replay(st, ops)
     bad = [i for i, (g, w) in enumerate(zip(got, res)) if g != w]
@@ -379,7 +379,7 @@ def test_processes_on_shared_state(lock_kind):
     enough that the tree fails and the caches are flushed: no range handed
     out twice, the bookkeeping adds up, and freeing everything leaves a
     fresh tree."""
-    p = Params(nworkers=3, ncpus=3, mag_size=8, depot="list", max_live=3 * 128)
+    p = Params(nworkers=3, ncpus=3, mag_size=8, variant="list", max_live=3 * 128)
     st, live = run_processes(M, p, lock_kind, 20_000, M.trim, 0x1FFF)
     assert M.check(st, p, live) == []
     ops = [F(0, pfn, pages) for pfn, pages in live] + [(R.OP_FLUSH, 0, 0, 0)]

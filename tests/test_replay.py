@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as hst
 from numba import njit
 
+import allocators
 from harness import replay
 from harness.errors import UsageError
 from harness.trace import OP_ALLOC, OP_FREE, parse, random_trace
@@ -38,12 +39,6 @@ def write(tmp_path, text, name="t.trace"):
     path = tmp_path / name
     path.write_text(text)
     return path
-
-
-def need(name):
-    """The allocator module, or a skip while it is not written yet."""
-    if replay.module_or_none(name) is None:
-        pytest.skip("allocators/%s.py does not exist yet" % name)
 
 
 # ------------------------------------------------------------------ output
@@ -161,7 +156,7 @@ def _echo_free(st, w, cpu, pfn, pages):
 
 @njit
 def _echo_replay(st, op, ref, pages, limit, cpu, result):
-    return replay._loop(_echo_alloc, _echo_free, st, op, ref, pages, limit, cpu, result)
+    return replay.replay_loop(_echo_alloc, _echo_free, st, op, ref, pages, limit, cpu, result)
 
 
 def echo(text):
@@ -264,7 +259,9 @@ def test_long_lines_are_shortened_in_messages(tmp_path):
     (["--boundary", 48], "--boundary: 48 is not a power of two"),
     (["--boundary", -4], "--boundary: -4 is not a power of two"),
     (["--mag-size", 126], "--mag-size: 126, expected 127 or 128"),
-    (["--depot", "heap"], "--depot: unknown depot 'heap': choose one of fixed, list, prealloc"),
+    (["--depot", "heap"], "--variant: rbtree has no variant 'heap'; valid: none"),
+    (["--allocator", "magazines", "--variant", "heap"],
+     "--variant: magazines has no variant 'heap'; valid: fixed, list, prealloc"),
     (["--allocator", "slab"],
      "--allocator: unknown allocator 'slab': choose one of bitmap, pools, rbtree, magazines"),
 ])
@@ -280,7 +277,6 @@ def test_missing_trace_file(tmp_path):
 
 
 def test_pools_limits_are_dma_masks(tmp_path):
-    need("pools")
     for text, message in [("a x 1 1000\n", "limit_pfn 1000 is not a DMA mask in pages (2**k - 1)"),
                           ("a x 1 0\n", "limit_pfn 0 out of range 1..4503599627370495")]:
         path = write(tmp_path, text)
@@ -324,13 +320,8 @@ def test_timing_goes_to_stderr_only():
     assert re.fullmatch(r"replay: \d+(\.\d+)? ns/request over 9 requests \(bitmap\)\n", err)
 
 
-def present():
-    return [n for n in replay.ALLOCATORS if replay.module_or_none(n) is not None]
-
-
-@pytest.mark.parametrize("name", replay.ALLOCATORS)
+@pytest.mark.parametrize("name", replay.replayable())
 def test_deterministic(tmp_path, name):
-    need(name)
     path = write(tmp_path, random_trace(11, 3000, 200, 40, ncpus=5))
     first = command(path, "--allocator", name, "--pages", 1 << 18)[1]
     assert first == command(path, "--allocator", name, "--pages", 1 << 18)[1]
@@ -368,40 +359,36 @@ def check_ranges(text, out, pages, limit_is_pfn):
     return len(live)
 
 
-@pytest.mark.parametrize("name", replay.ALLOCATORS)
+@pytest.mark.parametrize("name", replay.replayable())
 def test_every_allocator_replays_a_random_trace(name):
-    need(name)
     pages = 1 << 18            # 1 GiB: pools splits into 4 pools
     limits = [(1 << 17) - 1] if name != "bitmap" else None
     text = random_trace(5, 20_000, 400, 40, ncpus=6, limits=limits)
-    t = parse(text, "t", pages, masks=name in replay.MASK_LIMITS)
+    t = parse(text, "t", pages, masks=allocators.module(name).LIMIT_IS_MASK)
     rep = replay.run(t, name, pages)
     assert rep.problems == []
     out = rep.lines()
     assert len(out) == t.nallocs
-    held = check_ranges(text, out, pages, limit_is_pfn=name not in replay.MASK_LIMITS)
+    held = check_ranges(text, out, pages, limit_is_pfn=not allocators.module(name).LIMIT_IS_MASK)
     assert held == len(rep.live) > 0
 
 
 def test_cpu_reaches_the_allocator():
     # pools picks a CPU's pool by hash_32(cpu, 2): CPU 0 pool 0, CPU 1 pool 1;
     # a 1 GiB table has four small pools of 49152 pages, and entry 0 is reserved
-    need("pools")
     t = parse("a x 1\ncpu 1\na y 1\n", "t", 1 << 18)
     assert replay.run(t, "pools", 1 << 18).lines() == ["x 1", "y 49152"]
 
 
 @pytest.mark.parametrize("name", ["rbtree", "magazines"])
 def test_top_down_placement(name):
-    need(name)
     code, out, err = command(DATA / "topdown.trace", "--allocator", name)
     assert out.split("\n") == ["x 1048575", "y 1048574", "z 1048568", "w 1000", "v 1048575", ""]
 
 
-@pytest.mark.parametrize("depot", replay.DEPOTS)
+@pytest.mark.parametrize("depot", allocators.module("magazines").VARIANTS)
 @pytest.mark.parametrize("mag_size", replay.MAG_SIZES)
 def test_magazines_options(tmp_path, depot, mag_size):
-    need("magazines")
     text = random_trace(9, 6000, 300, 40, ncpus=4)
     path = write(tmp_path, text)
     code, out, err = command(path, "--allocator", "magazines", "--pages", 1 << 18,
@@ -413,7 +400,7 @@ def test_magazines_options(tmp_path, depot, mag_size):
 def test_params():
     t = parse("cpu 5\na x 1\na y 1\nf x\na z 1 100\ncpu 9\n", "t", 1 << 10)
     p = replay.params(t, "rbtree", 1 << 10, 64, "fixed", 128)
-    assert (p.pages, p.nworkers, p.ncpus, p.boundary, p.mag_size, p.depot) == \
+    assert (p.pages, p.nworkers, p.ncpus, p.boundary, p.mag_size, p.variant) == \
         (1 << 10, 1, 6, 64, 128, "fixed")
     assert p.max_live == 2
     # magazines with several limits: cached ranges bounded by allocations only

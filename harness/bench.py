@@ -1,0 +1,425 @@
+"""The bench: one arena, the compiled loops and one pool of workers for a
+set of designs; a window in, raw counters out.
+
+Constructing a Bench only computes the arena's layout.  `open` makes the
+segment, binds every design's state (one allocator instance per design and
+domain), calibrates the cycle counter and compiles (or loads) every loop
+before any worker is forked; the pool is forked at the first window, with
+the largest number of workers the bench was made for.  After every window
+each worker has unmapped all it held and the last one out has drained the
+flush queues; the allocator must then be back to its fresh state and the
+page tables empty, or the window fails.  What a window measured leaves the
+bench as a `Raw`, copies of the counters, which `readout.py` turns into
+figures.
+"""
+import multiprocessing as mp
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+import allocators
+from allocators import Params
+from harness import abi, compose, dma, entries, readout
+from harness.abi import (CTL_ATTACHED, CTL_CMD, CTL_DONE, CTL_ERR, CTL_GEN, CTL_PHASE,
+                         CTL_PRODUCERS_LEFT, CTL_T_MEASURE, CTL_T_STOP, LINE, PH_WAIT,
+                         STATUS_RAN)
+from harness.arena import Arena
+from harness.config import load_profile
+from harness.disturbance import Snapshot
+from harness.pool import Pool, Watchdog, WorkerDied, allowed_cores, run_in_child
+from harness.rogue import rogue_loop
+from hwmodel import iommu
+from hwmodel import locks as lockmod
+from hwmodel.cpu import calibrate, read_cycles
+
+ATTACH_TIMEOUT = 60.0        # seconds for the active workers to reach the start line
+GRACE = 10.0                 # seconds after the window for every worker to finish
+LEAN_PARENT = 64             # benches of more workers compile in a child process
+TRIM_PERIOD_MS = 100         # IOVA_DEPOT_DELAY (drivers/iommu/iova.c, 6.7+)
+PHASE_EVERY = 16             # loop iterations between two looks at the clock
+
+
+class PointFailed(Exception):
+    """A point could not be measured (a worker died, a check failed...)."""
+
+
+@dataclass
+class Raw:
+    """What one window left in shared memory, copied out: the counters of
+    its workers and of the design's state, untouched by any arithmetic."""
+    design: object
+    threads: int
+    consumers: int
+    cycles_per_ns: float
+    lock_timing: int                  # 0 off, n: one acquisition in n timed
+    ctl: np.ndarray                   # the control words after the window
+    cnt: np.ndarray                   # abi.COUNTERS of the active workers
+    steps: np.ndarray                 # abi.STEPS of the active workers
+    io_stats: np.ndarray              # (workers, LINE): hwmodel/iommu.py S_*
+    exp: np.ndarray                   # (workers, dma.EXP_WORDS): exposure histograms
+    fq_meta: np.ndarray               # (domains, LINE): dma.M_*
+    alloc_locks: list                 # per domain: lockmod.class_stats
+    fq_locks: list                    # lockmod.class_stats of the flush queues' locks
+    alloc_stats: np.ndarray           # (workers, len(STATS)): summed over domains
+    footprint: dict                   # summed over domains
+    series: list = None               # --diag: samples of the window, once a second
+    rogue: bool = False
+    cores: int = 1                    # cores the workers may run on
+    preemptions: list = None          # per busy process (workers, then the rogue device)
+    steal_ns: float = 0.0             # the hypervisor's, on those cores
+
+
+def consumers(threads, fraction):
+    """Workers that only unmap, out of `threads`: at least one as soon as the
+    fraction asks for any and there are two workers, never all of them."""
+    if fraction <= 0 or threads < 2:
+        return 0
+    return min(threads - 1, max(1, int(round(threads * fraction))))
+
+
+def size_table(sizes, seed):
+    """SIZE_TABLE request sizes with the configured weights, in a fixed
+    shuffled order, so that a random index draws from the distribution."""
+    pages = np.array([p for p, _ in sizes], dtype=np.int64)
+    w = np.array([x for _, x in sizes], dtype=float)
+    share = w / w.sum() * abi.SIZE_TABLE
+    counts = np.floor(share).astype(int)
+    # hand the rounding remainder to the largest fractions
+    for i in np.argsort(-(share - counts))[:abi.SIZE_TABLE - counts.sum()]:
+        counts[i] += 1
+    table = np.repeat(pages, counts)
+    np.random.default_rng(seed).shuffle(table)
+    return table
+
+
+class Bench:
+    def __init__(self, opts, designs):
+        self.opts = opts
+        self.designs = designs
+        self.max_threads = max(opts["threads"])
+        self.cores = allowed_cores()
+        self.profile = load_profile(opts["profile"])
+        # --lock-timing times every hold; --diag one in DIAG_SAMPLE, so
+        # that diagnostics barely move the figures they explain
+        self.lock_timing = 1 if opts["lock_timing"] else (abi.DIAG_SAMPLE if opts["diag"] else 0)
+        n = self.max_threads
+        self.ndomains = opts["domains"]
+        self.ncpus_fq = n if any(d.flush == "percpu" for d in designs) else 1
+        self.params = [self._params(d) for d in designs]
+        specs = abi.layout(n)
+        specs += dma.layout(n, self.ndomains, opts["pages"], self.ncpus_fq, opts["tlb_entries"],
+                            opts["tlb_ways"])
+        specs += [("fq.lock." + name, np.int64, shape)
+                  for name, shape in lockmod.layout(len(self._fq_classes()), n,
+                                                    len(dma.FQ_LOCK_CLASSES))]
+        for i, (d, p) in enumerate(zip(designs, self.params)):
+            for k in range(self.ndomains):
+                specs += compose.specs(d.module(), p, self._prefix(i, k))
+        self.arena = Arena(specs)
+        self.pool = None
+        self.env = None
+        self.states = []
+        self.cycles_per_ns = None
+        self.timings = {"compile_s": 0.0, "fork_s": 0.0}
+
+    def _params(self, d):
+        o = self.opts
+        n = self.max_threads
+        # ranges alive at once: in flight, plus those waiting in flush queues
+        deferred = {"batched": dma.HIGH_WATER_MARK,
+                    "percpu": self.ncpus_fq * dma.IOVA_FQ_SIZE}.get(d.flush, 0)
+        return Params(pages=o["pages"], nworkers=n, ncpus=n, boundary=o["boundary"],
+                      max_live=n * o["depth"] + deferred + 64, variant=d.variant,
+                      mag_size=o["mag_size"])
+
+    @staticmethod
+    def _prefix(i, k):
+        return "d%d.%d." % (i, k)
+
+    def _fq_classes(self):
+        return dma.fq_lock_classes(self.ndomains, self.ncpus_fq)
+
+    # ------------------------------------------------------------ life
+
+    def open(self):
+        self.arena.create()
+        try:
+            self._bind()
+            self.cycles_per_ns = calibrate()
+            t0 = time.perf_counter()
+            if self.max_threads > LEAN_PARENT:
+                # numba's compiler leaves some 400 MiB of LLVM's state in the
+                # process that ran it, which 1024 forked workers then map (and
+                # partly copy): compile in a child that fills the on-disk
+                # cache, and load only the machine code here.  A failure there
+                # shows again, with its message, when this process compiles.
+                run_in_child(self._compile)
+            self._compile()
+            self.timings["compile_s"] = time.perf_counter() - t0
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __enter__(self):
+        return self.open()
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def close(self):
+        try:
+            if self.pool is not None:
+                self.pool.close()
+                self.pool = None
+        finally:
+            self.arena.unlink()
+
+    def _bind(self):
+        v = self.arena.views
+        fq_lk = lockmod.Locks(v["fq.lock.word"], v["fq.lock.qnode"], v["fq.lock.stats"],
+                              v["fq.lock.cfg"], v["ctl"])
+        self.env = dma.make(v, fq_lk)
+        o = self.opts
+        self.states = [tuple(compose.bind(d.module(), p, v, self._prefix(i, k), self.env.ctl,
+                                          o["lock"], o["spin_bound"])
+                             for k in range(self.ndomains))
+                       for i, (d, p) in enumerate(zip(self.designs, self.params))]
+        self.entries = [entries.of(d.allocator).run for d in self.designs]
+
+    def _compile(self):
+        """Compile (or load) every loop before the workers are forked: a
+        loop called with the abort word set returns at once.  The reset and
+        the check of each design are loaded here too, so that the first
+        point pays for nothing the others do not."""
+        ctl = self.env.ctl
+        for i, (entry, sts) in enumerate(zip(self.entries, self.states)):
+            self.reset(i, 1)
+            ctl[lockmod.CTL_ABORT] = 1
+            entry(sts, self.env, 0, 0)
+            ctl[lockmod.CTL_ABORT] = 0
+            problems = self.check(i)
+            if problems:
+                raise RuntimeError("%s: fresh state fails its check: %s"
+                                   % (self.designs[i].name, "; ".join(problems[:3])))
+        if self.opts["rogue_device"]:
+            ctl[lockmod.CTL_ABORT] = 1
+            rogue_loop(self.env)
+        ctl[:] = 0
+
+    def start_workers(self):
+        if self.pool is None:
+            t0 = time.perf_counter()
+            self.pool = Pool(self.max_threads, self.env, self.arena.views["bell"], self.states,
+                             self.entries, self.cores)
+            self.timings["fork_s"] += time.perf_counter() - t0
+
+    def _abandon_pool(self):
+        """A window that failed leaves workers in an unknown state: replace them."""
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+    # ----------------------------------------------------------- a window
+
+    def _cycles(self, ns):
+        return int(ns * self.cycles_per_ns)
+
+    def reset(self, i, threads):
+        """Design i's state fresh, the run configuration packed for a
+        window of `threads` workers, every counter zero."""
+        o = self.opts
+        d, p = self.designs[i], self.params[i]
+        mod = d.module()
+        for st in self.states[i]:
+            mod.init(st, p)
+            lockmod.init(st.lk, o["lock"], mod.locks(p), o["spin_bound"], self.lock_timing)
+        env = self.env
+        lockmod.init(env.fq.lk, o["lock"], self._fq_classes(), o["spin_bound"], self.lock_timing)
+        pr = self.profile
+        iommu.init(env.io, self.ndomains, p.pages, o["tlb_entries"], o["tlb_ways"],
+                   self._cycles(pr.inv_page_ns), self._cycles(pr.inv_domain_ns),
+                   self._cycles(pr.pte_write_ns))
+        dma.init(env)
+        env.cnt[:] = 0
+        env.steps[:] = 0
+        env.hand[:] = 0
+        premapped = o["premapped"] or d.premapped
+        ncons = 0 if premapped else consumers(threads, o["unmap_fraction"])
+        abi.pack(env.cfg,
+                 depth=o["depth"], check=o["check"],
+                 limit=0 if mod.LIMIT_IS_MASK else p.pages - 1,
+                 translate=mod.TRANSLATES, seed=o["seed"],
+                 flush=dma.FLUSH_NAMES.index(d.flush), ndomains=self.ndomains,
+                 device_cycles=self._cycles(pr.device_ns if o["device_ns"] is None
+                                            else o["device_ns"]),
+                 hypercall_cycles=self._cycles(pr.hypercall_ns if o["hypercall_ns"] is None
+                                               else o["hypercall_ns"]) if mod.TRANSLATES else 0,
+                 premapped=premapped, consumers=ncons, rogue=o["rogue_device"],
+                 fq_timeout_cycles=self._cycles(dma.IOVA_FQ_TIMEOUT * 1e6),
+                 ncpus=self.ncpus_fq, pages=p.pages,
+                 trim_cycles=self._cycles(TRIM_PERIOD_MS * 1e6), diag=o["diag"],
+                 warmup_cycles=self._cycles(o["warmup"] * 1e9),
+                 window_cycles=self._cycles(o["duration"] * 1e9), phase_every=PHASE_EVERY)
+        env.sizes[:] = size_table(o["sizes"], o["seed"])
+        # before anything is started: a rogue device forked now must not see
+        # the last window's stop.  The parked workers' futex word and
+        # command stay as they are.
+        ctl = env.ctl
+        keep = ctl[CTL_GEN], ctl[CTL_CMD]
+        ctl[:] = 0
+        ctl[CTL_GEN], ctl[CTL_CMD] = keep
+        ctl[CTL_PHASE] = PH_WAIT
+        ctl[CTL_PRODUCERS_LEFT] = threads - ncons
+
+    def _start_rogue(self):
+        if not self.opts["rogue_device"]:
+            return None
+        p = mp.get_context("fork").Process(target=_rogue_main, args=(self.env,), daemon=True)
+        p.start()
+        return p
+
+    def window(self, i, threads):
+        """One window of design i at `threads` workers.  Raises PointFailed."""
+        self.start_workers()
+        d = self.designs[i]
+        self.reset(i, threads)
+        ctl = self.env.ctl
+        rogue = None
+        series = None
+        try:
+            rogue = self._start_rogue()
+            self.pool.start_point(i, threads)
+            self._wait_start(d, threads)
+            t0, t1 = self._window_times()
+            busy = [p.pid for p in self.pool.procs[:threads]] + ([rogue.pid] if rogue else [])
+            self.pool.sleep(t0 - time.perf_counter())
+            before = Snapshot(busy, self.cores)
+            if self.opts["diag"]:
+                series = self._sample(i, threads, t0, t1)
+            self.pool.sleep(t1 - time.perf_counter())
+            disturbed = Snapshot(busy, self.cores).since(before)
+            self.pool.wait_for(lambda: ctl[CTL_DONE] >= threads,
+                               time.monotonic() + GRACE + 0.01 * threads, poll=0.005)
+        except WorkerDied as e:
+            self._abandon_pool()
+            raise PointFailed("%s at %s, %d threads" % (e, d.name, threads)) from None
+        except Watchdog:
+            self._abandon_pool()
+            raise PointFailed("watchdog: workers of %s at %d threads did not finish "
+                              "within %.0f s of the window's end"
+                              % (d.name, threads, GRACE)) from None
+        finally:
+            if rogue is not None:
+                rogue.join(5)
+                if rogue.exitcode is None:
+                    rogue.kill()
+                    rogue.join()
+        if ctl[CTL_ERR]:
+            raise PointFailed(readout.ownership_error(ctl, d.name, threads))
+        bad = np.flatnonzero(self.env.cnt["status"][:threads] != STATUS_RAN)
+        if len(bad):
+            raise PointFailed("worker %d of %s at %d threads did not end its loop cleanly"
+                              % (bad[0], d.name, threads))
+        # the counters before the check, whose own lock traffic would count
+        raw = self._raw(i, threads, series, disturbed)
+        problems = self.check(i)
+        if problems:
+            raise PointFailed("%s at %d threads: state is not fresh after the run: %s"
+                              % (d.name, threads, "; ".join(problems[:3])))
+        return raw
+
+    def _wait_start(self, d, threads):
+        ctl = self.env.ctl
+        try:
+            self.pool.wait_for(lambda: ctl[CTL_PHASE] != PH_WAIT,
+                               time.monotonic() + ATTACH_TIMEOUT)
+        except Watchdog:
+            self._abandon_pool()
+            missing = threads - int(ctl[CTL_ATTACHED])
+            who = ("%d of the %d workers" % (missing, threads) if missing > 0
+                   else "the rogue device")
+            raise PointFailed("%s of %s did not reach the start line within %.0f s"
+                              % (who, d.name, ATTACH_TIMEOUT)) from None
+
+    def busy(self, threads):
+        """Processes that keep a core busy in a window of `threads` workers."""
+        return threads + (1 if self.opts["rogue_device"] else 0)
+
+    def _raw(self, i, threads, series, disturbed):
+        d, p = self.designs[i], self.params[i]
+        mod = d.module()
+        env = self.env
+        nstats = len(mod.STATS)
+        alloc_stats = np.zeros((threads, nstats), dtype=np.int64)
+        footprint = {}
+        for st in self.states[i]:
+            if nstats:
+                alloc_stats += st.stats.reshape(-1, allocators.STAT_LINE)[:threads, :nstats]
+            for k, v in mod.footprint(st, p).items():
+                footprint[k] = footprint.get(k, 0) + v
+        return Raw(design=d, threads=threads, consumers=int(env.cfg[0]["consumers"]),
+                   cycles_per_ns=self.cycles_per_ns, lock_timing=self.lock_timing,
+                   ctl=env.ctl.copy(), cnt=env.cnt[:threads].copy(),
+                   steps=env.steps[:threads].copy(),
+                   io_stats=env.io.stats.reshape(-1, LINE)[:threads].copy(),
+                   exp=env.exp.reshape(-1, dma.EXP_WORDS)[:threads].copy(),
+                   fq_meta=env.fq.meta.reshape(-1, LINE).copy(),
+                   alloc_locks=[lockmod.class_stats(st.lk) for st in self.states[i]],
+                   fq_locks=lockmod.class_stats(env.fq.lk), alloc_stats=alloc_stats,
+                   footprint=footprint, series=series, rogue=bool(self.opts["rogue_device"]),
+                   cores=len(self.cores), preemptions=disturbed[0], steal_ns=disturbed[1])
+
+    def _window_times(self):
+        """The window's deadlines, which the workers keep, on perf_counter's clock."""
+        ctl = self.env.ctl
+        c, p = read_cycles(), time.perf_counter()
+        per_s = self.cycles_per_ns * 1e9
+        return (p + (ctl[CTL_T_MEASURE] - c) / per_s, p + (ctl[CTL_T_STOP] - c) / per_s)
+
+    def _sample(self, i, threads, t0, end):
+        """The window, sampled once a second: (t, I/Os so far, the wait of
+        each lock class so far)."""
+        cnt = self.env.cnt
+        out = [(0.0, int(cnt["ops_live"][:threads].sum()), self._lock_waits(i))]
+        while True:
+            now = time.perf_counter()
+            if now >= end:
+                return out
+            self.pool.sleep(min(1.0, end - now))
+            # the counters stop at the window's end, however late we look
+            t = min(time.perf_counter(), end)
+            out.append((t - t0, int(cnt["ops_live"][:threads].sum()), self._lock_waits(i)))
+
+    def _lock_waits(self, i):
+        """{class name: wait cycles so far} of design i's locks and the queues'."""
+        return readout.lock_waits(self.designs[i].module().LOCK_CLASSES,
+                                  [lockmod.class_stats(st.lk) for st in self.states[i]],
+                                  lockmod.class_stats(self.env.fq.lk))
+
+    def check(self, i):
+        """The state after every worker unmapped all it held must be fresh."""
+        d, p = self.designs[i], self.params[i]
+        mod = d.module()
+        problems = []
+        for k, st in enumerate(self.states[i]):
+            if mod.flush_all is not None:
+                mod.flush_all(st, 0)
+            problems += ["domain %d: %s" % (k, m) for m in mod.check(st, p, [])]
+        if mod.TRANSLATES:
+            n = np.count_nonzero(self.env.io.pt)
+            if n:
+                problems.append("%d page-table entries still present" % n)
+            n = np.count_nonzero(self.env.own)
+            if n:
+                problems.append("%d pages still owned" % n)
+        return problems
+
+
+def _rogue_main(env):
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    rogue_loop(env)
+

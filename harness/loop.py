@@ -1,0 +1,474 @@
+"""The measured loops, one per mode of a worker, and the start line they
+share.
+
+A worker of a point is in one of four modes:
+
+- local ring (the default): map an I/O, let the device use it, and once
+  `depth` are outstanding unmap the oldest, all on its own CPU;
+- hand-off producer (`--unmap-fraction`): map, and hand each mapping to the
+  worker that unmaps for it, as a completion on an interrupt CPU;
+- unmap worker: serve the hand-off rings of its producers;
+- premapped (the driver's pool of the seeds): map `depth` buffers once, then
+  only let the device use them.
+
+No Python runs in a measurement, and the clock is read only where a figure
+needs it.  Every `phase_every` iterations a worker *ticks*: it reads the
+cycle counter once, moves the phase word past any deadline gone by, fires
+expired flush timers and runs the allocator's trim.  It notes the cycle and
+its I/O count at the tick where it sees the window open and the one where it
+sees it close, so its window is timed exactly even though it looks at the
+clock one iteration in `phase_every`.  Besides the tick, an I/O reads the
+clock when the device's time is modelled (once, to stamp when the device is
+done, then while polling for it), when an unmap starts an exposure window
+(every unmap of a design with an IOMMU), in the invalidation unit, and in the
+steps of the one I/O in DIAG_SAMPLE that `--diag` times.
+
+The window is timed by the workers: the last to reach the start line writes
+the deadlines of the warm-up and of the window on the cycle counter, and the
+first to see one pass moves the phase on.
+"""
+from harness import dma
+from harness.abi import (CTL_ATTACHED, CTL_FINISHED, CTL_NACTIVE, CTL_PHASE, CTL_PRODUCERS_LEFT,
+                         CTL_ROGUE_READY, CTL_T_MEASURE, CTL_T_STOP, DIAG_SAMPLE, HAND_HEAD,
+                         HAND_STRIDE, HAND_TAIL, MAX_DEPTH, PH_MEASURE, PH_STOP, PH_WAIT,
+                         PH_WARMUP, RING_DOMAIN, RING_IOVA, RING_PAGES, RING_STRIDE, RING_T_DONE,
+                         RING_WORDS, SIZE_TABLE, STATUS_ABORTED, STATUS_RAN)
+from hwmodel import iommu
+from hwmodel.cpu import cas, cycles, fetch_add, hot, load, pause, sched_yield, store
+from hwmodel.locks import CTL_ABORT
+
+SPIN_BEFORE_YIELD = 200
+PAGES_PER_SLOT = 64          # physical pages apart: each ring slot its own buffer
+
+
+# ------------------------------------------------------------ small helpers
+
+@hot(inline="always")
+def relax(spins):
+    """A step of a wait on another process: pause, or yield the core."""
+    spins += 1
+    if spins >= SPIN_BEFORE_YIELD:
+        sched_yield()
+        return 0
+    pause()
+    return spins
+
+
+@hot(inline="always")
+def _xorshift(x):
+    x ^= (x << 13) & 0x7FFFFFFFFFFFFFFF
+    x ^= x >> 7
+    x ^= (x << 17) & 0x7FFFFFFFFFFFFFFF
+    return x
+
+
+@hot(inline="always")
+def _seed(env, w):
+    rng = (env.cfg[0].seed + 1) * 0x9E3779B97F4A7C15 + w * 0xBF58476D1CE4E5B9
+    return (rng & 0x7FFFFFFFFFFFFFFF) | 1
+
+
+@hot(inline="always")
+def _size(env, rng):
+    return env.sizes[rng & (SIZE_TABLE - 1)]
+
+
+@hot(inline="always")
+def _device_ready(env, device, now, t_dev):
+    """When the device will be done with an I/O submitted at `now`: it
+    works through its I/Os one after the other."""
+    return max(t_dev, now) + device
+
+
+@hot(inline="always")
+def _device_done(env, w, t_done):
+    """Poll until the device has finished the I/O (NAPI-style); nothing to
+    wait for when its time is not modelled (t_done 0)."""
+    if t_done == 0:
+        return
+    t0 = cycles()
+    if t0 >= t_done:
+        return
+    t = t0
+    while t < t_done:
+        pause()
+        t = cycles()
+    env.cnt[w].device_wait_cycles += t - t0
+
+
+@hot(inline="always")
+def _access(env, w, dom, iova, pages, sample):
+    """The device's DMA: every page goes through the IOTLB."""
+    if env.cfg[0].translate == 0:
+        return
+    t0 = cycles() if sample else 0
+    for i in range(pages):
+        iommu.translate(env.io, w, dom, iova + i)
+    if sample:
+        env.steps[w].access_cycles += cycles() - t0
+
+
+@hot(inline="always")
+def _unmap(free, sts, env, w, cpu, owner, o, ring, sample):
+    """Wait for the device, then unmap the mapping at ring[o]."""
+    _device_done(env, w, ring[o + RING_T_DONE])
+    dma.dma_unmap(free, sts, env, w, cpu, owner, ring[o + RING_DOMAIN], ring[o + RING_IOVA],
+                  ring[o + RING_PAGES], sample)
+    env.cnt[w].unmaps += 1
+
+
+@hot(inline="always")
+def _put(ring, o, iova, pages, t_done, dom):
+    ring[o + RING_IOVA] = iova
+    ring[o + RING_PAGES] = pages
+    ring[o + RING_T_DONE] = t_done
+    ring[o + RING_DOMAIN] = dom
+
+
+# ------------------------------------------------------ the start line, the clock
+
+@hot
+def _open(env):
+    """Called by the last worker to arrive: once the rogue device (if any)
+    is watching, set the deadlines and start the warm-up."""
+    ctl = env.ctl
+    cfg = env.cfg[0]
+    spins = 0
+    while cfg.rogue != 0 and load(ctl, CTL_ROGUE_READY) == 0:
+        if load(ctl, CTL_ABORT) != 0:
+            return
+        spins = relax(spins)
+    t = cycles() + cfg.warmup_cycles
+    ctl[CTL_T_MEASURE] = t
+    ctl[CTL_T_STOP] = t + cfg.window_cycles
+    store(ctl, CTL_PHASE, PH_WARMUP)
+
+
+@hot
+def attach(env):
+    """Report at the start line and wait there until every active worker
+    has; False if the point is aborted first."""
+    ctl = env.ctl
+    if fetch_add(ctl, CTL_ATTACHED, 1) == ctl[CTL_NACTIVE] - 1:
+        _open(env)
+    spins = 0
+    while load(ctl, CTL_PHASE) == PH_WAIT:
+        if load(ctl, CTL_ABORT) != 0:
+            return False
+        spins = relax(spins)
+    return True
+
+
+@hot
+def clock(ctl, now):
+    """The phase at cycle `now`, moving the phase word past any deadline
+    that has gone by (the first worker to see it does; the CAS makes that
+    one move)."""
+    ph = load(ctl, CTL_PHASE)
+    if ph == PH_WARMUP and now >= ctl[CTL_T_MEASURE]:
+        cas(ctl, CTL_PHASE, PH_WARMUP, PH_MEASURE)
+        ph = load(ctl, CTL_PHASE)
+    if ph == PH_MEASURE and now >= ctl[CTL_T_STOP]:
+        cas(ctl, CTL_PHASE, PH_MEASURE, PH_STOP)
+        ph = load(ctl, CTL_PHASE)
+    return ph
+
+
+@hot
+def _service(free, trim, sts, env, w, cpu, now):
+    """What any worker does besides I/O: fire expired flush timers and, on
+    worker 0, the allocator's trim."""
+    cfg = env.cfg[0]
+    dma.timers(free, sts, env, w, cpu, now)
+    c = env.cnt[w]
+    if w == 0 and now >= c.next_trim:
+        for d in range(cfg.ndomains):
+            trim(sts[d], w, cfg.ncpus)
+        c.next_trim = now + cfg.trim_cycles
+
+
+@hot
+def tick(free, trim, sts, env, w, cpu, ops, seen):
+    """One look at the clock: the phase now (PH_STOP ends the loop), the
+    window's edges noted with the I/O count and cycle they were seen at,
+    then the timers and the trim.  Returns the phase."""
+    now = cycles()
+    ph = clock(env.ctl, now)
+    c = env.cnt[w]
+    c.ops_live = ops
+    if ph != seen:
+        if seen < PH_MEASURE and ph >= PH_MEASURE:
+            c.ops_start = ops
+            c.t_start = now
+        if ph >= PH_STOP:
+            c.ops_end = ops
+            c.t_end = now
+            return ph
+    _service(free, trim, sts, env, w, cpu, now)
+    if env.cfg[0].diag != 0:
+        env.steps[w].service_cycles += cycles() - now
+    return ph
+
+
+# ------------------------------------------------------------------- modes
+
+@hot
+def local_ring(alloc, free, trim, sts, env, w, cpu):
+    """Map, let the device use it, unmap the oldest once `depth` are out.
+    Returns (I/Os, failed allocations); the ring is empty again."""
+    cfg = env.cfg[0]
+    dom = w % cfg.ndomains
+    depth = cfg.depth
+    device = cfg.device_cycles
+    mask = cfg.phase_every - 1
+    diag = cfg.diag != 0
+    ring = env.ring
+    rb = w * RING_STRIDE
+    phys = w * MAX_DEPTH * PAGES_PER_SLOT
+    rng = _seed(env, w)
+    head = 0
+    nout = 0
+    ops = 0
+    fails = 0
+    t_dev = 0
+    seen = PH_WARMUP
+    it = 0
+    while True:
+        if it & mask == 0:
+            seen = tick(free, trim, sts, env, w, cpu, ops, seen)
+            if seen >= PH_STOP:
+                break
+        it += 1
+        rng = _xorshift(rng)
+        pages = _size(env, rng)
+        slot = head + nout
+        if slot >= depth:
+            slot -= depth
+        sample = diag and (ops & (DIAG_SAMPLE - 1)) == 0
+        iova = dma.dma_map(alloc, sts[dom], env, w, cpu, dom, pages, phys + slot * PAGES_PER_SLOT,
+                           sample)
+        if iova < 0:
+            fails += 1
+            if nout > 0:
+                _unmap(free, sts, env, w, cpu, w, rb + head * RING_WORDS, ring, False)
+                head = head + 1 if head + 1 < depth else 0
+                nout -= 1
+            else:
+                sched_yield()       # the space is held by others: let them run
+            continue
+        _access(env, w, dom, iova, pages, sample)
+        t_done = 0
+        if device > 0:
+            t_dev = _device_ready(env, device, cycles(), t_dev)
+            t_done = t_dev
+        _put(ring, rb + slot * RING_WORDS, iova, pages, t_done, dom)
+        ops += 1
+        nout += 1
+        if nout >= depth:
+            _unmap(free, sts, env, w, cpu, w, rb + head * RING_WORDS, ring, sample)
+            head = head + 1 if head + 1 < depth else 0
+            nout -= 1
+    while nout > 0:
+        _unmap(free, sts, env, w, cpu, w, rb + head * RING_WORDS, ring, False)
+        head = head + 1 if head + 1 < depth else 0
+        nout -= 1
+    return ops, fails
+
+
+@hot(inline="always")
+def _hand_base(w):
+    return w * HAND_STRIDE
+
+
+@hot
+def handoff_producer(alloc, free, trim, sts, env, w, cpu):
+    """Map, let the device use it, and hand the mapping to this worker's
+    unmap worker; wait when `depth` are handed and not yet unmapped."""
+    cfg = env.cfg[0]
+    ctl = env.ctl
+    dom = w % cfg.ndomains
+    depth = cfg.depth
+    device = cfg.device_cycles
+    mask = cfg.phase_every - 1
+    diag = cfg.diag != 0
+    hand = env.hand
+    hb = _hand_base(w)
+    phys = w * MAX_DEPTH * PAGES_PER_SLOT
+    rng = _seed(env, w)
+    ops = 0
+    fails = 0
+    t_dev = 0
+    seen = PH_WARMUP
+    it = 0
+    while True:
+        if it & mask == 0:
+            seen = tick(free, trim, sts, env, w, cpu, ops, seen)
+            if seen >= PH_STOP:
+                break
+        it += 1
+        rng = _xorshift(rng)
+        pages = _size(env, rng)
+        tail = hand[hb + HAND_TAIL]
+        sample = diag and (ops & (DIAG_SAMPLE - 1)) == 0
+        iova = dma.dma_map(alloc, sts[dom], env, w, cpu, dom, pages,
+                           phys + (tail % depth) * PAGES_PER_SLOT, sample)
+        if iova < 0:
+            fails += 1
+            sched_yield()           # its unmap worker holds the space: let it run
+            continue
+        _access(env, w, dom, iova, pages, sample)
+        t_done = 0
+        if device > 0:
+            t_dev = _device_ready(env, device, cycles(), t_dev)
+            t_done = t_dev
+        ops += 1
+        if tail - load(hand, hb + HAND_HEAD) >= depth:
+            t0 = cycles()
+            spins = 0
+            while tail - load(hand, hb + HAND_HEAD) >= depth:
+                if load(ctl, CTL_ABORT) != 0:
+                    break
+                spins = relax(spins)
+            env.cnt[w].handoff_wait_cycles += cycles() - t0
+        _put(hand, hb + (tail % MAX_DEPTH) * RING_WORDS, iova, pages, t_done, dom)
+        store(hand, hb + HAND_TAIL, tail + 1)
+    fetch_add(ctl, CTL_PRODUCERS_LEFT, -1)
+    return ops, fails
+
+
+@hot
+def _serve(free, sts, env, w, cpu, k, first, stride):
+    """One pass over the hand-off rings this unmap worker serves: at most
+    one unmap from each.  True if it found work."""
+    hand = env.hand
+    busy = False
+    for p in range(k, first, stride):
+        hb = _hand_base(p)
+        head = hand[hb + HAND_HEAD]
+        if head != load(hand, hb + HAND_TAIL):
+            _unmap(free, sts, env, w, cpu, p, hb + (head % MAX_DEPTH) * RING_WORDS, hand, False)
+            store(hand, hb + HAND_HEAD, head + 1)
+            busy = True
+    return busy
+
+
+@hot
+def unmap_worker(free, trim, sts, env, w, cpu, first):
+    """A worker that only unmaps: it serves the hand-off rings of the
+    mapping workers k, k + n, k + 2n, ... (n unmap workers) until they
+    have all stopped and their rings are empty."""
+    ctl = env.ctl
+    k = w - first
+    stride = ctl[CTL_NACTIVE] - first
+    mask = env.cfg[0].phase_every - 1
+    seen = PH_WARMUP
+    spins = 0
+    it = 0
+    while True:
+        if it & mask == 0:
+            seen = tick(free, trim, sts, env, w, cpu, 0, seen)
+        it += 1
+        if _serve(free, sts, env, w, cpu, k, first, stride):
+            continue
+        # one more pass once the producers are gone: one may have handed
+        # a mapping over just before it left
+        if load(ctl, CTL_PRODUCERS_LEFT) == 0 and \
+                not _serve(free, sts, env, w, cpu, k, first, stride):
+            return
+        if load(ctl, CTL_ABORT) != 0:
+            return
+        spins = relax(spins)
+
+
+@hot
+def premapped(alloc, free, trim, sts, env, w, cpu):
+    """The driver's pool: `depth` buffers of the largest size mapped once,
+    then recycled; only the device's use of them is measured.  Returns
+    (I/Os, failed allocations); the pool is unmapped again."""
+    cfg = env.cfg[0]
+    dom = w % cfg.ndomains
+    depth = cfg.depth
+    device = cfg.device_cycles
+    mask = cfg.phase_every - 1
+    ring = env.ring
+    rb = w * RING_STRIDE
+    big = 0
+    for i in range(SIZE_TABLE):
+        big = max(big, env.sizes[i])
+    nout = 0
+    fails = 0
+    while nout < depth:
+        iova = dma.dma_map(alloc, sts[dom], env, w, cpu, dom, big,
+                           w * MAX_DEPTH * PAGES_PER_SLOT + nout * PAGES_PER_SLOT, False)
+        if iova < 0:
+            fails += 1
+            break
+        _put(ring, rb + nout * RING_WORDS, iova, big, 0, dom)
+        nout += 1
+    rng = _seed(env, w)
+    ops = 0
+    t_dev = 0
+    seen = PH_WARMUP
+    it = 0
+    k = 0
+    while True:
+        if it & mask == 0:
+            seen = tick(free, trim, sts, env, w, cpu, ops, seen)
+            if seen >= PH_STOP:
+                break
+        it += 1
+        if nout == 0:
+            sched_yield()
+            continue
+        rng = _xorshift(rng)
+        _access(env, w, dom, ring[rb + k * RING_WORDS + RING_IOVA], _size(env, rng), False)
+        k = k + 1 if k + 1 < nout else 0
+        if device > 0:
+            t_dev = _device_ready(env, device, cycles(), t_dev)
+            _device_done(env, w, t_dev)
+        ops += 1
+    for i in range(nout):
+        _unmap(free, sts, env, w, cpu, w, rb + i * RING_WORDS, ring, False)
+    return ops, fails
+
+
+# --------------------------------------------------------------- a worker
+
+@hot
+def no_trim(st, w, ncpus):
+    """The housekeeping of an allocator that has none."""
+    return 0
+
+
+@hot
+def _finish(free, sts, env, w, cpu):
+    """The last worker out flushes what the queues still hold."""
+    ctl = env.ctl
+    if fetch_add(ctl, CTL_FINISHED, 1) == ctl[CTL_NACTIVE] - 1:
+        dma.drain(free, sts, env, w, cpu)
+
+
+@hot
+def run_worker(alloc, free, trim, sts, env, w, cpu):
+    """One worker's part of a point: the start line, the loop of its mode,
+    what it holds given back, the queues drained by the last one out."""
+    c = env.cnt[w]
+    if not attach(env):
+        c.status = STATUS_ABORTED
+        return
+    cfg = env.cfg[0]
+    first_consumer = env.ctl[CTL_NACTIVE] - cfg.consumers
+    ops = 0
+    fails = 0
+    if w >= first_consumer:
+        unmap_worker(free, trim, sts, env, w, cpu, first_consumer)
+    elif cfg.premapped != 0:
+        ops, fails = premapped(alloc, free, trim, sts, env, w, cpu)
+    elif cfg.consumers > 0:
+        ops, fails = handoff_producer(alloc, free, trim, sts, env, w, cpu)
+    else:
+        ops, fails = local_ring(alloc, free, trim, sts, env, w, cpu)
+    c.ops = ops
+    c.fails = fails
+    _finish(free, sts, env, w, cpu)
+    c.status = STATUS_RAN

@@ -1,0 +1,268 @@
+"""From raw counters to figures: pure functions, no process, no arena.
+
+`window(raw)` turns what one window left in shared memory (a bench.Raw)
+into that window's figures; `point(...)` turns a point's windows into the
+point as the results file holds it (docs/results-format.md names every key
+and its unit).  Nothing is renamed after this: report, diagnostics, plot
+and compare read exactly these keys.
+"""
+import statistics
+
+import numpy as np
+
+from harness import dma
+from harness.abi import (CTL_ERR_CLAIMANT, CTL_ERR_HOLDER, CTL_ERR_KIND, CTL_ERR_PAGE,
+                         CTL_ROGUE_PROBES, CTL_ROGUE_STALE, CTL_T_MEASURE, CTL_T_STOP,
+                         DIAG_SAMPLE, ERR_DOUBLE_MAP, ERR_EARLY_REUSE)
+from hwmodel import iommu
+
+
+def ownership_error(ctl, design, threads):
+    """What the ownership map found, in words."""
+    kind, page = int(ctl[CTL_ERR_KIND]), int(ctl[CTL_ERR_PAGE])
+    holder, claimant = int(ctl[CTL_ERR_HOLDER]) - 1, int(ctl[CTL_ERR_CLAIMANT]) - 1
+    where = "in %s at %d threads" % (design, threads)
+    if kind == ERR_EARLY_REUSE:
+        return ("page %d mapped again by worker %d before the invalidation of its unmap "
+                "completed, %s" % (page, claimant, where))
+    if kind == ERR_DOUBLE_MAP:
+        return ("double mapping of page %d %s: held by worker %d, claimed by worker %d"
+                % (page, where, holder, claimant))
+    return ("unmap of page %d %s by worker %d, which did not hold it (owner word %d)"
+            % (page, where, claimant, holder + 1))
+
+
+def percentile(hist, q):
+    """The q-th percentile (upper bucket edge) of a histogram."""
+    total = hist.sum()
+    if total == 0:
+        return 0
+    idx = int(np.searchsorted(np.cumsum(hist), q * total))
+    return dma.bucket_upper(min(idx, len(hist) - 1))
+
+
+# ------------------------------------------------------------------ locks
+
+def _sum_lock_rows(rows):
+    out = {}
+    for k in rows[0]:
+        vals = [r[k] for r in rows]
+        if k.endswith("_max"):
+            out[k] = max(vals)
+        elif k.endswith("_min"):
+            nz = [v for v in vals if v]
+            out[k] = min(nz) if nz else 0
+        else:
+            out[k] = sum(vals)
+    return out
+
+
+def _design_lock_rows(classes, alloc_locks, fq_locks, flush):
+    """(name, class_stats row) of every lock class of a design: the
+    allocator's, summed over domains, then its flush queue's."""
+    rows = [(name, _sum_lock_rows([dom[c] for dom in alloc_locks]))
+            for c, name in enumerate(classes)]
+    if flush in ("batched", "percpu"):
+        c = 0 if flush == "batched" else 1
+        rows.append((dma.FQ_LOCK_CLASSES[c], fq_locks[c]))
+    return rows
+
+
+def lock_waits(classes, alloc_locks, fq_locks):
+    """{class name: wait cycles} of every class, for the per-second series."""
+    out = {name: _sum_lock_rows([dom[c] for dom in alloc_locks])["wait_cycles"]
+           for c, name in enumerate(classes)}
+    for c, r in enumerate(fq_locks):
+        out[dma.FQ_LOCK_CLASSES[c]] = r["wait_cycles"]
+    return out
+
+
+def locks(raw):
+    """The lock table's rows: counts, and times in ns."""
+    cpn = raw.cycles_per_ns
+    out = []
+    for name, r in _design_lock_rows(raw.design.module().LOCK_CLASSES, raw.alloc_locks,
+                                     raw.fq_locks, raw.design.flush):
+        row = {"name": name}
+        for k, v in r.items():
+            for part in ("wait", "hold"):
+                for suffix, new in (("cycles", "total"), ("max", "max"), ("min", "min")):
+                    if k == "%s_%s" % (part, suffix):
+                        k, v = "%s_ns_%s" % (part, new), v / cpn
+            row[k] = v
+        out.append(row)
+    return out
+
+
+# ------------------------------------------------------------- throughput
+
+def worker_ops(raw):
+    """I/Os each mapping worker completed in its window."""
+    nprod = raw.threads - raw.consumers
+    c = raw.cnt[:nprod]
+    return (c["ops_end"] - c["ops_start"]).astype(np.int64)
+
+
+def window_seconds(raw):
+    """The window's length, as the workers' deadlines set it."""
+    return (raw.ctl[CTL_T_STOP] - raw.ctl[CTL_T_MEASURE]) / raw.cycles_per_ns / 1e9
+
+
+def ops_per_sec(raw):
+    """The sum of the mapping workers' rates, each over its own window:
+    from the tick at which it saw the window open to the one at which it
+    saw it close (the loop looks at the clock one iteration in
+    phase_every, so a worker's window is a few I/Os late, never wrong)."""
+    nprod = raw.threads - raw.consumers
+    c = raw.cnt[:nprod]
+    span = (c["t_end"] - c["t_start"]) / raw.cycles_per_ns / 1e9
+    ops = c["ops_end"] - c["ops_start"]
+    return float(sum(o / s for o, s in zip(ops, span) if s > 0))
+
+
+# ------------------------------------------------------------- breakdown
+
+def breakdown(raw, lock_rows):
+    """ns per I/O of each step: sampled steps scaled by their samples,
+    invalidation and device waits counted in full, the harness what is
+    left of a mapping worker's wall time per I/O."""
+    cpn = raw.cycles_per_ns
+    s = raw.steps
+    maps = max(1, int(s["maps"].sum()))
+    unmaps = max(1, int(s["unmaps"].sum()))
+    ops_all = max(1, int(raw.cnt["ops"].sum()))
+    inv_wait = raw.io_stats[:, iommu.S_INV_WAIT].sum()
+    inv_queue = raw.io_stats[:, iommu.S_INV_QUEUE].sum()
+    out = {
+        "allocate": s["alloc_cycles"].sum() / maps / cpn,
+        "page_table": (s["map_pte_cycles"].sum() / maps + s["unmap_pte_cycles"].sum() / unmaps)
+        / cpn,
+        "invalidation_own": (inv_wait - inv_queue) / ops_all / cpn,
+        "invalidation_queued": inv_queue / ops_all / cpn,
+        "free": s["free_cycles"].sum() / unmaps / cpn,
+        "device": raw.cnt["device_wait_cycles"].sum() / ops_all / cpn,
+        "lock_wait": sum(l["wait_ns_total"] for l in lock_rows) / ops_all,
+    }
+    ops = worker_ops(raw)
+    nprod = len(ops)
+    total = window_seconds(raw) * 1e9 * nprod / max(1, int(ops.sum()))
+    spent = sum(v for k, v in out.items() if k != "lock_wait")
+    out["harness"] = max(0.0, total - spent)
+    out["total"] = total
+    return {k: float(v) for k, v in out.items()}
+
+
+def series(raw):
+    """The per-second series: ops/s and the lock class waited on longest."""
+    if not raw.series:
+        return None
+    cpn = raw.cycles_per_ns
+    out = []
+    for (t0, ops0, w0), (t1, ops1, w1) in zip(raw.series, raw.series[1:]):
+        grew = {name: w1[name] - w0.get(name, 0) for name in w1}
+        top = max(grew, key=grew.get) if grew else ""
+        out.append({"t": round(t1, 3),
+                    "ops_per_sec": (ops1 - ops0) / (t1 - t0) if t1 > t0 else 0.0,
+                    "top_lock": top if grew.get(top) else "",
+                    "top_lock_wait_ns": grew.get(top, 0) / cpn})
+    return out
+
+
+# ------------------------------------------------------------ the window
+
+def _exposure(raw):
+    cpn = raw.cycles_per_ns
+    hist = raw.exp[:, :dma.EXP_BUCKETS].sum(axis=0)
+    tot = raw.exp[:, dma.EXP_BUCKETS:]
+    n = int(tot[:, dma.E_COUNT].sum())
+    return {"count": n,
+            "mean": float(tot[:, dma.E_SUM].sum() / n / cpn) if n else 0.0,
+            "p99": percentile(hist, 0.99) / cpn,
+            "max": float(tot[:, dma.E_MAX].max() / cpn) if n else 0.0}
+
+
+def _flush(raw):
+    cpn = raw.cycles_per_ns
+    ios, meta = raw.io_stats, raw.fq_meta
+    out = {"invalidations": int(ios[:, iommu.S_INV].sum()),
+           "invalidation_wait_ns": float(ios[:, iommu.S_INV_WAIT].sum() / cpn),
+           "invalidation_queue_ns": float(ios[:, iommu.S_INV_QUEUE].sum() / cpn),
+           "queue_flushes": int(meta[:, dma.M_FLUSHES].sum()),
+           "timer_flushes": int(meta[:, dma.M_TIMER_FLUSHES].sum()),
+           "flushed_entries": int(meta[:, dma.M_FLUSHED_ENTRIES].sum())}
+    out["mean_batch"] = (out["flushed_entries"] / out["queue_flushes"]
+                         if out["queue_flushes"] else 0.0)
+    return out
+
+
+def disturbance(raw):
+    """What else had the cores during the window."""
+    pre = raw.preemptions or []
+    return {"busy_processes": raw.threads + (1 if raw.rogue else 0), "cores": raw.cores,
+            "preemptions": int(sum(pre)), "preempted": int(sum(1 for n in pre if n)),
+            "steal_ns": float(raw.steal_ns)}
+
+
+def disturbed(w):
+    """Whether a window's workers (or its rogue device) lost their core."""
+    d = w.get("disturbance") or {}
+    return bool(d.get("preemptions") or d.get("steal_ns"))
+
+
+def window(raw):
+    """The figures of one window."""
+    cpn = raw.cycles_per_ns
+    seconds = window_seconds(raw)
+    mod = raw.design.module()
+    lock_rows = locks(raw)
+    ios = raw.io_stats
+    out = {
+        "ops_per_sec": ops_per_sec(raw),
+        "window_s": seconds,
+        "per_worker_ops": worker_ops(raw).tolist(),
+        "unmap_workers": raw.consumers,
+        "alloc_fails": int(raw.cnt["fails"].sum()),
+        "ops_total": int(raw.cnt["ops"].sum()),
+        "locks": lock_rows,
+        "alloc_stats": {n: int(raw.alloc_stats[:, k].sum()) for k, n in enumerate(mod.STATS)},
+        "footprint_bytes": dict(raw.footprint),
+        "exposure_ns": _exposure(raw),
+        "flush_stats": _flush(raw),
+        "iotlb": {"hits": int(ios[:, iommu.S_HITS].sum()),
+                  "fills": int(ios[:, iommu.S_FILLS].sum()),
+                  "faults": int(ios[:, iommu.S_FAULTS].sum())},
+        "unmaps": int(raw.cnt["unmaps"].sum()),
+        "device_wait_ns": float(raw.cnt["device_wait_cycles"].sum() / cpn),
+        "handoff_wait_ns": float(raw.cnt["handoff_wait_cycles"].sum() / cpn),
+    }
+    out["disturbance"] = disturbance(raw)
+    if raw.rogue:
+        out["stale_hits"] = int(raw.ctl[CTL_ROGUE_STALE])
+        out["rogue_probes"] = int(raw.ctl[CTL_ROGUE_PROBES])
+        out["stale_hits_per_sec"] = out["stale_hits"] / seconds if seconds > 0 else 0.0
+    if raw.series is not None:
+        out["series"] = series(raw)
+        out["breakdown_ns"] = breakdown(raw, lock_rows)
+        timing = ("every lock hold timed" if raw.lock_timing == 1 else
+                  "one lock hold in %d timed, totals scaled" % raw.lock_timing)
+        out["diag"] = {"timing": "on: %s; one I/O in %d timed step by step"
+                                 % (timing, DIAG_SAMPLE)}
+    if mod.TRANSLATES:
+        # a window whose check fails raises: one kept says so
+        out["state_checked"] = "allocator state fresh, page tables empty, no page owned"
+    return out
+
+
+def point(design, threads, windows, oversubscribed):
+    """A point as the results file holds it: the median of its windows'
+    throughputs, every window's figure, and the detail of the window
+    closest to the median."""
+    runs = [w["ops_per_sec"] for w in windows]
+    med = statistics.median(runs)
+    detail = min(windows, key=lambda w: abs(w["ops_per_sec"] - med))
+    doc = {"design": design.name, "spec": design.spec, "allocator": design.allocator,
+           "variant": design.variant, "flush": design.flush, "threads": threads,
+           "ops_per_sec": med, "runs": runs, "oversubscribed": oversubscribed,
+           "disturbed": any(disturbed(w) for w in windows)}
+    doc.update((k, v) for k, v in detail.items() if k != "ops_per_sec")
+    return doc
