@@ -18,7 +18,6 @@ machine hits them alike.
 """
 import gzip
 import hashlib
-import importlib
 import os
 import re
 import shutil
@@ -32,33 +31,19 @@ from tabulate import tabulate
 from _common import Failed, Parser, machine_line, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# what `replay` accepted when this was written, for when its names move
-FALLBACK = ("bitmap", "pools", "rbtree", "magazines:fixed", "magazines:list",
-            "magazines:prealloc")
-DEPOTED = "magazines"
 TIMING = re.compile(r"replay: ([0-9.]+) ns/request(?: over ([0-9]+) requests)?")
 
 
 def known_allocators():
-    """allocator[:depot] for everything `replay` accepts, read from the code
-    that defines them, so that a new allocator is measured unasked."""
-    for name in ("harness.registry", "harness.replay"):
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            # a module that is not there; an import error inside one is a bug
-            if e.name != name:
-                raise
-            continue
-        allocs = getattr(mod, "REPLAY_ALLOCATORS", None) or getattr(mod, "ALLOCATORS", None)
-        if not allocs:
-            continue
-        depots = tuple(getattr(mod, "DEPOTS", ()))
-        out = []
-        for a in allocs:
-            out += [a + ":" + d for d in depots] if a == DEPOTED and depots else [a]
-        return out
-    return list(FALLBACK)
+    """allocator[:variant] for everything `replay` accepts, from the
+    registry, so that a new allocator is measured unasked."""
+    import allocators
+    from harness.replay import replayable
+    out = []
+    for name in replayable():
+        variants = allocators.module(name).VARIANTS
+        out += [name + ":" + v for v in variants] if variants else [name]
+    return out
 
 
 def plain_trace(path, tmpdir):
@@ -78,11 +63,11 @@ def plain_trace(path, tmpdir):
 
 def replay(trace, shown, alloc, pages, bitmap_pages):
     """One `replay --timing`: (ns/request, requests or None, sha1 of stdout)."""
-    name, _, depot = alloc.partition(":")
+    name, _, variant = alloc.partition(":")
     cmd = [sys.executable, "-m", "harness.cli", "replay", trace, "--allocator", name,
            "--pages", str(bitmap_pages if name == "bitmap" else pages), "--timing"]
-    if depot:
-        cmd += ["--depot", depot]
+    if variant:
+        cmd += ["--variant", variant]
     # run from the project root, so that this checkout's harness is the one run
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True)
     err = r.stderr.decode(errors="replace").strip().splitlines()
@@ -104,7 +89,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=5, metavar="N",
                     help="replays of each trace by each allocator; the median is shown")
     ap.add_argument("--allocators", metavar="LIST",
-                    help="allocator[:depot] list (default: all `replay` accepts: %s)"
+                    help="allocator[:variant] list (default: all `replay` accepts: %s)"
                          % ",".join(known))
     ap.add_argument("--pages", type=int, default=1 << 20, metavar="N",
                     help="IOVA space in pages (default: %(default)s)")

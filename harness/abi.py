@@ -152,6 +152,7 @@ COUNTERS = _line([
     ("t_start", np.int64),            # cycle counter when it saw the window open ...
     ("t_end", np.int64),              # ... and close: its own window, exactly
     ("next_trim", np.int64),          # when it runs the allocator's trim next
+    ("ticks", np.int64),              # looks at the clock and the phase (harness/loop.py)
 ])
 STATUS_RAN, STATUS_ABORTED = 1, 2
 

@@ -66,6 +66,7 @@ class Raw:
     series: list = None               # --diag: samples of the window, once a second
     rogue: bool = False
     cores: int = 1                    # cores the workers may run on
+    device_modelled: bool = False     # the device's time per I/O is waited for
     preemptions: list = None          # per busy process (workers, then the rogue device)
     steal_ns: float = 0.0             # the hypervisor's, on those cores
 
@@ -370,7 +371,8 @@ class Bench:
                    alloc_locks=[lockmod.class_stats(st.lk) for st in self.states[i]],
                    fq_locks=lockmod.class_stats(env.fq.lk), alloc_stats=alloc_stats,
                    footprint=footprint, series=series, rogue=bool(self.opts["rogue_device"]),
-                   cores=len(self.cores), preemptions=disturbed[0], steal_ns=disturbed[1])
+                   cores=len(self.cores), preemptions=disturbed[0], steal_ns=disturbed[1],
+                   device_modelled=bool(env.cfg[0]["device_cycles"]))
 
     def _window_times(self):
         """The window's deadlines, which the workers keep, on perf_counter's clock."""

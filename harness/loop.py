@@ -196,6 +196,7 @@ def tick(free, trim, sts, env, w, cpu, ops, seen):
     ph = clock(env.ctl, now)
     c = env.cnt[w]
     c.ops_live = ops
+    c.ticks += 1
     if ph != seen:
         if seen < PH_MEASURE and ph >= PH_MEASURE:
             c.ops_start = ops

@@ -120,6 +120,23 @@ def ops_per_sec(raw):
     return float(sum(o / s for o, s in zip(ops, span) if s > 0))
 
 
+def clock_reads_per_io(raw):
+    """Reads of the cycle counter per I/O on the measured path, waits and
+    diagnostics aside: the loop's ticks, the device's completion stamp and
+    its first poll where device time is modelled, the start of every
+    unmap's exposure window, and two per invalidation (its submission to
+    the unit and its first poll for completion)."""
+    ops = int(raw.cnt["ops"].sum())
+    if not ops:
+        return 0.0
+    reads = int(raw.cnt["ticks"].sum()) + 2 * int(raw.io_stats[:, iommu.S_INV].sum())
+    if raw.design.translates:
+        reads += int(raw.cnt["unmaps"].sum())
+    if raw.device_modelled:
+        reads += 2 * ops
+    return reads / ops
+
+
 # ------------------------------------------------------------- breakdown
 
 def breakdown(raw, lock_rows):
@@ -234,6 +251,7 @@ def window(raw):
         "unmaps": int(raw.cnt["unmaps"].sum()),
         "device_wait_ns": float(raw.cnt["device_wait_cycles"].sum() / cpn),
         "handoff_wait_ns": float(raw.cnt["handoff_wait_cycles"].sum() / cpn),
+        "clock_reads_per_io": clock_reads_per_io(raw),
     }
     out["disturbance"] = disturbance(raw)
     if raw.rogue:

@@ -1,0 +1,84 @@
+"""Readout: raw counters to figures, with no process and no arena."""
+import numpy as np
+import pytest
+
+from harness import abi, designs, dma, readout
+from harness.abi import CTL_T_MEASURE, CTL_T_STOP, LINE
+from harness.bench import Raw
+from hwmodel import iommu, locks
+
+CPN = 2.0                                  # cycles per ns
+
+
+def lock_rows(acq, con):
+    """class_stats rows as the locks return them, for one class."""
+    nw = 2
+    lk = locks.Locks(np.zeros(LINE, np.int64), np.zeros(nw * LINE, np.int64),
+                     np.zeros(nw * LINE, np.int64), np.zeros(LINE, np.int64),
+                     np.zeros(LINE, np.int64))
+    locks.init(lk, "ttas", [0])
+    st = lk.stats.reshape(nw, LINE)
+    st[0, locks.S_ACQ] = acq
+    st[0, locks.S_CONTENDED] = con
+    return locks.class_stats(lk)
+
+
+def raw(design="bitmap", threads=2, consumers=0, ops=(1000, 3000), window_cycles=2e9):
+    d = designs.resolve(design)
+    cnt = np.zeros(threads, dtype=abi.COUNTERS)
+    cnt["ops_start"] = 100
+    cnt["ops_end"][:len(ops)] = [100 + o for o in ops]
+    cnt["ops"] = cnt["ops_end"] + 10
+    cnt["t_start"] = 5
+    cnt["t_end"] = 5 + window_cycles
+    cnt["unmaps"] = cnt["ops"]
+    cnt["ticks"] = cnt["ops"] // 16
+    ctl = np.zeros(abi.CTL_WORDS, np.int64)
+    ctl[CTL_T_MEASURE], ctl[CTL_T_STOP] = 5, 5 + window_cycles
+    io = np.zeros((threads, LINE), np.int64)
+    io[:, iommu.S_INV] = cnt["unmaps"]
+    return Raw(design=d, threads=threads, consumers=consumers, cycles_per_ns=CPN, lock_timing=0,
+               ctl=ctl, cnt=cnt, steps=np.zeros(threads, dtype=abi.STEPS), io_stats=io,
+               exp=np.zeros((threads, dma.EXP_WORDS), np.int64),
+               fq_meta=np.zeros((1, LINE), np.int64), alloc_locks=[lock_rows(500, 5)],
+               fq_locks=lock_rows(0, 0) * 2,
+               alloc_stats=np.zeros((threads, len(d.module().STATS)), np.int64),
+               footprint={"start": 8, "peak": 16}, cores=2, preemptions=[0] * threads)
+
+
+def test_throughput_is_each_workers_rate_over_its_own_window():
+    w = readout.window(raw())
+    # 1000 and 3000 I/Os over 1 s each
+    assert w["ops_per_sec"] == pytest.approx(4000.0)
+    assert w["window_s"] == pytest.approx(1.0)
+    assert w["per_worker_ops"] == [1000, 3000]
+
+
+def test_unmap_workers_count_no_io():
+    w = readout.window(raw(threads=3, consumers=1, ops=(1000, 3000)))
+    assert w["per_worker_ops"] == [1000, 3000] and w["unmap_workers"] == 1
+
+
+def test_clock_reads_per_io():
+    w = readout.window(raw())
+    # a tick per 16 I/Os, an exposure stamp per unmap, two reads per invalidation
+    assert w["clock_reads_per_io"] == pytest.approx(1 / 16 + 1 + 2, rel=0.01)
+
+
+def test_disturbance_and_the_point():
+    r = raw()
+    r.preemptions = [0, 3]
+    w = readout.window(r)
+    assert w["disturbance"]["preemptions"] == 3 and w["disturbance"]["preempted"] == 1
+    quiet = readout.window(raw())
+    p = readout.point(designs.resolve("bitmap"), 2, [quiet, w, quiet], oversubscribed=False)
+    assert p["disturbed"] and p["runs"] == [4000.0] * 3 and p["ops_per_sec"] == 4000.0
+    assert p["spec"] == "bitmap+strict" and p["flush"] == "strict"
+
+
+def test_ownership_error_names_page_and_workers():
+    ctl = np.zeros(abi.CTL_WORDS, np.int64)
+    ctl[abi.CTL_ERR_KIND], ctl[abi.CTL_ERR_PAGE] = abi.ERR_DOUBLE_MAP, 77
+    ctl[abi.CTL_ERR_HOLDER], ctl[abi.CTL_ERR_CLAIMANT] = 1, 3
+    assert readout.ownership_error(ctl, "bitmap", 4) == \
+        "double mapping of page 77 in bitmap at 4 threads: held by worker 0, claimed by worker 2"
