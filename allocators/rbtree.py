@@ -758,10 +758,6 @@ def audit(st, p):
     return problems, ranges
 
 
-def ranges(st, p):
-    """The tree's ranges in order, as (pfn_lo, pages)."""
-    return audit(st, p)[1]
-
 
 def check(st, p, live):
     """The red-black rules hold, the node counts add up, and the tree holds

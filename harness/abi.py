@@ -169,8 +169,9 @@ STEPS = _line([
                                       # less the invalidations waited for in it
     ("hypercall_cycles", np.int64),   # PVDMA: the hypercalls of a map and an unmap
     ("access_cycles", np.int64),      # the device's translations through the IOTLB
-    ("service_cycles", np.int64),     # expired flush timers and the trim: every tick
-                                      # of the loop is timed, not one in DIAG_SAMPLE
+    ("service_cycles", np.int64),     # expired flush timers and the trim, less their
+                                      # invalidations: every tick of the loop is timed,
+                                      # not one in DIAG_SAMPLE
 ])
 
 # ------------------------------------------------------------------- rings

@@ -17,16 +17,21 @@ TIMING_HINT = "run with --lock-timing (or --diag) to measure them"
 INVALIDATION_UNIT = "invalidation unit"
 
 BREAKDOWN_PARTS = (
+    ("hypercall", "hypercalls (PVDMA)"),
     ("allocate", "allocate IOVA"),
-    ("page_table", "page table"),
+    ("page_table", "page table (write, clear)"),
+    ("device_access", "device's translations (IOTLB)"),
     ("invalidation_own", "invalidation, own"),
     ("invalidation_queued", "invalidation, queued"),
-    ("free", "free IOVA"),
+    ("free", "free IOVA, or queue it (a full queue's flush and frees)"),
+    ("timers", "flush timers and depot trim"),
     ("device", "device"),
-    ("harness", "harness, unattributed"),
+    ("handoff_wait", "hand-off wait"),
+    ("preempted", "waiting for a CPU (preempted)"),
+    ("harness", "harness (the loop; direct's cost)"),
 )
-# lock waits happen inside allocate and free: a share of them, not a part
-NESTED_PARTS = (("lock_wait", "lock wait (within allocate, free)"),)
+# lock waits happen inside allocate, free and the timers: a share of them
+NESTED_PARTS = (("lock_wait", "lock wait (within allocate, free, timers)"),)
 
 
 # ---------------------------------------------------------------- formatting
@@ -208,7 +213,22 @@ def breakdown_table(point, fmt="simple"):
         notes.append("the parts add up to %.0f ns, more than the total: some overlap" % summed)
     rows.append(["total", "%.1f" % total, "100.00%" if total else "-"])
     rows += [[label, "%.1f" % v, fmt_pct(v, total)] for _, label, v in inner]
+    share = attributed(b)
+    if share is not None:
+        notes.append("named steps: %.1f%% of the total%s" % (
+            100 * share, "; the rest is the harness's loop" if share <= 1 else
+            ": over 100%, the sampled steps ran slower than the unsampled I/Os"))
     return _table(rows, ["per I/O", "ns", "share"], fmt) + ("\n" + "\n".join(notes) if notes else "")
+
+
+def attributed(b):
+    """The share of a breakdown's total that named steps account for (the
+    harness's loop and any gap are not named steps); None without a total."""
+    total = b.get("total")
+    if not total:
+        return None
+    parts, _ = breakdown_parts(b)
+    return sum(v for k, _, v in parts if k != "harness") / total
 
 
 # ---------------------------------------------------------------- allocators

@@ -23,6 +23,16 @@ def involuntary_switches(pid):
     return 0
 
 
+def run_delay_ns(pid):
+    """How long process `pid` has waited on a run queue for a CPU so far
+    (the second field of /proc/PID/schedstat; 0 where it is not kept)."""
+    try:
+        with open("/proc/%d/schedstat" % pid) as f:
+            return int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def steal_ns(cores):
     """Steal time so far of the CPUs `cores`, in ns (0 where the kernel does
     not report it: no hypervisor, or no /proc)."""
@@ -47,9 +57,12 @@ class Snapshot:
         self.pids = list(pids)
         self.cores = set(cores)
         self.switches = [involuntary_switches(p) for p in self.pids]
+        self.delays = [run_delay_ns(p) for p in self.pids]
         self.steal = steal_ns(self.cores)
 
     def since(self, before):
-        """(preemptions of each process, steal ns) from `before` to this one."""
+        """(preemptions of each process, ns each waited for a CPU, steal ns)
+        from `before` to this one."""
         return ([a - b for a, b in zip(self.switches, before.switches)],
+                [a - b for a, b in zip(self.delays, before.delays)],
                 self.steal - before.steal)

@@ -140,9 +140,11 @@ def clock_reads_per_io(raw):
 # ------------------------------------------------------------- breakdown
 
 def breakdown(raw, lock_rows):
-    """ns per I/O of each step: sampled steps scaled by their samples,
-    invalidation and device waits counted in full, the harness what is
-    left of a mapping worker's wall time per I/O."""
+    """ns per I/O of each step of a mapping worker's I/O: the steps of the
+    sampled I/Os (one in DIAG_SAMPLE) per sampled step; the timers and the
+    trim, the invalidations, the device and the hand-off waits counted in
+    full.  What is left of the worker's wall time per I/O is the harness's
+    loop (about what `direct` costs)."""
     cpn = raw.cycles_per_ns
     s = raw.steps
     maps = max(1, int(s["maps"].sum()))
@@ -150,22 +152,33 @@ def breakdown(raw, lock_rows):
     ops_all = max(1, int(raw.cnt["ops"].sum()))
     inv_wait = raw.io_stats[:, iommu.S_INV_WAIT].sum()
     inv_queue = raw.io_stats[:, iommu.S_INV_QUEUE].sum()
+    # each timed step's interval holds one read of the clock too much
+    read = raw.clock_read_cycles
+
+    def step(field, n):
+        return max(0.0, s[field].sum() / n - read) / cpn
+
+    ops = worker_ops(raw)
+    window_ops = max(1, int(ops.sum()))
     out = {
-        "allocate": s["alloc_cycles"].sum() / maps / cpn,
-        "page_table": (s["map_pte_cycles"].sum() / maps + s["unmap_pte_cycles"].sum() / unmaps)
-        / cpn,
+        "hypercall": step("hypercall_cycles", maps) if raw.hypercalls else 0.0,
+        "allocate": step("alloc_cycles", maps),
+        "page_table": step("map_pte_cycles", maps) + step("unmap_pte_cycles", unmaps),
+        "device_access": step("access_cycles", maps),
         "invalidation_own": (inv_wait - inv_queue) / ops_all / cpn,
         "invalidation_queued": inv_queue / ops_all / cpn,
-        "free": s["free_cycles"].sum() / unmaps / cpn,
+        "free": step("free_cycles", unmaps),
+        "timers": s["service_cycles"].sum() / ops_all / cpn,
         "device": raw.cnt["device_wait_cycles"].sum() / ops_all / cpn,
-        "lock_wait": sum(l["wait_ns_total"] for l in lock_rows) / ops_all,
+        "handoff_wait": raw.cnt["handoff_wait_cycles"].sum() / ops_all / cpn,
+        # waiting for a CPU: the mapping workers' run-queue time in the window
+        "preempted": sum((raw.run_delay_ns or [])[:len(ops)]) / window_ops,
     }
-    ops = worker_ops(raw)
-    nprod = len(ops)
-    total = window_seconds(raw) * 1e9 * nprod / max(1, int(ops.sum()))
-    spent = sum(v for k, v in out.items() if k != "lock_wait")
-    out["harness"] = max(0.0, total - spent)
+    total = window_seconds(raw) * 1e9 * len(ops) / window_ops
+    out["harness"] = max(0.0, total - sum(out.values()))
     out["total"] = total
+    # inside allocate, free and the timers: a share of them, not a part
+    out["lock_wait"] = sum(l["wait_ns_total"] for l in lock_rows) / ops_all
     return {k: float(v) for k, v in out.items()}
 
 

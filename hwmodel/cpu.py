@@ -8,6 +8,7 @@ instructions, which are full barriers anyway.
 """
 import time
 
+import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
@@ -74,8 +75,6 @@ def _rmw(op):
 
 fetch_add = _rmw("add")   # returns the old value
 xchg = _rmw("xchg")       # returns the old value
-fetch_or = _rmw("or")
-fetch_and = _rmw("and")
 
 
 @intrinsic
@@ -108,18 +107,6 @@ def store(typingctx, ary, idx, val):
         v = context.cast(builder, v, signature.args[2], types.int64)
         ptr = _element_ptr(context, builder, signature.args[0], a, i)
         builder.store_atomic(v, ptr, "release", 8)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@intrinsic
-def fence(typingctx):
-    """Full memory barrier (mfence on x86)."""
-    sig = types.void()
-
-    def codegen(context, builder, signature, args):
-        builder.fence("seq_cst")
         return context.get_dummy_value()
 
     return sig, codegen
@@ -190,6 +177,22 @@ def busy_wait_cycles(n):
         pause()
 
 
+@njit(cache=True)
+def _clock_pairs(out):
+    for i in range(out.shape[0]):
+        t0 = cycles()
+        out[i] = cycles() - t0
+
+
+def clock_read_cost(tries=4096):
+    """Cycles one read of the cycle counter adds to an interval it closes:
+    the median of back-to-back reads.  On a virtual machine that traps the
+    read it is tens of cycles, enough to bias a step timed between two."""
+    out = np.zeros(tries, dtype=np.int64)
+    _clock_pairs(out)
+    return float(np.median(out))
+
+
 def calibrate(seconds=0.05):
     """Cycles per ns of the counter, measured against perf_counter_ns."""
     read_cycles()  # compile outside the measurement
@@ -249,11 +252,6 @@ def fls(x):
 @njit(cache=True)
 def atomic_load(ary, idx):
     return load(ary, idx)
-
-
-@njit(cache=True)
-def atomic_store(ary, idx, val):
-    store(ary, idx, val)
 
 
 @njit(cache=True)

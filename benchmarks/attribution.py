@@ -1,0 +1,55 @@
+"""Where an I/O's time goes, design by design: the share of a mapping
+worker's wall time per I/O that the named steps of `--diag`'s breakdown
+account for, at each worker count, and what is left (the harness's loop).
+
+    python benchmarks/attribution.py [--designs LIST] [--threads 1,2]
+                                     [--duration 0.5] [--profile vtd-2015]
+"""
+import argparse
+import sys
+
+from tabulate import tabulate
+
+from harness import designs as designmod
+from harness import sweep
+from harness.bench import Bench
+from harness.config import defaults, parse_threads
+from harness.diagnostics import attributed
+from harness.report import header
+from harness.results import machine
+
+DEFAULT = ("bitmap,pools,rbtree,magazines,linux-2008,peleg-2015,linux-6.7,fujita-bitmap,"
+           "power-pools")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--designs", default=DEFAULT)
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--duration", type=float, default=0.5)
+    ap.add_argument("--profile", default="vtd-2015")
+    args = ap.parse_args()
+    names = args.designs.split(",")
+    threads = parse_threads(args.threads)
+    o = defaults()
+    o.update(threads=threads, duration=args.duration, warmup=0.1, repeats=1, diag=True,
+             profile=args.profile)
+    rows = []
+    with Bench(o, [designmod.resolve(n) for n in names]) as bench:
+        for i, n in enumerate(names):
+            for t in threads:
+                p = sweep.measure(bench, i, t, 1)
+                b = p["breakdown_ns"]
+                rows.append([n, "%d%s" % (t, "!" if p["disturbed"] else ""),
+                             "%.1f" % b["total"], "%.1f%%" % (100 * attributed(b)),
+                             "%.1f" % b["harness"]])
+        cpn = bench.cycles_per_ns
+    print(header(machine(cpn)) + "; profile " + args.profile)
+    print(tabulate(rows, headers=["design", "threads", "ns per I/O", "named steps",
+                                  "harness ns"], disable_numparse=True))
+    print("one window of %.1f s each, --diag; ! a worker was preempted in the window"
+          % args.duration)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
