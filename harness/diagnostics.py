@@ -103,7 +103,8 @@ def timing(point, options=None):
     opts = options or {}
     if opts.get("lock_timing") or opts.get("diag"):
         return True, "on"
-    if any(l.get("wait_ns_total") or l.get("hold_ns_total") for l in point.get("locks", [])):
+    if any(l.get("hold_ns_total") or ("acq_bounces" not in l and l.get("wait_ns_total"))
+           for l in point.get("locks", [])):
         return True, "on"
     if options is None and not point.get("locks"):
         return False, "unknown"
@@ -114,7 +115,8 @@ def timing_line(point, options=None):
     on, text = timing(point, options)
     if on:
         return "lock timing: %s (wait and hold columns are measured)" % text
-    return "lock timing: %s: wait and hold columns are not measured; %s" % (text, TIMING_HINT)
+    return ("lock timing: %s: hold columns are not measured (wait columns are, on every "
+            "contention, in this version); %s" % (text, TIMING_HINT))
 
 
 # --------------------------------------------------------------------- locks
@@ -126,12 +128,17 @@ def _lock_rows(point, timed):
         if not acq:
             continue             # a class the design never took (direct's "none")
         con = l.get("contentions", 0)
-        row = {"name": l.get("name", "?"), "acq": acq, "con": con, "handoffs": l.get("handoffs"),
-               "sort": (l.get("wait_ns_total", 0) if timed else 0, con)}
+        # lock_stat's meaning (acq_bounces present): the wait of every
+        # contention is measured, timing or not, and averaged per contention
+        per_con = "acq_bounces" in l
+        row = {"name": l.get("name", "?"), "acq": acq, "con": con,
+               "handoffs": l.get("acq_bounces", l.get("handoffs")),
+               "sort": (l.get("wait_ns_total", 0) if timed or per_con else 0, con)}
         for k in ("wait", "hold"):
-            if timed:
+            if timed or (k == "wait" and per_con):
                 total = l.get("%s_ns_total" % k, 0)
-                row[k] = (l.get("%s_ns_min" % k), total / acq, l.get("%s_ns_max" % k), total)
+                n = con if k == "wait" and per_con else acq
+                row[k] = (l.get("%s_ns_min" % k), total / n if n else 0.0, l.get("%s_ns_max" % k), total)
             else:
                 row[k] = None
         rows.append(row)
@@ -166,10 +173,11 @@ def lock_table(point, fmt="simple", options=None):
             line += [fmt_us(v) for v in r[k]] if r[k] else ["-"] * 4
         line.append(fmt_count(r["handoffs"]))
         out.append(line)
-    notes = ["times in µs; wait runs from asking to holding, uncontended acquisitions "
-             "included, so wait-avg is per acquisition, not per contention as in lock_stat; "
-             "totals are scaled up from the timed acquisitions, min and max are theirs; "
-             "hand-offs: taken by another worker than the last holder"]
+    notes = ["times in µs; wait runs from the first failed attempt to holding, over "
+             "contentions only, so wait-avg is per contention, as in lock_stat (files of "
+             "older versions: per acquisition); hold totals are scaled up from the timed "
+             "acquisitions, min and max are theirs; hand-offs: taken by another worker "
+             "than the last holder (lock_stat's acq-bounces)"]
     if any(r["name"] == INVALIDATION_UNIT for r in rows):
         notes.append("%s: one acquisition per invalidation; wait: queued behind other CPUs' "
                      "flushes; hold: its own latency (measured even without lock timing)"

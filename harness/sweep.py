@@ -332,7 +332,7 @@ class Sweep:
                                                     int(per_worker.sum()))
             stats["diag"] = {"timing": "on: %s; one I/O in %d timed step by step"
                              % ("every lock acquisition timed" if self.lock_timing == 1 else
-                                "one lock acquisition in %d timed, totals scaled"
+                                "one lock hold in %d timed, totals scaled"
                                 % self.lock_timing, dma.DIAG_SAMPLE)}
         problems = self.check(i)
         if problems:
@@ -354,12 +354,12 @@ class Sweep:
         mod = self.designs[i].module()
         rows = [lockmod.class_stats(st.lk) for st in self.states[i]]
         for c, name in enumerate(mod.LOCK_CLASSES):
-            wait = sum(r[c]["wait_cycles"] for r in rows)
+            wait = sum(r[c]["wait_total"] for r in rows)
             if wait > best[1]:
                 best = (name, wait)
         for c, r in enumerate(lockmod.class_stats(self.env.fq.lk)):
-            if r["wait_cycles"] > best[1]:
-                best = (dma.FQ_LOCK_CLASSES[c], r["wait_cycles"])
+            if r["wait_total"] > best[1]:
+                best = (dma.FQ_LOCK_CLASSES[c], r["wait_total"])
         return best
 
     def _window_times(self):
@@ -476,9 +476,9 @@ class Sweep:
             locks.append(dict(name=dma.FQ_LOCK_CLASSES[c], **fqs[c]))
         for l in locks:
             for k in ("wait", "hold"):
-                for suffix in ("cycles", "max", "min"):
+                for suffix in ("total", "max", "min"):
                     v = l.pop("%s_%s" % (k, suffix))
-                    l["%s_ns_%s" % (k, "total" if suffix == "cycles" else suffix)] = v / cpn
+                    l["%s_ns_%s" % (k, suffix)] = v / cpn
         alloc_stats = {}
         if mod.STATS:
             for st in sts:
