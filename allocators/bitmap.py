@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit
 
 from allocators import STAT_LINE
-from hwmodel.cpu import ctz, hot, popcount
+from hwmodel.cpu import ctz, hot, inline_into_callers, popcount
 from hwmodel.locks import acquire, release
 
 NAME = "bitmap"
@@ -145,6 +145,7 @@ def area_alloc(map_, size, start, nr, shift, boundary_size, align_mask, stats, s
 @hot
 def alloc(st, w, cpu, pages, limit):
     """amd_gart_64.c alloc_iommu, align_mask 0 (streaming mappings)."""
+    inline_into_callers()
     s = w * STAT_LINE
     meta = st.meta
     size = meta[M_PAGES]
@@ -175,6 +176,7 @@ def alloc(st, w, cpu, pages, limit):
 def free(st, w, cpu, pfn, pages):
     """amd_gart_64.c free_iommu: clear, and move the hint past a range freed
     at or above it, so the next search does not rescan it."""
+    inline_into_callers()
     meta = st.meta
     acquire(st.lk, BITMAP_LOCK, w)
     set_bits(st.map, pfn, pages, False)
