@@ -68,17 +68,20 @@ def find_next_bit(map_, size, start, want_zero, stats, s):
         word = ~word
     word &= np.uint64(0xFFFFFFFFFFFFFFFF) << np.uint64(start & 63)
     nwords = (size + 63) >> 6
-    while True:
-        stats[s + S_SCANNED] += 1
-        if word != 0:
-            r = (i << 6) + ctz(word)
-            return r if r < size else size
+    first = i
+    while word == 0:
         i += 1
         if i >= nwords:
+            # counted once per search, not per word: the store would
+            # otherwise stay in the loop, as stats may alias the map
+            stats[s + S_SCANNED] += i - first
             return size
         word = map_[i]
         if want_zero:
             word = ~word
+    stats[s + S_SCANNED] += i - first + 1
+    r = (i << 6) + ctz(word)
+    return r if r < size else size
 
 
 @hot

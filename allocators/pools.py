@@ -64,7 +64,7 @@ import numpy as np
 from allocators import PAGE_SHIFT, STAT_LINE
 from allocators import bitmap as _bitmap
 from allocators.bitmap import _population, area_alloc, is_span_boundary, set_bits
-from hwmodel.cpu import hot
+from hwmodel.cpu import hot, inline_into_callers
 from hwmodel.locks import acquire, release
 
 NAME = "pools"
@@ -203,6 +203,7 @@ def _hand_over(lk, held, to, w):
 def alloc(st, w, cpu, pages, limit):
     """iommu_range_alloc without a scatterlist handle, align_order 0.
     Returns the first entry, or -1."""
+    inline_into_callers()
     s = w * STAT_LINE
     stats = st.stats
     if pages <= 0:
@@ -285,6 +286,7 @@ def get_pool(meta, pl, entry):
 def free(st, w, cpu, pfn, pages):
     """__iommu_free: clear the range under the lock of the pool its first
     entry lies in."""
+    inline_into_callers()
     meta = st.meta
     if pfn < 0 or pages <= 0 or pfn + pages > meta[M_PAGES]:
         return
