@@ -46,7 +46,7 @@ from allocators import IOVA_RANGE_CACHE_MAX_SIZE, MAX_GLOBAL_MAGS, STAT_LINE
 from allocators import rbtree
 from allocators.rbtree import (DOMAIN_BYTES, IOVA_ANCHOR, IOVA_BYTES, M_NODES,
                                alloc_locked, free_locked)
-from hwmodel.cpu import cas, fetch_add, fls, hot, load, store
+from hwmodel.cpu import cas, fetch_add, fls, hot, inline_into_callers, load, store
 from hwmodel.locks import acquire, release
 
 NAME = "magazines"
@@ -351,6 +351,7 @@ def _depot_lock(meta, c):
 @hot
 def _rcache_insert(st, w, cpu, c, pfn):
     """__iova_rcache_insert: True if the cache took pfn."""
+    inline_into_callers()
     meta = st.meta
     variant = meta[C_VARIANT]
     ms = meta[C_MAGSIZE]
@@ -444,6 +445,7 @@ def _rcache_insert(st, w, cpu, c, pfn):
 @hot
 def _rcache_get(st, w, cpu, c, limit_pfn):
     """__iova_rcache_get: a cached pfn at or below limit_pfn, or 0."""
+    inline_into_callers()
     meta = st.meta
     variant = meta[C_VARIANT]
     ms = meta[C_MAGSIZE]
@@ -564,6 +566,7 @@ def free_global_cached_iovas(st, w):
 @hot
 def alloc(st, w, cpu, pages, limit):
     """alloc_iova_fast(iovad, pages, limit, true): pfn, or -1."""
+    inline_into_callers()
     if cpu < 0 or cpu >= st.meta[C_NCPUS]:
         raise IndexError("simulated CPU out of range")
     if pages < 1:
@@ -584,13 +587,21 @@ def alloc(st, w, cpu, pages, limit):
             st.stats[s + S_HITS + c] += 1
             return pfn
         st.stats[s + S_MISSES + c] += 1
+    return _alloc_from_tree(st, w, size, limit)
+
+
+@hot
+def _alloc_from_tree(st, w, size, limit):
+    """alloc_iova_fast past the cache: the tree, and once more after every
+    cache is flushed into it.  The footprint can only grow here or with a
+    new magazine, so only these fold it into the peak."""
     t = st.tree
     rbtree.lock(t, w)
     pfn = alloc_locked(t, w, size, limit)
     rbtree.unlock(t, w)
     if pfn == -1:
         # replenish the tree from every cache, then try once more
-        st.stats[s + S_FLUSHES] += 1
+        st.stats[w * STAT_LINE + S_FLUSHES] += 1
         for k in range(st.meta[C_NCPUS]):
             free_cpu_cached_iovas(st, w, k)
         free_global_cached_iovas(st, w)
@@ -606,6 +617,7 @@ def alloc(st, w, cpu, pages, limit):
 def free(st, w, cpu, pfn, pages):
     """free_iova_fast(iovad, pfn, pages): into this CPU's cache, or, for
     an uncached size or a cache that cannot take it, into the tree."""
+    inline_into_callers()
     if cpu < 0 or cpu >= st.meta[C_NCPUS]:
         raise IndexError("simulated CPU out of range")
     if pages < 1:
