@@ -39,7 +39,7 @@ import numpy as np
 from numba import njit
 
 from allocators import PAGE_SHIFT, STAT_LINE
-from hwmodel.cpu import fls, hot
+from hwmodel.cpu import fls, hot, inline_into_callers
 from hwmodel.locks import acquire, release
 
 NAME = "rbtree"
@@ -398,29 +398,34 @@ def _find_limit(nd, meta, limit_pfn, stats, s):
     4 GiB simply the anchor."""
     if limit_pfn > meta[M_DMA32]:
         return ANCHOR
+    # nodes visited are counted in a local and stored once: stats may
+    # alias the nodes, so a store per node would stay in the loop
+    visited = 0
     node = meta[M_ROOT]
     while nd[node * NW + HI] < limit_pfn:
         node = nd[node * NW + RIGHT]
-        stats[s + S_VISITED] += 1
+        visited += 1
     while True:
         left = nd[node * NW + LEFT]
         while left != NIL and nd[left * NW + LO] >= limit_pfn:
             node = left
             left = nd[node * NW + LEFT]
-            stats[s + S_VISITED] += 1
+            visited += 1
         if left == NIL:
-            return node
+            break
         nxt = left
         moved = False
         while nd[nxt * NW + RIGHT] != NIL:
             nxt = nd[nxt * NW + RIGHT]
-            stats[s + S_VISITED] += 1
+            visited += 1
             if nd[nxt * NW + LO] >= limit_pfn:
                 node = nxt
                 moved = True
                 break
         if not moved:
-            return node
+            break
+    stats[s + S_VISITED] += visited
+    return node
 
 
 @hot
@@ -431,9 +436,10 @@ def _insert(nd, meta, new, start, stats, s):
     parent = NIL
     n = start
     go_left = False
+    visited = 0
     while n != NIL:
         parent = n
-        stats[s + S_VISITED] += 1
+        visited += 1
         k = nd[n * NW + LO]
         if key < k:
             n = nd[n * NW + LEFT]
@@ -442,7 +448,9 @@ def _insert(nd, meta, new, start, stats, s):
             n = nd[n * NW + RIGHT]
             go_left = False
         else:
+            stats[s + S_VISITED] += visited
             return False        # the kernel WARNs; unreachable from alloc
+    stats[s + S_VISITED] += visited
     nd[new * NW + PARENT] = parent
     nd[new * NW + COLOR] = RED
     nd[new * NW + LEFT] = NIL
@@ -485,9 +493,10 @@ def alloc_locked(t, w, size, limit):
     low_pfn = start_pfn
     new_pfn = 0
     prev = curr
+    visited = 0
     while True:
         while True:
-            stats[s + S_VISITED] += 1
+            visited += 1
             lo = nd[curr * NW + LO]
             if lo < high_pfn:
                 high_pfn = lo
@@ -505,9 +514,11 @@ def alloc_locked(t, w, size, limit):
                 stats[s + S_RETRIES] += 1
                 continue
             meta[M_MAX32] = size
+            stats[s + S_VISITED] += visited
             stats[s + S_FAILS] += 1
             return -1
         break
+    stats[s + S_VISITED] += visited
     new = meta[M_FREE]
     meta[M_FREE] = nd[new * NW + LEFT]
     nd[new * NW + LO] = new_pfn
@@ -589,6 +600,7 @@ def unlock(t, w):
 @hot
 def alloc(st, w, cpu, pages, limit):
     """alloc_iova(iovad, pages, limit, true)->pfn_lo, or -1."""
+    inline_into_callers()
     acquire(st.lk, TREE_LOCK, w)
     pfn = alloc_locked(st, w, pages, limit)
     release(st.lk, TREE_LOCK, w)
@@ -598,6 +610,7 @@ def alloc(st, w, cpu, pages, limit):
 @hot
 def free(st, w, cpu, pfn, pages):
     """free_iova(iovad, pfn), checking that the range is pfn+pages."""
+    inline_into_callers()
     acquire(st.lk, TREE_LOCK, w)
     free_locked(st, w, pfn, pages)
     release(st.lk, TREE_LOCK, w)
