@@ -242,6 +242,14 @@ def init(st, p):
 # ------------------------------------------------------ the magazine pool
 
 
+@hot(inline="always")
+def _u(i):
+    """An index as unsigned: numba indexes with a signed integer through a
+    test for a negative index (Python's wraparound), which the kernel's C
+    does not have; every index on the cache paths is a real one."""
+    return np.uint64(i)
+
+
 @hot
 def _raise_peak(meta, i, value):
     while True:
@@ -305,15 +313,15 @@ def _mag_free(st, i):
 def _mag_pop(mags, b, limit_pfn):
     """iova_magazine_pop: the topmost pfn at or below limit_pfn, the hole
     it leaves filled with the top entry; 0 if none qualifies."""
-    i = mags[b] - 1
-    while mags[b + 1 + i] > limit_pfn:
+    i = mags[_u(b)] - 1
+    while mags[_u(b + 1 + i)] > limit_pfn:
         if i == 0:
             return 0
         i -= 1
-    pfn = mags[b + 1 + i]
-    n = mags[b] - 1
-    mags[b + 1 + i] = mags[b + 1 + n]
-    mags[b] = n
+    pfn = mags[_u(b + 1 + i)]
+    n = mags[_u(b)] - 1
+    mags[_u(b + 1 + i)] = mags[_u(b + 1 + n)]
+    mags[_u(b)] = n
     return pfn
 
 
@@ -365,31 +373,31 @@ def _rcache_insert(st, w, cpu, c, pfn):
     cl = _cpu_lock(cpu, c)
     dl = _depot_lock(meta, c)
     acquire(st.lk, cl, w)
-    loaded = pcpu[pc + PC_LOADED]
-    prev = pcpu[pc + PC_PREV]
+    loaded = pcpu[_u(pc + PC_LOADED)]
+    prev = pcpu[_u(pc + PC_PREV)]
     can_insert = False
     to_free = -1
-    if mags[loaded * stride] < ms:
+    if mags[_u(loaded * stride)] < ms:
         can_insert = True
     elif variant == PREALLOC:
-        if mags[prev * stride] == 0:
-            pcpu[pc + PC_LOADED] = prev
-            pcpu[pc + PC_PREV] = loaded
+        if mags[_u(prev * stride)] == 0:
+            pcpu[_u(pc + PC_LOADED)] = prev
+            pcpu[_u(pc + PC_PREV)] = loaded
             can_insert = True
         else:
             acquire(st.lk, dl, w)
-            ds = rc[r + RC_SIZE]
+            ds = rc[_u(r + RC_SIZE)]
             if ds < MAX_GLOBAL_MAGS:
                 # swap(depot[ds], prev); swap(prev, loaded)
-                slot = st.depot[c * MAX_GLOBAL_MAGS + ds]
-                moved = mags[prev * stride] - mags[slot * stride]
-                st.depot[c * MAX_GLOBAL_MAGS + ds] = prev
-                pcpu[pc + PC_PREV] = loaded
-                pcpu[pc + PC_LOADED] = slot
-                rc[r + RC_SIZE] = ds + 1
-                rc[r + RC_COUNT] += moved
-                pcpu[pc + PC_COUNT] -= moved
-                st.stats[s + S_PUSHES] += 1
+                slot = st.depot[_u(c * MAX_GLOBAL_MAGS + ds)]
+                moved = mags[_u(prev * stride)] - mags[_u(slot * stride)]
+                st.depot[_u(c * MAX_GLOBAL_MAGS + ds)] = prev
+                pcpu[_u(pc + PC_PREV)] = loaded
+                pcpu[_u(pc + PC_LOADED)] = slot
+                rc[_u(r + RC_SIZE)] = ds + 1
+                rc[_u(r + RC_COUNT)] += moved
+                pcpu[_u(pc + PC_COUNT)] -= moved
+                st.stats[_u(s + S_PUSHES)] += 1
                 can_insert = True
             else:
                 to_free = loaded
@@ -397,14 +405,14 @@ def _rcache_insert(st, w, cpu, c, pfn):
             if to_free != -1:
                 new = _mag_alloc(st)
                 if new != -1:
-                    pcpu[pc + PC_LOADED] = new
-                    pcpu[pc + PC_COUNT] -= mags[to_free * stride]
+                    pcpu[_u(pc + PC_LOADED)] = new
+                    pcpu[_u(pc + PC_COUNT)] -= mags[_u(to_free * stride)]
                     can_insert = True
                 else:
                     to_free = -1
-    elif mags[prev * stride] < ms:
-        pcpu[pc + PC_LOADED] = prev
-        pcpu[pc + PC_PREV] = loaded
+    elif mags[_u(prev * stride)] < ms:
+        pcpu[_u(pc + PC_LOADED)] = prev
+        pcpu[_u(pc + PC_PREV)] = loaded
         can_insert = True
     else:
         new = _mag_alloc(st)
@@ -412,28 +420,28 @@ def _rcache_insert(st, w, cpu, c, pfn):
             acquire(st.lk, dl, w)
             if variant == LIST:
                 # iova_depot_push: the size word becomes the link
-                mags[loaded * stride] = rc[r + RC_HEAD]
-                rc[r + RC_HEAD] = loaded
-                rc[r + RC_SIZE] += 1
-                rc[r + RC_COUNT] += ms
-                rc[r + RC_PENDING] = 1      # schedule_delayed_work
-                st.stats[s + S_PUSHES] += 1
-            elif rc[r + RC_SIZE] < MAX_GLOBAL_MAGS:
-                st.depot[c * MAX_GLOBAL_MAGS + rc[r + RC_SIZE]] = loaded
-                rc[r + RC_SIZE] += 1
-                rc[r + RC_COUNT] += ms
-                st.stats[s + S_PUSHES] += 1
+                mags[_u(loaded * stride)] = rc[_u(r + RC_HEAD)]
+                rc[_u(r + RC_HEAD)] = loaded
+                rc[_u(r + RC_SIZE)] += 1
+                rc[_u(r + RC_COUNT)] += ms
+                rc[_u(r + RC_PENDING)] = 1      # schedule_delayed_work
+                st.stats[_u(s + S_PUSHES)] += 1
+            elif rc[_u(r + RC_SIZE)] < MAX_GLOBAL_MAGS:
+                st.depot[_u(c * MAX_GLOBAL_MAGS + rc[r + RC_SIZE])] = loaded
+                rc[_u(r + RC_SIZE)] += 1
+                rc[_u(r + RC_COUNT)] += ms
+                st.stats[_u(s + S_PUSHES)] += 1
             else:
                 to_free = loaded
             release(st.lk, dl, w)
-            pcpu[pc + PC_COUNT] -= ms
-            pcpu[pc + PC_LOADED] = new
+            pcpu[_u(pc + PC_COUNT)] -= ms
+            pcpu[_u(pc + PC_LOADED)] = new
             can_insert = True
     if can_insert:
-        b = pcpu[pc + PC_LOADED] * stride
-        mags[b + 1 + mags[b]] = pfn
-        mags[b] += 1
-        pcpu[pc + PC_COUNT] += 1
+        b = pcpu[_u(pc + PC_LOADED)] * stride
+        mags[_u(b + 1 + mags[b])] = pfn
+        mags[_u(b)] += 1
+        pcpu[_u(pc + PC_COUNT)] += 1
     release(st.lk, cl, w)
     if to_free != -1:
         # the depot was full: this magazine's IOVAs go back to the tree
@@ -458,52 +466,52 @@ def _rcache_get(st, w, cpu, c, limit_pfn):
     s = w * STAT_LINE
     cl = _cpu_lock(cpu, c)
     acquire(st.lk, cl, w)
-    loaded = pcpu[pc + PC_LOADED]
-    prev = pcpu[pc + PC_PREV]
-    psize = mags[prev * stride]
+    loaded = pcpu[_u(pc + PC_LOADED)]
+    prev = pcpu[_u(pc + PC_PREV)]
+    psize = mags[_u(prev * stride)]
     has_pfn = False
-    if mags[loaded * stride] > 0:
+    if mags[_u(loaded * stride)] > 0:
         has_pfn = True
     elif (psize == ms) if variant == PREALLOC else (psize > 0):
-        pcpu[pc + PC_LOADED] = prev
-        pcpu[pc + PC_PREV] = loaded
+        pcpu[_u(pc + PC_LOADED)] = prev
+        pcpu[_u(pc + PC_PREV)] = loaded
         has_pfn = True
     else:
         dl = _depot_lock(meta, c)
         acquire(st.lk, dl, w)
-        ds = rc[r + RC_SIZE]
+        ds = rc[_u(r + RC_SIZE)]
         if ds > 0:
             if variant == LIST:
                 # iova_depot_pop: the link word becomes the size again
-                mag = rc[r + RC_HEAD]
-                rc[r + RC_HEAD] = mags[mag * stride]
-                mags[mag * stride] = ms
+                mag = rc[_u(r + RC_HEAD)]
+                rc[_u(r + RC_HEAD)] = mags[_u(mag * stride)]
+                mags[_u(mag * stride)] = ms
                 _mag_free(st, loaded)
-                pcpu[pc + PC_LOADED] = mag
+                pcpu[_u(pc + PC_LOADED)] = mag
                 moved = ms
             elif variant == FIXED:
-                mag = st.depot[c * MAX_GLOBAL_MAGS + ds - 1]
+                mag = st.depot[_u(c * MAX_GLOBAL_MAGS + ds - 1)]
                 _mag_free(st, loaded)
-                pcpu[pc + PC_LOADED] = mag
-                moved = mags[mag * stride]
+                pcpu[_u(pc + PC_LOADED)] = mag
+                moved = mags[_u(mag * stride)]
             else:
                 # swap(depot[ds - 1], prev); swap(prev, loaded)
-                slot = st.depot[c * MAX_GLOBAL_MAGS + ds - 1]
-                st.depot[c * MAX_GLOBAL_MAGS + ds - 1] = prev
-                pcpu[pc + PC_PREV] = loaded
-                pcpu[pc + PC_LOADED] = slot
-                moved = mags[slot * stride] - psize
-            rc[r + RC_SIZE] = ds - 1
-            rc[r + RC_COUNT] -= moved
-            pcpu[pc + PC_COUNT] += moved
-            st.stats[s + S_POPS] += 1
+                slot = st.depot[_u(c * MAX_GLOBAL_MAGS + ds - 1)]
+                st.depot[_u(c * MAX_GLOBAL_MAGS + ds - 1)] = prev
+                pcpu[_u(pc + PC_PREV)] = loaded
+                pcpu[_u(pc + PC_LOADED)] = slot
+                moved = mags[_u(slot * stride)] - psize
+            rc[_u(r + RC_SIZE)] = ds - 1
+            rc[_u(r + RC_COUNT)] -= moved
+            pcpu[_u(pc + PC_COUNT)] += moved
+            st.stats[_u(s + S_POPS)] += 1
             has_pfn = True
         release(st.lk, dl, w)
     pfn = 0
     if has_pfn:
-        pfn = _mag_pop(mags, pcpu[pc + PC_LOADED] * stride, limit_pfn)
+        pfn = _mag_pop(mags, pcpu[_u(pc + PC_LOADED)] * stride, limit_pfn)
         if pfn != 0:
-            pcpu[pc + PC_COUNT] -= 1
+            pcpu[_u(pc + PC_COUNT)] -= 1
     release(st.lk, cl, w)
     return pfn
 
@@ -584,9 +592,9 @@ def alloc(st, w, cpu, pages, limit):
             lim = IOVA_ANCHOR
         pfn = _rcache_get(st, w, cpu, c, lim)
         if pfn != 0:
-            st.stats[s + S_HITS + c] += 1
+            st.stats[_u(s + S_HITS + c)] += 1
             return pfn
-        st.stats[s + S_MISSES + c] += 1
+        st.stats[_u(s + S_MISSES + c)] += 1
     return _alloc_from_tree(st, w, size, limit)
 
 
