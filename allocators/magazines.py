@@ -47,6 +47,7 @@ from allocators import rbtree
 from allocators.rbtree import (DOMAIN_BYTES, IOVA_ANCHOR, IOVA_BYTES, M_NODES,
                                alloc_locked, free_locked)
 from hwmodel.cpu import cas, fetch_add, fls, hot, inline_into_callers, load, store
+from hwmodel.cpu import uidx as _u
 from hwmodel.locks import acquire, release
 
 NAME = "magazines"
@@ -240,14 +241,6 @@ def init(st, p):
 
 
 # ------------------------------------------------------ the magazine pool
-
-
-@hot(inline="always")
-def _u(i):
-    """An index as unsigned: numba indexes with a signed integer through a
-    test for a negative index (Python's wraparound), which the kernel's C
-    does not have; every index on the cache paths is a real one."""
-    return np.uint64(i)
 
 
 @hot

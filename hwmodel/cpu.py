@@ -8,6 +8,7 @@ instructions, which are full barriers anyway.
 """
 import time
 
+import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
@@ -41,6 +42,15 @@ def inline_into_callers(typingctx):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@njit(_nrt=False, inline="always")
+def uidx(i):
+    """An array index as unsigned.  Numba indexes with a signed integer
+    through a test for a negative index (Python's wraparound), which C does
+    not have; on a hot path whose indices are all real ones, it only puts
+    instructions between a load and the next that depends on it."""
+    return np.uint64(i)
 
 
 def _element_ptr(context, builder, aryty, ary, idx):

@@ -22,7 +22,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from hwmodel.cpu import cas, cycles, fetch_add, hot, load, pause, sched_yield, store, xchg
+from hwmodel.cpu import cas, cycles, fetch_add, hot, load, pause, sched_yield, store, uidx, xchg
 
 LINE = 16                      # int64 words per 128-byte line
 KINDS = ("tas", "ttas", "ticket", "mcs")
@@ -266,7 +266,7 @@ def acquire(lk, i, w):
     """spin_lock: take lock i as worker w."""
     b = i * LINE
     kind = lk.cfg[C_KIND]
-    cls = lk.word[b + W_CLASS]
+    cls = lk.word[uidx(b + W_CLASS)]
     if kind == TTAS:
         token = _trylock_ttas(lk, b)
     elif kind == TAS:
@@ -278,13 +278,13 @@ def acquire(lk, i, w):
     if token != 0:
         _contended(lk, b, cls, w, kind, token)
     s = _stat_base(lk, cls, w)
-    lk.stats[s + S_ACQ] += 1
+    lk.stats[uidx(s + S_ACQ)] += 1
     # the holder's own line: W_LAST is written only when the lock moves
-    last = lk.word[b + W_LAST]
+    last = lk.word[uidx(b + W_LAST)]
     if last != w + 1:
         if last != 0:
-            lk.stats[s + S_ACQ_BOUNCES] += 1
-        lk.word[b + W_LAST] = w + 1
+            lk.stats[uidx(s + S_ACQ_BOUNCES)] += 1
+        lk.word[uidx(b + W_LAST)] = w + 1
     if lk.cfg[C_TIMING] != 0:
         _hold_begin(lk, s)
 
@@ -294,14 +294,14 @@ def release(lk, i, w):
     """spin_unlock: drop lock i, held by worker w."""
     b = i * LINE
     if lk.cfg[C_TIMING] != 0:
-        _hold_end(lk, _stat_base(lk, lk.word[b + W_CLASS], w))
+        _hold_end(lk, _stat_base(lk, lk.word[uidx(b + W_CLASS)], w))
     kind = lk.cfg[C_KIND]
     if kind == TTAS or kind == TAS:
         store(lk.word, b + W_STATE, 0)
     elif kind == TICKET:
-        store(lk.word, b + W_OWNER, lk.word[b + W_OWNER] + 1)
+        store(lk.word, b + W_OWNER, lk.word[uidx(b + W_OWNER)] + 1)
     else:
-        _release_mcs(lk, b, lk.word[b + W_CLASS], w)
+        _release_mcs(lk, b, lk.word[uidx(b + W_CLASS)], w)
 
 
 def class_stats(lk):
