@@ -252,10 +252,9 @@ def _raise_peak(meta, i, value):
 
 
 @hot
-def _note_bytes(st):
+def _note_bytes(meta, tree_meta):
     """Fold the current kernel-memory footprint into the peak."""
-    meta = st.meta
-    nodes = load(st.tree.meta, M_NODES)
+    nodes = load(tree_meta, M_NODES)
     now = DOMAIN_BYTES + (nodes - 1) * IOVA_BYTES + \
         load(meta, P_LIVE) * meta[C_MAG_BYTES]
     _raise_peak(meta, P_PEAK_BYTES, now)
@@ -283,7 +282,7 @@ def _mag_alloc(st):
     mags[i * stride] = 0
     live = fetch_add(meta, P_LIVE, 1) + 1
     _raise_peak(meta, P_PEAK_MAGS, live)
-    _note_bytes(st)
+    _note_bytes(meta, st.tree.meta)
     return i
 
 
@@ -588,29 +587,31 @@ def alloc(st, w, cpu, pages, limit):
             st.stats[_u(s + S_HITS + c)] += 1
             return pfn
         st.stats[_u(s + S_MISSES + c)] += 1
-    return _alloc_from_tree(st, w, size, limit)
-
-
-@hot
-def _alloc_from_tree(st, w, size, limit):
-    """alloc_iova_fast past the cache: the tree, and once more after every
-    cache is flushed into it.  The footprint can only grow here or with a
-    new magazine, so only these fold it into the peak."""
+    # past the cache, the tree.  The footprint can only grow here or with a
+    # new magazine, so only these fold it into the peak.  (Calls hand over
+    # as little as they can: every array passed costs seven words.)
     t = st.tree
     rbtree.lock(t, w)
     pfn = alloc_locked(t, w, size, limit)
     rbtree.unlock(t, w)
     if pfn == -1:
-        # replenish the tree from every cache, then try once more
-        st.stats[w * STAT_LINE + S_FLUSHES] += 1
-        for k in range(st.meta[C_NCPUS]):
-            free_cpu_cached_iovas(st, w, k)
-        free_global_cached_iovas(st, w)
-        rbtree.lock(t, w)
-        pfn = alloc_locked(t, w, size, limit)
-        rbtree.unlock(t, w)
+        pfn = _flush_and_retry(st, w, size, limit)
     if pfn != -1:
-        _note_bytes(st)
+        _note_bytes(st.meta, t.meta)
+    return pfn
+
+
+@hot
+def _flush_and_retry(st, w, size, limit):
+    """The tree failed: replenish it from every cache, then try once more."""
+    t = st.tree
+    st.stats[w * STAT_LINE + S_FLUSHES] += 1
+    for k in range(st.meta[C_NCPUS]):
+        free_cpu_cached_iovas(st, w, k)
+    free_global_cached_iovas(st, w)
+    rbtree.lock(t, w)
+    pfn = alloc_locked(t, w, size, limit)
+    rbtree.unlock(t, w)
     return pfn
 
 
