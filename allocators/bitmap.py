@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit
 
 from allocators import STAT_LINE
-from hwmodel.cpu import ctz, hot, popcount
+from hwmodel.cpu import ctz, hot, inline_into_callers, popcount, uidx
 from hwmodel.locks import acquire, release
 
 NAME = "bitmap"
@@ -63,22 +63,25 @@ def find_next_bit(map_, size, start, want_zero, stats, s):
     if start >= size:
         return size
     i = start >> 6
-    word = map_[i]
+    word = map_[uidx(i)]
     if want_zero:
         word = ~word
     word &= np.uint64(0xFFFFFFFFFFFFFFFF) << np.uint64(start & 63)
     nwords = (size + 63) >> 6
-    while True:
-        stats[s + S_SCANNED] += 1
-        if word != 0:
-            r = (i << 6) + ctz(word)
-            return r if r < size else size
+    first = i
+    while word == 0:
         i += 1
         if i >= nwords:
+            # counted once per search, not per word: the store would
+            # otherwise stay in the loop, as stats may alias the map
+            stats[uidx(s + S_SCANNED)] += i - first
             return size
-        word = map_[i]
+        word = map_[uidx(i)]
         if want_zero:
             word = ~word
+    stats[uidx(s + S_SCANNED)] += i - first + 1
+    r = (i << 6) + ctz(word)
+    return r if r < size else size
 
 
 @hot
@@ -117,9 +120,9 @@ def set_bits(map_, start, nr, value):
         mask = np.uint64(0xFFFFFFFFFFFFFFFF) if n == 64 else \
             ((np.uint64(1) << np.uint64(n)) - np.uint64(1)) << np.uint64(lo)
         if value:
-            map_[w] |= mask
+            map_[uidx(w)] |= mask
         else:
-            map_[w] &= ~mask
+            map_[uidx(w)] &= ~mask
         i += n
 
 
@@ -145,6 +148,7 @@ def area_alloc(map_, size, start, nr, shift, boundary_size, align_mask, stats, s
 @hot
 def alloc(st, w, cpu, pages, limit):
     """amd_gart_64.c alloc_iommu, align_mask 0 (streaming mappings)."""
+    inline_into_callers()
     s = w * STAT_LINE
     meta = st.meta
     size = meta[M_PAGES]
@@ -154,7 +158,7 @@ def alloc(st, w, cpu, pages, limit):
                         st.stats, s)
     if offset == -1:
         meta[M_NEED_FLUSH] = 1
-        st.stats[s + S_WRAPS] += 1
+        st.stats[uidx(s + S_WRAPS)] += 1
         offset = area_alloc(st.map, size, 0, pages, 0, boundary, 0, st.stats, s)
     if offset != -1:
         meta[M_NEXT_BIT] = offset + pages
@@ -164,9 +168,9 @@ def alloc(st, w, cpu, pages, limit):
         meta[M_LIVE] += pages
         if meta[M_LIVE] > meta[M_PEAK]:
             meta[M_PEAK] = meta[M_LIVE]
-        st.stats[s + S_ALLOCS] += 1
+        st.stats[uidx(s + S_ALLOCS)] += 1
     else:
-        st.stats[s + S_FAILS] += 1
+        st.stats[uidx(s + S_FAILS)] += 1
     release(st.lk, BITMAP_LOCK, w)
     return offset
 
@@ -175,13 +179,14 @@ def alloc(st, w, cpu, pages, limit):
 def free(st, w, cpu, pfn, pages):
     """amd_gart_64.c free_iommu: clear, and move the hint past a range freed
     at or above it, so the next search does not rescan it."""
+    inline_into_callers()
     meta = st.meta
     acquire(st.lk, BITMAP_LOCK, w)
     set_bits(st.map, pfn, pages, False)
     if pfn >= meta[M_NEXT_BIT]:
         meta[M_NEXT_BIT] = pfn + pages
     meta[M_LIVE] -= pages
-    st.stats[w * STAT_LINE + S_FREES] += 1
+    st.stats[uidx(w * STAT_LINE + S_FREES)] += 1
     release(st.lk, BITMAP_LOCK, w)
 
 

@@ -46,7 +46,8 @@ from allocators import IOVA_RANGE_CACHE_MAX_SIZE, MAX_GLOBAL_MAGS, STAT_LINE
 from allocators import rbtree
 from allocators.rbtree import (DOMAIN_BYTES, IOVA_ANCHOR, IOVA_BYTES, M_NODES,
                                alloc_locked, free_locked)
-from hwmodel.cpu import cas, fetch_add, fls, hot, load, store
+from hwmodel.cpu import cas, fetch_add, fls, hot, inline_into_callers, load, store
+from hwmodel.cpu import uidx as _u
 from hwmodel.locks import acquire, release
 
 NAME = "magazines"
@@ -254,10 +255,9 @@ def _raise_peak(meta, i, value):
 
 
 @hot
-def _note_bytes(st):
+def _note_bytes(meta, tree_meta):
     """Fold the current kernel-memory footprint into the peak."""
-    meta = st.meta
-    nodes = load(st.tree.meta, M_NODES)
+    nodes = load(tree_meta, M_NODES)
     now = DOMAIN_BYTES + (nodes - 1) * IOVA_BYTES + \
         load(meta, P_LIVE) * meta[C_MAG_BYTES]
     _raise_peak(meta, P_PEAK_BYTES, now)
@@ -285,7 +285,7 @@ def _mag_alloc(st):
     mags[i * stride] = 0
     live = fetch_add(meta, P_LIVE, 1) + 1
     _raise_peak(meta, P_PEAK_MAGS, live)
-    _note_bytes(st)
+    _note_bytes(meta, st.tree.meta)
     return i
 
 
@@ -308,15 +308,15 @@ def _mag_free(st, i):
 def _mag_pop(mags, b, limit_pfn):
     """iova_magazine_pop: the topmost pfn at or below limit_pfn, the hole
     it leaves filled with the top entry; 0 if none qualifies."""
-    i = mags[b] - 1
-    while mags[b + 1 + i] > limit_pfn:
+    i = mags[_u(b)] - 1
+    while mags[_u(b + 1 + i)] > limit_pfn:
         if i == 0:
             return 0
         i -= 1
-    pfn = mags[b + 1 + i]
-    n = mags[b] - 1
-    mags[b + 1 + i] = mags[b + 1 + n]
-    mags[b] = n
+    pfn = mags[_u(b + 1 + i)]
+    n = mags[_u(b)] - 1
+    mags[_u(b + 1 + i)] = mags[_u(b + 1 + n)]
+    mags[_u(b)] = n
     return pfn
 
 
@@ -354,6 +354,7 @@ def _depot_lock(meta, c):
 @hot
 def _rcache_insert(st, w, cpu, c, pfn):
     """__iova_rcache_insert: True if the cache took pfn."""
+    inline_into_callers()
     meta = st.meta
     variant = meta[C_VARIANT]
     ms = meta[C_MAGSIZE]
@@ -367,31 +368,31 @@ def _rcache_insert(st, w, cpu, c, pfn):
     cl = _cpu_lock(cpu, c)
     dl = _depot_lock(meta, c)
     acquire(st.lk, cl, w)
-    loaded = pcpu[pc + PC_LOADED]
-    prev = pcpu[pc + PC_PREV]
+    loaded = pcpu[_u(pc + PC_LOADED)]
+    prev = pcpu[_u(pc + PC_PREV)]
     can_insert = False
     to_free = -1
-    if mags[loaded * stride] < ms:
+    if mags[_u(loaded * stride)] < ms:
         can_insert = True
     elif variant == PREALLOC:
-        if mags[prev * stride] == 0:
-            pcpu[pc + PC_LOADED] = prev
-            pcpu[pc + PC_PREV] = loaded
+        if mags[_u(prev * stride)] == 0:
+            pcpu[_u(pc + PC_LOADED)] = prev
+            pcpu[_u(pc + PC_PREV)] = loaded
             can_insert = True
         else:
             acquire(st.lk, dl, w)
-            ds = rc[r + RC_SIZE]
+            ds = rc[_u(r + RC_SIZE)]
             if ds < MAX_GLOBAL_MAGS:
                 # swap(depot[ds], prev); swap(prev, loaded)
-                slot = st.depot[c * MAX_GLOBAL_MAGS + ds]
-                moved = mags[prev * stride] - mags[slot * stride]
-                st.depot[c * MAX_GLOBAL_MAGS + ds] = prev
-                pcpu[pc + PC_PREV] = loaded
-                pcpu[pc + PC_LOADED] = slot
-                rc[r + RC_SIZE] = ds + 1
-                rc[r + RC_COUNT] += moved
-                pcpu[pc + PC_COUNT] -= moved
-                st.stats[s + S_PUSHES] += 1
+                slot = st.depot[_u(c * MAX_GLOBAL_MAGS + ds)]
+                moved = mags[_u(prev * stride)] - mags[_u(slot * stride)]
+                st.depot[_u(c * MAX_GLOBAL_MAGS + ds)] = prev
+                pcpu[_u(pc + PC_PREV)] = loaded
+                pcpu[_u(pc + PC_LOADED)] = slot
+                rc[_u(r + RC_SIZE)] = ds + 1
+                rc[_u(r + RC_COUNT)] += moved
+                pcpu[_u(pc + PC_COUNT)] -= moved
+                st.stats[_u(s + S_PUSHES)] += 1
                 can_insert = True
             else:
                 to_free = loaded
@@ -399,14 +400,14 @@ def _rcache_insert(st, w, cpu, c, pfn):
             if to_free != -1:
                 new = _mag_alloc(st)
                 if new != -1:
-                    pcpu[pc + PC_LOADED] = new
-                    pcpu[pc + PC_COUNT] -= mags[to_free * stride]
+                    pcpu[_u(pc + PC_LOADED)] = new
+                    pcpu[_u(pc + PC_COUNT)] -= mags[_u(to_free * stride)]
                     can_insert = True
                 else:
                     to_free = -1
-    elif mags[prev * stride] < ms:
-        pcpu[pc + PC_LOADED] = prev
-        pcpu[pc + PC_PREV] = loaded
+    elif mags[_u(prev * stride)] < ms:
+        pcpu[_u(pc + PC_LOADED)] = prev
+        pcpu[_u(pc + PC_PREV)] = loaded
         can_insert = True
     else:
         new = _mag_alloc(st)
@@ -414,28 +415,28 @@ def _rcache_insert(st, w, cpu, c, pfn):
             acquire(st.lk, dl, w)
             if variant == LIST:
                 # iova_depot_push: the size word becomes the link
-                mags[loaded * stride] = rc[r + RC_HEAD]
-                rc[r + RC_HEAD] = loaded
-                rc[r + RC_SIZE] += 1
-                rc[r + RC_COUNT] += ms
-                rc[r + RC_PENDING] = 1      # schedule_delayed_work
-                st.stats[s + S_PUSHES] += 1
-            elif rc[r + RC_SIZE] < MAX_GLOBAL_MAGS:
-                st.depot[c * MAX_GLOBAL_MAGS + rc[r + RC_SIZE]] = loaded
-                rc[r + RC_SIZE] += 1
-                rc[r + RC_COUNT] += ms
-                st.stats[s + S_PUSHES] += 1
+                mags[_u(loaded * stride)] = rc[_u(r + RC_HEAD)]
+                rc[_u(r + RC_HEAD)] = loaded
+                rc[_u(r + RC_SIZE)] += 1
+                rc[_u(r + RC_COUNT)] += ms
+                rc[_u(r + RC_PENDING)] = 1      # schedule_delayed_work
+                st.stats[_u(s + S_PUSHES)] += 1
+            elif rc[_u(r + RC_SIZE)] < MAX_GLOBAL_MAGS:
+                st.depot[_u(c * MAX_GLOBAL_MAGS + rc[r + RC_SIZE])] = loaded
+                rc[_u(r + RC_SIZE)] += 1
+                rc[_u(r + RC_COUNT)] += ms
+                st.stats[_u(s + S_PUSHES)] += 1
             else:
                 to_free = loaded
             release(st.lk, dl, w)
-            pcpu[pc + PC_COUNT] -= ms
-            pcpu[pc + PC_LOADED] = new
+            pcpu[_u(pc + PC_COUNT)] -= ms
+            pcpu[_u(pc + PC_LOADED)] = new
             can_insert = True
     if can_insert:
-        b = pcpu[pc + PC_LOADED] * stride
-        mags[b + 1 + mags[b]] = pfn
-        mags[b] += 1
-        pcpu[pc + PC_COUNT] += 1
+        b = pcpu[_u(pc + PC_LOADED)] * stride
+        mags[_u(b + 1 + mags[b])] = pfn
+        mags[_u(b)] += 1
+        pcpu[_u(pc + PC_COUNT)] += 1
     release(st.lk, cl, w)
     if to_free != -1:
         # the depot was full: this magazine's IOVAs go back to the tree
@@ -447,6 +448,7 @@ def _rcache_insert(st, w, cpu, c, pfn):
 @hot
 def _rcache_get(st, w, cpu, c, limit_pfn):
     """__iova_rcache_get: a cached pfn at or below limit_pfn, or 0."""
+    inline_into_callers()
     meta = st.meta
     variant = meta[C_VARIANT]
     ms = meta[C_MAGSIZE]
@@ -459,52 +461,52 @@ def _rcache_get(st, w, cpu, c, limit_pfn):
     s = w * STAT_LINE
     cl = _cpu_lock(cpu, c)
     acquire(st.lk, cl, w)
-    loaded = pcpu[pc + PC_LOADED]
-    prev = pcpu[pc + PC_PREV]
-    psize = mags[prev * stride]
+    loaded = pcpu[_u(pc + PC_LOADED)]
+    prev = pcpu[_u(pc + PC_PREV)]
+    psize = mags[_u(prev * stride)]
     has_pfn = False
-    if mags[loaded * stride] > 0:
+    if mags[_u(loaded * stride)] > 0:
         has_pfn = True
     elif (psize == ms) if variant == PREALLOC else (psize > 0):
-        pcpu[pc + PC_LOADED] = prev
-        pcpu[pc + PC_PREV] = loaded
+        pcpu[_u(pc + PC_LOADED)] = prev
+        pcpu[_u(pc + PC_PREV)] = loaded
         has_pfn = True
     else:
         dl = _depot_lock(meta, c)
         acquire(st.lk, dl, w)
-        ds = rc[r + RC_SIZE]
+        ds = rc[_u(r + RC_SIZE)]
         if ds > 0:
             if variant == LIST:
                 # iova_depot_pop: the link word becomes the size again
-                mag = rc[r + RC_HEAD]
-                rc[r + RC_HEAD] = mags[mag * stride]
-                mags[mag * stride] = ms
+                mag = rc[_u(r + RC_HEAD)]
+                rc[_u(r + RC_HEAD)] = mags[_u(mag * stride)]
+                mags[_u(mag * stride)] = ms
                 _mag_free(st, loaded)
-                pcpu[pc + PC_LOADED] = mag
+                pcpu[_u(pc + PC_LOADED)] = mag
                 moved = ms
             elif variant == FIXED:
-                mag = st.depot[c * MAX_GLOBAL_MAGS + ds - 1]
+                mag = st.depot[_u(c * MAX_GLOBAL_MAGS + ds - 1)]
                 _mag_free(st, loaded)
-                pcpu[pc + PC_LOADED] = mag
-                moved = mags[mag * stride]
+                pcpu[_u(pc + PC_LOADED)] = mag
+                moved = mags[_u(mag * stride)]
             else:
                 # swap(depot[ds - 1], prev); swap(prev, loaded)
-                slot = st.depot[c * MAX_GLOBAL_MAGS + ds - 1]
-                st.depot[c * MAX_GLOBAL_MAGS + ds - 1] = prev
-                pcpu[pc + PC_PREV] = loaded
-                pcpu[pc + PC_LOADED] = slot
-                moved = mags[slot * stride] - psize
-            rc[r + RC_SIZE] = ds - 1
-            rc[r + RC_COUNT] -= moved
-            pcpu[pc + PC_COUNT] += moved
-            st.stats[s + S_POPS] += 1
+                slot = st.depot[_u(c * MAX_GLOBAL_MAGS + ds - 1)]
+                st.depot[_u(c * MAX_GLOBAL_MAGS + ds - 1)] = prev
+                pcpu[_u(pc + PC_PREV)] = loaded
+                pcpu[_u(pc + PC_LOADED)] = slot
+                moved = mags[_u(slot * stride)] - psize
+            rc[_u(r + RC_SIZE)] = ds - 1
+            rc[_u(r + RC_COUNT)] -= moved
+            pcpu[_u(pc + PC_COUNT)] += moved
+            st.stats[_u(s + S_POPS)] += 1
             has_pfn = True
         release(st.lk, dl, w)
     pfn = 0
     if has_pfn:
-        pfn = _mag_pop(mags, pcpu[pc + PC_LOADED] * stride, limit_pfn)
+        pfn = _mag_pop(mags, pcpu[_u(pc + PC_LOADED)] * stride, limit_pfn)
         if pfn != 0:
-            pcpu[pc + PC_COUNT] -= 1
+            pcpu[_u(pc + PC_COUNT)] -= 1
     release(st.lk, cl, w)
     return pfn
 
@@ -567,6 +569,7 @@ def free_global_cached_iovas(st, w):
 @hot
 def alloc(st, w, cpu, pages, limit):
     """alloc_iova_fast(iovad, pages, limit, true): pfn, or -1."""
+    inline_into_callers()
     if cpu < 0 or cpu >= st.meta[C_NCPUS]:
         raise IndexError("simulated CPU out of range")
     if pages < 1:
@@ -584,24 +587,34 @@ def alloc(st, w, cpu, pages, limit):
             lim = IOVA_ANCHOR
         pfn = _rcache_get(st, w, cpu, c, lim)
         if pfn != 0:
-            st.stats[s + S_HITS + c] += 1
+            st.stats[_u(s + S_HITS + c)] += 1
             return pfn
-        st.stats[s + S_MISSES + c] += 1
+        st.stats[_u(s + S_MISSES + c)] += 1
+    # past the cache, the tree.  The footprint can only grow here or with a
+    # new magazine, so only these fold it into the peak.  (Calls hand over
+    # as little as they can: every array passed costs seven words.)
     t = st.tree
     rbtree.lock(t, w)
     pfn = alloc_locked(t, w, size, limit)
     rbtree.unlock(t, w)
     if pfn == -1:
-        # replenish the tree from every cache, then try once more
-        st.stats[s + S_FLUSHES] += 1
-        for k in range(st.meta[C_NCPUS]):
-            free_cpu_cached_iovas(st, w, k)
-        free_global_cached_iovas(st, w)
-        rbtree.lock(t, w)
-        pfn = alloc_locked(t, w, size, limit)
-        rbtree.unlock(t, w)
+        pfn = _flush_and_retry(st, w, size, limit)
     if pfn != -1:
-        _note_bytes(st)
+        _note_bytes(st.meta, t.meta)
+    return pfn
+
+
+@hot
+def _flush_and_retry(st, w, size, limit):
+    """The tree failed: replenish it from every cache, then try once more."""
+    t = st.tree
+    st.stats[w * STAT_LINE + S_FLUSHES] += 1
+    for k in range(st.meta[C_NCPUS]):
+        free_cpu_cached_iovas(st, w, k)
+    free_global_cached_iovas(st, w)
+    rbtree.lock(t, w)
+    pfn = alloc_locked(t, w, size, limit)
+    rbtree.unlock(t, w)
     return pfn
 
 
@@ -609,6 +622,7 @@ def alloc(st, w, cpu, pages, limit):
 def free(st, w, cpu, pfn, pages):
     """free_iova_fast(iovad, pfn, pages): into this CPU's cache, or, for
     an uncached size or a cache that cannot take it, into the tree."""
+    inline_into_callers()
     if cpu < 0 or cpu >= st.meta[C_NCPUS]:
         raise IndexError("simulated CPU out of range")
     if pages < 1:

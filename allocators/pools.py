@@ -64,7 +64,7 @@ import numpy as np
 from allocators import PAGE_SHIFT, STAT_LINE
 from allocators import bitmap as _bitmap
 from allocators.bitmap import _population, area_alloc, is_span_boundary, set_bits
-from hwmodel.cpu import hot
+from hwmodel.cpu import hot, inline_into_callers, uidx
 from hwmodel.locks import acquire, release
 
 NAME = "pools"
@@ -204,11 +204,12 @@ def _hand_over(lk, held, to, w):
 def alloc(st, w, cpu, pages, limit):
     """iommu_range_alloc without a scatterlist handle, align_order 0.
     Returns the first entry, or -1."""
+    inline_into_callers()
     s = w * STAT_LINE
     stats = st.stats
     if pages <= 0:
         # the kernel WARNs and returns DMA_MAPPING_ERROR
-        stats[s + S_FAILS] += 1
+        stats[uidx(s + S_FAILS)] += 1
         return -1
     meta = st.meta
     pl = st.pool
@@ -222,10 +223,10 @@ def alloc(st, w, cpu, pages, limit):
     npass = 0
     while True:
         b = cur * STAT_LINE
-        start = pl[b + P_HINT]
-        end_ = pl[b + P_END]
+        start = pl[uidx(b + P_HINT)]
+        end_ = pl[uidx(b + P_END)]
         if start >= end_:
-            start = pl[b + P_START]
+            start = pl[uidx(b + P_START)]
         if limit > 0 and end_ > limit:
             end_ = limit + 1
             # The kernel's test below can never be true (start & mask is at
@@ -240,36 +241,36 @@ def alloc(st, w, cpu, pages, limit):
         if n != -1:
             break
         if npass == 0:
-            pl[b + P_HINT] = pl[b + P_START]
+            pl[uidx(b + P_HINT)] = pl[uidx(b + P_START)]
         elif npass <= nr_pools:
             pool_nr = (pool_nr + 1) & (nr_pools - 1)
             cur = _hand_over(st.lk, cur, pool_nr, w)
-            pl[cur * STAT_LINE + P_HINT] = pl[cur * STAT_LINE + P_START]
+            pl[uidx(cur * STAT_LINE + P_HINT)] = pl[uidx(cur * STAT_LINE + P_START)]
         elif npass == nr_pools + 1:
             cur = _hand_over(st.lk, cur, LARGE_POOL, w)
-            pl[cur * STAT_LINE + P_HINT] = pl[cur * STAT_LINE + P_START]
+            pl[uidx(cur * STAT_LINE + P_HINT)] = pl[uidx(cur * STAT_LINE + P_START)]
         else:
             break
         npass += 1
-        stats[s + S_PASS_RETRIES] += 1
+        stats[uidx(s + S_PASS_RETRIES)] += 1
     if n == -1:
-        stats[s + S_FAILS] += 1
+        stats[uidx(s + S_FAILS)] += 1
         release(st.lk, cur, w)
         return -1
     end = n + pages
     if largealloc:
         # large ranges are packed: rounding would waste the large pool
-        pl[b + P_HINT] = end
+        pl[uidx(b + P_HINT)] = end
     else:
         # small ones start a fresh block (a TCE cache line) each
         bs = meta[M_BLOCKSIZE]
-        pl[b + P_HINT] = (end + bs - 1) & ~(bs - 1)
-    pl[b + P_USED] += pages
-    if n < pl[b + P_START] or end > pl[b + P_END] - 1:
-        pl[b + P_STRAY] = 1
-    stats[s + S_ALLOCS] += 1
+        pl[uidx(b + P_HINT)] = (end + bs - 1) & ~(bs - 1)
+    pl[uidx(b + P_USED)] += pages
+    if n < pl[uidx(b + P_START)] or end > pl[uidx(b + P_END)] - 1:
+        pl[uidx(b + P_STRAY)] = 1
+    stats[uidx(s + S_ALLOCS)] += 1
     if cur != first:
-        stats[s + S_SPILLS] += 1
+        stats[uidx(s + S_SPILLS)] += 1
     release(st.lk, cur, w)
     return n
 
@@ -277,7 +278,7 @@ def alloc(st, w, cpu, pages, limit):
 @hot
 def get_pool(meta, pl, entry):
     """The pool whose lock guards `entry`, by position alone."""
-    if entry >= pl[LARGE_POOL * STAT_LINE + P_START]:
+    if entry >= pl[uidx(LARGE_POOL * STAT_LINE + P_START)]:
         return LARGE_POOL
     return entry // meta[M_POOLSIZE]
 
@@ -286,14 +287,15 @@ def get_pool(meta, pl, entry):
 def free(st, w, cpu, pfn, pages):
     """__iommu_free: clear the range under the lock of the pool its first
     entry lies in."""
+    inline_into_callers()
     meta = st.meta
     if pfn < 0 or pages <= 0 or pfn + pages > meta[M_PAGES]:
         return
     cur = get_pool(meta, st.pool, pfn)
     acquire(st.lk, cur, w)
     set_bits(st.map, pfn, pages, False)
-    st.pool[cur * STAT_LINE + P_USED] -= pages
-    st.stats[w * STAT_LINE + S_FREES] += 1
+    st.pool[uidx(cur * STAT_LINE + P_USED)] -= pages
+    st.stats[uidx(w * STAT_LINE + S_FREES)] += 1
     release(st.lk, cur, w)
 
 

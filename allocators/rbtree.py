@@ -39,7 +39,7 @@ import numpy as np
 from numba import njit
 
 from allocators import PAGE_SHIFT, STAT_LINE
-from hwmodel.cpu import fls, hot
+from hwmodel.cpu import fls, hot, inline_into_callers
 from hwmodel.locks import acquire, release
 
 NAME = "rbtree"
@@ -142,39 +142,48 @@ def init(st, p):
 # ---------------------------------------------------------------- the tree
 
 
+@hot(inline="always")
+def _ix(n, field):
+    """The index of a field of node n, unsigned: numba indexes with a signed
+    integer through a test for a negative index (Python's wraparound), three
+    more instructions between loading a link and loading the node it names,
+    on every step of a walk that is all such steps."""
+    return np.uint64(n * NW + field)
+
+
 @hot
 def _rb_prev(nd, n):
     """The in-order predecessor of n, or NIL."""
-    c = nd[n * NW + LEFT]
+    c = nd[_ix(n, LEFT)]
     if c != NIL:
         n = c
-        c = nd[n * NW + RIGHT]
+        c = nd[_ix(n, RIGHT)]
         while c != NIL:
             n = c
-            c = nd[n * NW + RIGHT]
+            c = nd[_ix(n, RIGHT)]
         return n
-    p = nd[n * NW + PARENT]
-    while p != NIL and n == nd[p * NW + LEFT]:
+    p = nd[_ix(n, PARENT)]
+    while p != NIL and n == nd[_ix(p, LEFT)]:
         n = p
-        p = nd[n * NW + PARENT]
+        p = nd[_ix(n, PARENT)]
     return p
 
 
 @hot
 def _rb_next(nd, n):
     """The in-order successor of n, or NIL."""
-    c = nd[n * NW + RIGHT]
+    c = nd[_ix(n, RIGHT)]
     if c != NIL:
         n = c
-        c = nd[n * NW + LEFT]
+        c = nd[_ix(n, LEFT)]
         while c != NIL:
             n = c
-            c = nd[n * NW + LEFT]
+            c = nd[_ix(n, LEFT)]
         return n
-    p = nd[n * NW + PARENT]
-    while p != NIL and n == nd[p * NW + RIGHT]:
+    p = nd[_ix(n, PARENT)]
+    while p != NIL and n == nd[_ix(p, RIGHT)]:
         n = p
-        p = nd[n * NW + PARENT]
+        p = nd[_ix(n, PARENT)]
     return p
 
 
@@ -182,10 +191,10 @@ def _rb_next(nd, n):
 def _change_child(nd, meta, old, new, parent):
     """Make `new` take `old`'s place under `parent` (or at the root)."""
     if parent != NIL:
-        if nd[parent * NW + LEFT] == old:
-            nd[parent * NW + LEFT] = new
+        if nd[_ix(parent, LEFT)] == old:
+            nd[_ix(parent, LEFT)] = new
         else:
-            nd[parent * NW + RIGHT] = new
+            nd[_ix(parent, RIGHT)] = new
     else:
         meta[M_ROOT] = new
 
@@ -194,11 +203,11 @@ def _change_child(nd, meta, old, new, parent):
 def _rotate_set_parents(nd, meta, old, new, color):
     """After a rotation: `new` takes over `old`'s parent and colour, `old`
     goes under `new` with the given colour."""
-    parent = nd[old * NW + PARENT]
-    nd[new * NW + PARENT] = parent
-    nd[new * NW + COLOR] = nd[old * NW + COLOR]
-    nd[old * NW + PARENT] = new
-    nd[old * NW + COLOR] = color
+    parent = nd[_ix(old, PARENT)]
+    nd[_ix(new, PARENT)] = parent
+    nd[_ix(new, COLOR)] = nd[_ix(old, COLOR)]
+    nd[_ix(old, PARENT)] = new
+    nd[_ix(old, COLOR)] = color
     _change_child(nd, meta, old, new, parent)
 
 
@@ -207,47 +216,47 @@ def _insert_color(nd, meta, node):
     """Rebalance after linking a red leaf (lib/rbtree.c __rb_insert).  As in
     _erase_color, one body serves both mirror cases: `far` is the uncle's
     side, `near` the parent's."""
-    parent = nd[node * NW + PARENT]
+    parent = nd[_ix(node, PARENT)]
     while True:
         if parent == NIL:
             # the root is black
-            nd[node * NW + COLOR] = BLACK
+            nd[_ix(node, COLOR)] = BLACK
             return
-        if nd[parent * NW + COLOR] == BLACK:
+        if nd[_ix(parent, COLOR)] == BLACK:
             return
-        gparent = nd[parent * NW + PARENT]   # a red parent is never the root
-        if parent != nd[gparent * NW + RIGHT]:
+        gparent = nd[_ix(parent, PARENT)]   # a red parent is never the root
+        if parent != nd[_ix(gparent, RIGHT)]:
             far, near = RIGHT, LEFT          # parent is the left child
         else:
             far, near = LEFT, RIGHT
-        tmp = nd[gparent * NW + far]
-        if tmp != NIL and nd[tmp * NW + COLOR] == RED:
+        tmp = nd[_ix(gparent, far)]
+        if tmp != NIL and nd[_ix(tmp, COLOR)] == RED:
             # red uncle: push the blackness down, continue from gparent
-            nd[tmp * NW + COLOR] = BLACK
-            nd[parent * NW + COLOR] = BLACK
+            nd[_ix(tmp, COLOR)] = BLACK
+            nd[_ix(parent, COLOR)] = BLACK
             node = gparent
-            parent = nd[node * NW + PARENT]
-            nd[node * NW + COLOR] = RED
+            parent = nd[_ix(node, PARENT)]
+            nd[_ix(node, COLOR)] = RED
             continue
-        tmp = nd[parent * NW + far]
+        tmp = nd[_ix(parent, far)]
         if node == tmp:
             # inner grandchild: rotate it outside, at parent
-            tmp = nd[node * NW + near]
-            nd[parent * NW + far] = tmp
-            nd[node * NW + near] = parent
+            tmp = nd[_ix(node, near)]
+            nd[_ix(parent, far)] = tmp
+            nd[_ix(node, near)] = parent
             if tmp != NIL:
-                nd[tmp * NW + PARENT] = parent
-                nd[tmp * NW + COLOR] = BLACK
-            nd[parent * NW + PARENT] = node
-            nd[parent * NW + COLOR] = RED
+                nd[_ix(tmp, PARENT)] = parent
+                nd[_ix(tmp, COLOR)] = BLACK
+            nd[_ix(parent, PARENT)] = node
+            nd[_ix(parent, COLOR)] = RED
             parent = node
-            tmp = nd[node * NW + far]
+            tmp = nd[_ix(node, far)]
         # outer grandchild: rotate at gparent
-        nd[gparent * NW + near] = tmp
-        nd[parent * NW + far] = gparent
+        nd[_ix(gparent, near)] = tmp
+        nd[_ix(parent, far)] = gparent
         if tmp != NIL:
-            nd[tmp * NW + PARENT] = gparent
-            nd[tmp * NW + COLOR] = BLACK
+            nd[_ix(tmp, PARENT)] = gparent
+            nd[_ix(tmp, COLOR)] = BLACK
         _rotate_set_parents(nd, meta, gparent, parent, RED)
         return
 
@@ -260,54 +269,54 @@ def _erase_color(nd, meta, parent):
     node's, so one body serves both."""
     node = NIL
     while True:
-        if node != nd[parent * NW + RIGHT]:
+        if node != nd[_ix(parent, RIGHT)]:
             far, near = RIGHT, LEFT         # node is the left child (possibly NIL)
         else:
             far, near = LEFT, RIGHT
-        sibling = nd[parent * NW + far]
-        if nd[sibling * NW + COLOR] == RED:
+        sibling = nd[_ix(parent, far)]
+        if nd[_ix(sibling, COLOR)] == RED:
             # red sibling: rotate at parent so the sibling is black
-            tmp1 = nd[sibling * NW + near]
-            nd[parent * NW + far] = tmp1
-            nd[sibling * NW + near] = parent
-            nd[tmp1 * NW + PARENT] = parent
-            nd[tmp1 * NW + COLOR] = BLACK
+            tmp1 = nd[_ix(sibling, near)]
+            nd[_ix(parent, far)] = tmp1
+            nd[_ix(sibling, near)] = parent
+            nd[_ix(tmp1, PARENT)] = parent
+            nd[_ix(tmp1, COLOR)] = BLACK
             _rotate_set_parents(nd, meta, parent, sibling, RED)
             sibling = tmp1
-        tmp1 = nd[sibling * NW + far]
-        if tmp1 == NIL or nd[tmp1 * NW + COLOR] == BLACK:
-            tmp2 = nd[sibling * NW + near]
-            if tmp2 == NIL or nd[tmp2 * NW + COLOR] == BLACK:
+        tmp1 = nd[_ix(sibling, far)]
+        if tmp1 == NIL or nd[_ix(tmp1, COLOR)] == BLACK:
+            tmp2 = nd[_ix(sibling, near)]
+            if tmp2 == NIL or nd[_ix(tmp2, COLOR)] == BLACK:
                 # black sibling with black children: recolour, and go up
                 # unless the parent can absorb the missing black
-                nd[sibling * NW + PARENT] = parent
-                nd[sibling * NW + COLOR] = RED
-                if nd[parent * NW + COLOR] == RED:
-                    nd[parent * NW + COLOR] = BLACK
+                nd[_ix(sibling, PARENT)] = parent
+                nd[_ix(sibling, COLOR)] = RED
+                if nd[_ix(parent, COLOR)] == RED:
+                    nd[_ix(parent, COLOR)] = BLACK
                 else:
                     node = parent
-                    parent = nd[node * NW + PARENT]
+                    parent = nd[_ix(node, PARENT)]
                     if parent != NIL:
                         continue
                 return
             # red inner nephew: rotate at the sibling
-            tmp1 = nd[tmp2 * NW + far]
-            nd[sibling * NW + near] = tmp1
-            nd[tmp2 * NW + far] = sibling
-            nd[parent * NW + far] = tmp2
+            tmp1 = nd[_ix(tmp2, far)]
+            nd[_ix(sibling, near)] = tmp1
+            nd[_ix(tmp2, far)] = sibling
+            nd[_ix(parent, far)] = tmp2
             if tmp1 != NIL:
-                nd[tmp1 * NW + PARENT] = sibling
-                nd[tmp1 * NW + COLOR] = BLACK
+                nd[_ix(tmp1, PARENT)] = sibling
+                nd[_ix(tmp1, COLOR)] = BLACK
             tmp1 = sibling
             sibling = tmp2
         # red outer nephew: rotate at parent and recolour
-        tmp2 = nd[sibling * NW + near]
-        nd[parent * NW + far] = tmp2
-        nd[sibling * NW + near] = parent
-        nd[tmp1 * NW + PARENT] = sibling
-        nd[tmp1 * NW + COLOR] = BLACK
+        tmp2 = nd[_ix(sibling, near)]
+        nd[_ix(parent, far)] = tmp2
+        nd[_ix(sibling, near)] = parent
+        nd[_ix(tmp1, PARENT)] = sibling
+        nd[_ix(tmp1, COLOR)] = BLACK
         if tmp2 != NIL:
-            nd[tmp2 * NW + PARENT] = parent
+            nd[_ix(tmp2, PARENT)] = parent
         _rotate_set_parents(nd, meta, parent, sibling, BLACK)
         return
 
@@ -315,60 +324,60 @@ def _erase_color(nd, meta, parent):
 @hot
 def _erase(nd, meta, node):
     """Unlink `node` and rebalance (lib/rbtree.c rb_erase)."""
-    child = nd[node * NW + RIGHT]
-    tmp = nd[node * NW + LEFT]
+    child = nd[_ix(node, RIGHT)]
+    tmp = nd[_ix(node, LEFT)]
     if tmp == NIL:
         # no left child: the right child (red, if any) takes its place
-        parent = nd[node * NW + PARENT]
-        color = nd[node * NW + COLOR]
+        parent = nd[_ix(node, PARENT)]
+        color = nd[_ix(node, COLOR)]
         _change_child(nd, meta, node, child, parent)
         if child != NIL:
-            nd[child * NW + PARENT] = parent
-            nd[child * NW + COLOR] = color
+            nd[_ix(child, PARENT)] = parent
+            nd[_ix(child, COLOR)] = color
             rebalance = NIL
         else:
             rebalance = parent if color == BLACK else NIL
     elif child == NIL:
         # only a left child, necessarily red: it takes node's place
-        parent = nd[node * NW + PARENT]
-        nd[tmp * NW + PARENT] = parent
-        nd[tmp * NW + COLOR] = nd[node * NW + COLOR]
+        parent = nd[_ix(node, PARENT)]
+        nd[_ix(tmp, PARENT)] = parent
+        nd[_ix(tmp, COLOR)] = nd[_ix(node, COLOR)]
         _change_child(nd, meta, node, tmp, parent)
         rebalance = NIL
     else:
         # two children: the successor takes node's place
         successor = child
-        tmp = nd[child * NW + LEFT]
+        tmp = nd[_ix(child, LEFT)]
         if tmp == NIL:
             # the successor is the right child itself
             parent = successor
-            child2 = nd[successor * NW + RIGHT]
+            child2 = nd[_ix(successor, RIGHT)]
         else:
             # the successor is the leftmost node of the right subtree
             while True:
                 parent = successor
                 successor = tmp
-                tmp = nd[tmp * NW + LEFT]
+                tmp = nd[_ix(tmp, LEFT)]
                 if tmp == NIL:
                     break
-            child2 = nd[successor * NW + RIGHT]
-            nd[parent * NW + LEFT] = child2
-            nd[successor * NW + RIGHT] = child
-            nd[child * NW + PARENT] = successor
-        tmp = nd[node * NW + LEFT]
-        nd[successor * NW + LEFT] = tmp
-        nd[tmp * NW + PARENT] = successor
-        up = nd[node * NW + PARENT]
-        up_color = nd[node * NW + COLOR]
+            child2 = nd[_ix(successor, RIGHT)]
+            nd[_ix(parent, LEFT)] = child2
+            nd[_ix(successor, RIGHT)] = child
+            nd[_ix(child, PARENT)] = successor
+        tmp = nd[_ix(node, LEFT)]
+        nd[_ix(successor, LEFT)] = tmp
+        nd[_ix(tmp, PARENT)] = successor
+        up = nd[_ix(node, PARENT)]
+        up_color = nd[_ix(node, COLOR)]
         _change_child(nd, meta, node, successor, up)
         if child2 != NIL:
-            nd[child2 * NW + PARENT] = parent
-            nd[child2 * NW + COLOR] = BLACK
+            nd[_ix(child2, PARENT)] = parent
+            nd[_ix(child2, COLOR)] = BLACK
             rebalance = NIL
         else:
-            rebalance = parent if nd[successor * NW + COLOR] == BLACK else NIL
-        nd[successor * NW + PARENT] = up
-        nd[successor * NW + COLOR] = up_color
+            rebalance = parent if nd[_ix(successor, COLOR)] == BLACK else NIL
+        nd[_ix(successor, PARENT)] = up
+        nd[_ix(successor, COLOR)] = up_color
     if rebalance != NIL:
         _erase_color(nd, meta, rebalance)
 
@@ -381,10 +390,10 @@ def _find(nd, meta, pfn):
     """private_find_iova: the node whose range holds pfn, or NIL."""
     n = meta[M_ROOT]
     while n != NIL:
-        if pfn < nd[n * NW + LO]:
-            n = nd[n * NW + LEFT]
-        elif pfn > nd[n * NW + HI]:
-            n = nd[n * NW + RIGHT]
+        if pfn < nd[_ix(n, LO)]:
+            n = nd[_ix(n, LEFT)]
+        elif pfn > nd[_ix(n, HI)]:
+            n = nd[_ix(n, RIGHT)]
         else:
             return n
     return NIL
@@ -398,59 +407,67 @@ def _find_limit(nd, meta, limit_pfn, stats, s):
     4 GiB simply the anchor."""
     if limit_pfn > meta[M_DMA32]:
         return ANCHOR
+    # nodes visited are counted in a local and stored once: stats may
+    # alias the nodes, so a store per node would stay in the loop
+    visited = 0
     node = meta[M_ROOT]
-    while nd[node * NW + HI] < limit_pfn:
-        node = nd[node * NW + RIGHT]
-        stats[s + S_VISITED] += 1
+    while nd[_ix(node, HI)] < limit_pfn:
+        node = nd[_ix(node, RIGHT)]
+        visited += 1
     while True:
-        left = nd[node * NW + LEFT]
-        while left != NIL and nd[left * NW + LO] >= limit_pfn:
+        left = nd[_ix(node, LEFT)]
+        while left != NIL and nd[_ix(left, LO)] >= limit_pfn:
             node = left
-            left = nd[node * NW + LEFT]
-            stats[s + S_VISITED] += 1
+            left = nd[_ix(node, LEFT)]
+            visited += 1
         if left == NIL:
-            return node
+            break
         nxt = left
         moved = False
-        while nd[nxt * NW + RIGHT] != NIL:
-            nxt = nd[nxt * NW + RIGHT]
-            stats[s + S_VISITED] += 1
-            if nd[nxt * NW + LO] >= limit_pfn:
+        while nd[_ix(nxt, RIGHT)] != NIL:
+            nxt = nd[_ix(nxt, RIGHT)]
+            visited += 1
+            if nd[_ix(nxt, LO)] >= limit_pfn:
                 node = nxt
                 moved = True
                 break
         if not moved:
-            return node
+            break
+    stats[s + S_VISITED] += visited
+    return node
 
 
 @hot
 def _insert(nd, meta, new, start, stats, s):
     """iova_insert_rbtree from `start` (the node above the gap): link as a
     red leaf and rebalance."""
-    key = nd[new * NW + LO]
+    key = nd[_ix(new, LO)]
     parent = NIL
     n = start
     go_left = False
+    visited = 0
     while n != NIL:
         parent = n
-        stats[s + S_VISITED] += 1
-        k = nd[n * NW + LO]
+        visited += 1
+        k = nd[_ix(n, LO)]
         if key < k:
-            n = nd[n * NW + LEFT]
+            n = nd[_ix(n, LEFT)]
             go_left = True
         elif key > k:
-            n = nd[n * NW + RIGHT]
+            n = nd[_ix(n, RIGHT)]
             go_left = False
         else:
+            stats[s + S_VISITED] += visited
             return False        # the kernel WARNs; unreachable from alloc
-    nd[new * NW + PARENT] = parent
-    nd[new * NW + COLOR] = RED
-    nd[new * NW + LEFT] = NIL
-    nd[new * NW + RIGHT] = NIL
+    stats[s + S_VISITED] += visited
+    nd[_ix(new, PARENT)] = parent
+    nd[_ix(new, COLOR)] = RED
+    nd[_ix(new, LEFT)] = NIL
+    nd[_ix(new, RIGHT)] = NIL
     if go_left:
-        nd[parent * NW + LEFT] = new
+        nd[_ix(parent, LEFT)] = new
     else:
-        nd[parent * NW + RIGHT] = new
+        nd[_ix(parent, RIGHT)] = new
     _insert_color(nd, meta, new)
     return True
 
@@ -480,21 +497,22 @@ def alloc_locked(t, w, size, limit):
         stats[s + S_FAILS] += 1
         return -1
     curr = meta[M_CACHED32] if limit_pfn <= dma32 else meta[M_CACHED]
-    retry_pfn = nd[curr * NW + HI]
+    retry_pfn = nd[_ix(curr, HI)]
     high_pfn = limit_pfn
     low_pfn = start_pfn
     new_pfn = 0
     prev = curr
+    visited = 0
     while True:
         while True:
-            stats[s + S_VISITED] += 1
-            lo = nd[curr * NW + LO]
+            visited += 1
+            lo = nd[_ix(curr, LO)]
             if lo < high_pfn:
                 high_pfn = lo
             new_pfn = (high_pfn - size) & align_mask
             prev = curr
             curr = _rb_prev(nd, curr)
-            if curr == NIL or new_pfn > nd[curr * NW + HI] or new_pfn < low_pfn:
+            if curr == NIL or new_pfn > nd[_ix(curr, HI)] or new_pfn < low_pfn:
                 break
         if high_pfn < size or new_pfn < low_pfn:
             if low_pfn == start_pfn and retry_pfn < limit_pfn:
@@ -505,13 +523,15 @@ def alloc_locked(t, w, size, limit):
                 stats[s + S_RETRIES] += 1
                 continue
             meta[M_MAX32] = size
+            stats[s + S_VISITED] += visited
             stats[s + S_FAILS] += 1
             return -1
         break
+    stats[s + S_VISITED] += visited
     new = meta[M_FREE]
-    meta[M_FREE] = nd[new * NW + LEFT]
-    nd[new * NW + LO] = new_pfn
-    nd[new * NW + HI] = new_pfn + size - 1
+    meta[M_FREE] = nd[_ix(new, LEFT)]
+    nd[_ix(new, LO)] = new_pfn
+    nd[_ix(new, HI)] = new_pfn + size - 1
     _insert(nd, meta, new, prev, stats, s)
     meta[M_NODES] += 1
     if meta[M_NODES] > meta[M_PEAK]:
@@ -532,20 +552,20 @@ def _remove(t, w, n):
     nd = t.nodes
     meta = t.meta
     dma32 = meta[M_DMA32]
-    lo = nd[n * NW + LO]
-    hi = nd[n * NW + HI]
+    lo = nd[_ix(n, LO)]
+    hi = nd[_ix(n, HI)]
     # __cached_rbnode_delete_update, before n leaves the tree
     nxt = _rb_next(nd, n)
     c32 = meta[M_CACHED32]
-    if n == c32 or (hi < dma32 and lo >= nd[c32 * NW + LO]):
+    if n == c32 or (hi < dma32 and lo >= nd[_ix(c32, LO)]):
         meta[M_CACHED32] = nxt
     if lo < dma32:
         meta[M_MAX32] = dma32
-    if lo >= nd[meta[M_CACHED] * NW + LO]:
+    if lo >= nd[_ix(meta[M_CACHED], LO)]:
         meta[M_CACHED] = nxt
     _erase(nd, meta, n)
-    nd[n * NW + COLOR] = UNUSED
-    nd[n * NW + LEFT] = meta[M_FREE]
+    nd[_ix(n, COLOR)] = UNUSED
+    nd[_ix(n, LEFT)] = meta[M_FREE]
     meta[M_FREE] = n
     meta[M_NODES] -= 1
     t.stats[w * STAT_LINE + S_FREES] += 1
@@ -558,8 +578,8 @@ def free_locked(t, w, pfn, pages):
     bad free and leaves the tree as it was.  Returns True if freed."""
     nd = t.nodes
     n = _find(nd, t.meta, pfn)
-    if n == NIL or n == ANCHOR or nd[n * NW + LO] != pfn or \
-            (pages > 0 and nd[n * NW + HI] - pfn + 1 != pages):
+    if n == NIL or n == ANCHOR or nd[_ix(n, LO)] != pfn or \
+            (pages > 0 and nd[_ix(n, HI)] - pfn + 1 != pages):
         t.stats[w * STAT_LINE + S_BAD_FREES] += 1
         return False
     _remove(t, w, n)
@@ -573,7 +593,7 @@ def find_locked(t, pfn):
     n = _find(t.nodes, t.meta, pfn)
     if n == NIL or n == ANCHOR:
         return -1, -1
-    return t.nodes[n * NW + LO], t.nodes[n * NW + HI]
+    return t.nodes[_ix(n, LO)], t.nodes[_ix(n, HI)]
 
 
 @hot
@@ -589,6 +609,7 @@ def unlock(t, w):
 @hot
 def alloc(st, w, cpu, pages, limit):
     """alloc_iova(iovad, pages, limit, true)->pfn_lo, or -1."""
+    inline_into_callers()
     acquire(st.lk, TREE_LOCK, w)
     pfn = alloc_locked(st, w, pages, limit)
     release(st.lk, TREE_LOCK, w)
@@ -598,6 +619,7 @@ def alloc(st, w, cpu, pages, limit):
 @hot
 def free(st, w, cpu, pfn, pages):
     """free_iova(iovad, pfn), checking that the range is pfn+pages."""
+    inline_into_callers()
     acquire(st.lk, TREE_LOCK, w)
     free_locked(st, w, pfn, pages)
     release(st.lk, TREE_LOCK, w)

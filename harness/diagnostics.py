@@ -96,11 +96,11 @@ def _table(rows, headers, fmt, right_from=1):
 # -------------------------------------------------------------------- timing
 
 def timing(point, options=None):
-    """(on, text): whether the wait and hold columns were measured.
+    """(on, text): whether the hold columns were measured (the wait of every
+    contention always is, in files of this version).
 
-    The point's own `diag.timing` says so when present; older files are
-    judged by their options, and failing that by whether any time was
-    recorded at all."""
+    The point's own `diag.timing` says so when present; otherwise its run's
+    options, and failing that whether any hold time was recorded at all."""
     diag = point.get("diag")
     if isinstance(diag, dict) and isinstance(diag.get("timing"), str):
         text = diag["timing"]
@@ -108,7 +108,7 @@ def timing(point, options=None):
     opts = options or {}
     if opts.get("lock_timing") or opts.get("diag"):
         return True, "on"
-    if any(l.get("wait_ns_total") or l.get("hold_ns_total") for l in point.get("locks", [])):
+    if any(l.get("hold_ns_total") for l in point.get("locks", [])):
         return True, "on"
     if options is None and not point.get("locks"):
         return False, "unknown"
@@ -118,8 +118,9 @@ def timing(point, options=None):
 def timing_line(point, options=None):
     on, text = timing(point, options)
     if on:
-        return "lock timing: %s (wait and hold columns are measured)" % text
-    return "lock timing: %s: wait and hold columns are not measured; %s" % (text, TIMING_HINT)
+        return "lock timing: %s (hold columns are measured; wait is, on every contention)" % text
+    return ("lock timing: %s: hold columns are not measured (wait is, on every "
+            "contention); %s" % (text, TIMING_HINT))
 
 
 # --------------------------------------------------------------------- locks
@@ -131,12 +132,18 @@ def _lock_rows(point, timed):
         if not acq:
             continue             # a class the design never took (direct's "none")
         con = l.get("contentions", 0)
-        row = {"name": l.get("name", "?"), "acq": acq, "con": con, "handoffs": l.get("handoffs"),
-               "sort": (l.get("wait_ns_total", 0) if timed else 0, con)}
+        # lock_stat's meaning: wait over contentions, always measured; files
+        # of version 1 timed every acquisition, when timing was on
+        per_con = l.get("wait_scope") != "all acquisitions"
+        row = {"name": l.get("name", "?"), "acq": acq, "con": con,
+               "acq_bounces": l.get("acq_bounces"), "con_bounces": l.get("con_bounces"),
+               "sort": (l.get("wait_ns_total", 0) if timed or per_con else 0, con)}
         for k in ("wait", "hold"):
-            if timed:
+            if timed or (k == "wait" and per_con):
                 total = l.get("%s_ns_total" % k, 0)
-                row[k] = (l.get("%s_ns_min" % k), total / acq, l.get("%s_ns_max" % k), total)
+                n = con if k == "wait" and per_con else acq
+                row[k] = (l.get("%s_ns_min" % k), total / n if n else 0.0,
+                          l.get("%s_ns_max" % k), total)
             else:
                 row[k] = None
         rows.append(row)
@@ -145,8 +152,8 @@ def _lock_rows(point, timed):
         n = fl["invalidations"]
         queued = fl.get("invalidation_queue_ns", 0.0)
         own = max(fl.get("invalidation_wait_ns", 0.0) - queued, 0.0)
-        rows.append({"name": INVALIDATION_UNIT, "acq": n, "con": None, "handoffs": None,
-                     "sort": (queued, -1),
+        rows.append({"name": INVALIDATION_UNIT, "acq": n, "con": None, "acq_bounces": None,
+                     "con_bounces": None, "sort": (queued, -1),
                      "wait": (None, queued / n, None, queued),
                      "hold": (None, own / n, None, own)})
     rows.sort(key=lambda r: r["sort"], reverse=True)
@@ -155,26 +162,29 @@ def _lock_rows(point, timed):
 
 def lock_table(point, fmt="simple", options=None):
     """The lock classes in the manner of /proc/lock_stat, times in µs, the
-    class with the most total wait first (then the most contentions)."""
+    class with the most contended wait first (then the most contentions)."""
     timed, _ = timing(point, options)
     rows = _lock_rows(point, timed)
     if not rows:
         return None
-    heads = ["class", "acquisitions", "contentions", "con%",
+    heads = ["class", "con-bounces", "contentions", "con%",
              "wait-min", "wait-avg", "wait-max", "wait-total",
-             "hold-min", "hold-avg", "hold-max", "hold-total", "hand-offs"]
+             "acq-bounces", "acquisitions", "hold-min", "hold-avg", "hold-max", "hold-total"]
     out = []
     for r in rows:
-        line = [r["name"], fmt_count(r["acq"]), fmt_count(r["con"]),
+        line = [r["name"], fmt_count(r["con_bounces"]), fmt_count(r["con"]),
                 fmt_pct(r["con"], r["acq"]) if r["con"] is not None else "-"]
-        for k in ("wait", "hold"):
-            line += [fmt_us(v) for v in r[k]] if r[k] else ["-"] * 4
-        line.append(fmt_count(r["handoffs"]))
+        line += [fmt_us(v) for v in r["wait"]] if r["wait"] else ["-"] * 4
+        line += [fmt_count(r["acq_bounces"]), fmt_count(r["acq"])]
+        line += [fmt_us(v) for v in r["hold"]] if r["hold"] else ["-"] * 4
         out.append(line)
-    notes = ["times in µs; wait runs from asking to holding, uncontended acquisitions "
-             "included, so wait-avg is per acquisition, not per contention as in lock_stat; "
-             "totals are scaled up from the timed acquisitions, min and max are theirs; "
-             "hand-offs: taken by another worker than the last holder"]
+    notes = ["times in µs, as lock_stat means them: wait runs from the first failed attempt "
+             "to holding, over contended acquisitions only (wait-avg is per contention); "
+             "hold over the timed acquisitions, totals scaled up to all; bounces: the "
+             "acquisition found the lock last held by another worker"]
+    if any(r["sort"][0] and r.get("con") is not None for r in rows) and \
+            any(l.get("wait_scope") == "all acquisitions" for l in point.get("locks", [])):
+        notes.append("this file is of format version 1: its wait counts every acquisition")
     if any(r["name"] == INVALIDATION_UNIT for r in rows):
         notes.append("%s: one acquisition per invalidation; wait: queued behind other CPUs' "
                      "flushes; hold: its own latency (measured even without lock timing)"

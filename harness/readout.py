@@ -70,25 +70,25 @@ def _design_lock_rows(classes, alloc_locks, fq_locks, flush):
 
 def lock_waits(classes, alloc_locks, fq_locks):
     """{class name: wait cycles} of every class, for the per-second series."""
-    out = {name: _sum_lock_rows([dom[c] for dom in alloc_locks])["wait_cycles"]
+    out = {name: _sum_lock_rows([dom[c] for dom in alloc_locks])["wait_total"]
            for c, name in enumerate(classes)}
     for c, r in enumerate(fq_locks):
-        out[dma.FQ_LOCK_CLASSES[c]] = r["wait_cycles"]
+        out[dma.FQ_LOCK_CLASSES[c]] = r["wait_total"]
     return out
 
 
 def locks(raw):
-    """The lock table's rows: counts, and times in ns."""
+    """The lock table's rows, with lock_stat's meaning: counts, and times
+    in ns (wait over contended acquisitions, hold over the timed ones)."""
     cpn = raw.cycles_per_ns
     out = []
     for name, r in _design_lock_rows(raw.design.module().LOCK_CLASSES, raw.alloc_locks,
                                      raw.fq_locks, raw.design.flush):
         row = {"name": name}
         for k, v in r.items():
-            for part in ("wait", "hold"):
-                for suffix, new in (("cycles", "total"), ("max", "max"), ("min", "min")):
-                    if k == "%s_%s" % (part, suffix):
-                        k, v = "%s_ns_%s" % (part, new), v / cpn
+            part, _, stat = k.partition("_")
+            if part in ("wait", "hold") and stat in ("total", "min", "max"):
+                k, v = "%s_ns_%s" % (part, stat), v / cpn
             row[k] = v
         out.append(row)
     return out

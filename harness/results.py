@@ -130,9 +130,9 @@ def load(path):
 
 def upgrade(doc):
     """A document of an older version as the current version reads:
-    version 1 points lack `variant` (it is in their spec) and `window_s`;
-    their lock waits counted every acquisition, not only contended ones,
-    which `wait_scope` says."""
+    version 1 points lack `variant` (it is in their spec); their lock waits
+    counted every acquisition, not only contended ones, which `wait_scope`
+    then says, and their `handoffs` are lock_stat's acq-bounces."""
     if doc.get("version") == 1:
         for p in doc["points"]:
             spec = str(p.get("spec", "")).partition("+")[0]
@@ -140,5 +140,7 @@ def upgrade(doc):
             for lock in p.get("locks") or []:
                 if isinstance(lock, dict):
                     lock.setdefault("wait_scope", "all acquisitions")
+                    if "handoffs" in lock:
+                        lock["acq_bounces"] = lock.pop("handoffs")
         doc["version"] = VERSION
     return doc

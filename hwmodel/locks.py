@@ -10,12 +10,19 @@ Userspace cannot disable preemption as `spin_lock` does, so a waiter spins
 `spin_bound` times and then yields the core: a preempted holder (or, for
 ticket and mcs, a preempted next-in-line) needs it back.  Each yield also
 looks at the run's abort word, so that no wait outlives a dead holder.
+
+An uncontended acquisition costs what the kernel's does, one atomic, plus
+the acquisition count and the last-holder word (`acq_bounces`); the wait is
+out of line, and only there is the cycle counter read, as lock_stat times
+only contentions.  Hold times cost two clock reads per acquisition, so they
+are kept only when the timing flag (`C_TIMING`) is set.  `class_stats` says
+what each figure means.
 """
 from collections import namedtuple
 
 import numpy as np
 
-from hwmodel.cpu import cas, cycles, fetch_add, hot, load, pause, sched_yield, store, xchg
+from hwmodel.cpu import cas, cycles, fetch_add, hot, load, pause, sched_yield, store, uidx, xchg
 
 LINE = 16                      # int64 words per 128-byte line
 KINDS = ("tas", "ttas", "ticket", "mcs")
@@ -27,25 +34,28 @@ W_OWNER = 1      # ticket: now serving
 W_LAST = 2       # worker that held it last, for hand-off counts (+1; 0 = never)
 W_CLASS = 3      # lock class, the row of lock_stat it counts in
 
-# Layout of a (class, worker) statistics line.
-S_ACQ = 0
-S_CONTENDED = 1
-S_WAIT = 2       # cycles, when timing is on
-S_HOLD = 3
-S_WAIT_MAX = 4
-S_HOLD_MAX = 5
-S_HANDOFF = 6
-S_T_ACQ = 7      # scratch: when the lock was taken
-S_WAIT_MIN = 8
-S_HOLD_MIN = 9
-S_SAMPLES = 10   # acquisitions timed
-STAT_FIELDS = ("acquisitions", "contentions", "wait_cycles", "hold_cycles",
-               "wait_max", "hold_max", "handoffs")
+# Layout of a (class, worker) statistics line, in the manner of lock_stat
+# (kernel/locking/lockdep.c, struct lock_class_stats).
+S_ACQ = 0            # acquisitions
+S_CONTENDED = 1      # contentions: acquisitions whose first attempt failed
+S_CON_BOUNCES = 2    # contended, and the last holder was another worker
+S_ACQ_BOUNCES = 3    # acquisitions whose last holder was another worker
+S_WAIT = 4           # cycles, first failed attempt to acquisition, contended ones
+S_WAIT_MIN = 5
+S_WAIT_MAX = 6
+S_HOLD = 7           # cycles, acquisition to release, timed ones
+S_HOLD_MIN = 8
+S_HOLD_MAX = 9
+S_TIMED = 10         # acquisitions whose hold was timed
+S_T_ACQ = 11         # scratch: when the timed hold began
+STAT_FIELDS = ("acquisitions", "contentions", "con_bounces", "acq_bounces",
+               "wait_total", "wait_min", "wait_max",
+               "hold_total", "hold_min", "hold_max", "timed")
 
 # Layout of Locks.cfg.
 C_KIND = 0
 C_SPIN = 1
-C_TIMING = 2     # 0: off; n: time one acquisition in n
+C_TIMING = 2     # 0: off; n: time the hold of one acquisition in n
 C_NWORKERS = 3
 C_NCLASSES = 4
 
@@ -106,42 +116,29 @@ def _relax(lk, spins):
     return spins
 
 
-@hot
-def _acquire_tas(lk, b):
-    if xchg(lk.word, b + W_STATE, 1) == 0:
-        return False
-    spins = 0
-    while xchg(lk.word, b + W_STATE, 1) != 0:
-        spins = _relax(lk, spins)
-    return True
+# Each kind has an uncontended attempt, inlined into every caller: one
+# atomic, as the kernel's queued_spin_lock fast path is one cmpxchg.  It
+# returns 0 when it took the lock, else what the wait needs to go on (the
+# ticket drawn + 1, the mcs predecessor); the wait is out of line.
+
+@hot(inline="always")
+def _trylock_tas(lk, b):
+    return xchg(lk.word, b + W_STATE, 1)
 
 
-@hot
-def _acquire_ttas(lk, b):
+@hot(inline="always")
+def _trylock_ttas(lk, b):
     if load(lk.word, b + W_STATE) == 0 and cas(lk.word, b + W_STATE, 0, 1) == 0:
-        return False
-    spins = 0
-    backoff = 1
-    while True:
-        while load(lk.word, b + W_STATE) != 0:
-            spins = _relax(lk, spins)
-        if cas(lk.word, b + W_STATE, 0, 1) == 0:
-            return True
-        for _ in range(backoff):
-            spins = _relax(lk, spins)
-        if backoff < TTAS_BACKOFF_MAX:
-            backoff *= 2
+        return 0
+    return 1
 
 
-@hot
-def _acquire_ticket(lk, b):
+@hot(inline="always")
+def _trylock_ticket(lk, b):
     me = fetch_add(lk.word, b + W_STATE, 1)
     if load(lk.word, b + W_OWNER) == me:
-        return False
-    spins = 0
-    while load(lk.word, b + W_OWNER) != me:
-        spins = _relax(lk, spins)
-    return True
+        return 0
+    return me + 1
 
 
 @hot(inline="always")
@@ -149,19 +146,50 @@ def _qnode(lk, cls, w):
     return (w * lk.cfg[C_NCLASSES] + cls) * LINE
 
 
-@hot
-def _acquire_mcs(lk, b, cls, w):
+@hot(inline="always")
+def _trylock_mcs(lk, b, cls, w):
     node = _qnode(lk, cls, w)
     store(lk.qnode, node + 1, 0)          # next
     store(lk.qnode, node, 1)              # locked: wait for the hand-over
-    pred = xchg(lk.word, b + W_STATE, w + 1)
-    if pred == 0:
-        return False
+    return xchg(lk.word, b + W_STATE, w + 1)
+
+
+@hot
+def _wait_tas(lk, b):
+    spins = 0
+    while xchg(lk.word, b + W_STATE, 1) != 0:
+        spins = _relax(lk, spins)
+
+
+@hot
+def _wait_ttas(lk, b):
+    spins = 0
+    backoff = 1
+    while True:
+        while load(lk.word, b + W_STATE) != 0:
+            spins = _relax(lk, spins)
+        if cas(lk.word, b + W_STATE, 0, 1) == 0:
+            return
+        for _ in range(backoff):
+            spins = _relax(lk, spins)
+        if backoff < TTAS_BACKOFF_MAX:
+            backoff *= 2
+
+
+@hot
+def _wait_ticket(lk, b, me):
+    spins = 0
+    while load(lk.word, b + W_OWNER) != me:
+        spins = _relax(lk, spins)
+
+
+@hot
+def _wait_mcs(lk, cls, w, pred):
+    node = _qnode(lk, cls, w)
     store(lk.qnode, _qnode(lk, cls, pred - 1) + 1, w + 1)
     spins = 0
     while load(lk.qnode, node) != 0:
         spins = _relax(lk, spins)
-    return True
 
 
 @hot
@@ -181,71 +209,119 @@ def _release_mcs(lk, b, cls, w):
 
 
 @hot
-def acquire(lk, i, w):
-    """Take lock i as worker w."""
-    b = i * LINE
-    cls = lk.word[b + W_CLASS]
-    s = _stat_base(lk, cls, w)
-    st = lk.stats
-    every = lk.cfg[C_TIMING]
-    timed = every != 0 and st[s + S_ACQ] % every == 0
-    t0 = cycles() if timed else 0
-    kind = lk.cfg[C_KIND]
+def _contended(lk, b, cls, w, kind, token):
+    """The slow path of an acquisition whose first attempt failed: wait,
+    and count it as lock_stat counts a contention (the wait from the failed
+    attempt to the acquisition, and whether the lock came from another
+    worker).  Only here is the clock read without the timing flag."""
+    t0 = cycles()
     if kind == TAS:
-        contended = _acquire_tas(lk, b)
+        _wait_tas(lk, b)
     elif kind == TTAS:
-        contended = _acquire_ttas(lk, b)
+        _wait_ttas(lk, b)
     elif kind == TICKET:
-        contended = _acquire_ticket(lk, b)
+        _wait_ticket(lk, b, token - 1)
     else:
-        contended = _acquire_mcs(lk, b, cls, w)
-    st[s + S_ACQ] += 1
-    if contended:
-        st[s + S_CONTENDED] += 1
+        _wait_mcs(lk, cls, w, token)
+    wait = cycles() - t0
+    st = lk.stats
+    s = _stat_base(lk, cls, w)
+    st[s + S_CONTENDED] += 1
+    st[s + S_WAIT] += wait
+    if wait > st[s + S_WAIT_MAX]:
+        st[s + S_WAIT_MAX] = wait
+    if wait < st[s + S_WAIT_MIN]:
+        st[s + S_WAIT_MIN] = wait
     last = lk.word[b + W_LAST]
-    if last != w + 1:
-        if last != 0:
-            st[s + S_HANDOFF] += 1
-        lk.word[b + W_LAST] = w + 1
-    if timed:
-        t1 = cycles()
-        wait = t1 - t0
-        st[s + S_WAIT] += wait
-        st[s + S_SAMPLES] += 1
-        if wait > st[s + S_WAIT_MAX]:
-            st[s + S_WAIT_MAX] = wait
-        if wait < st[s + S_WAIT_MIN]:
-            st[s + S_WAIT_MIN] = wait
-        st[s + S_T_ACQ] = t1
+    if last != 0 and last != w + 1:
+        st[s + S_CON_BOUNCES] += 1
 
 
 @hot
-def release(lk, i, w):
-    """Drop lock i, held by worker w."""
-    b = i * LINE
-    cls = lk.word[b + W_CLASS]
-    s = _stat_base(lk, cls, w)
+def _hold_begin(lk, s):
+    """With the timing flag: start timing this hold, one in C_TIMING."""
     st = lk.stats
-    if st[s + S_T_ACQ] != 0:
-        hold = cycles() - st[s + S_T_ACQ]
-        st[s + S_T_ACQ] = 0
-        st[s + S_HOLD] += hold
-        if hold > st[s + S_HOLD_MAX]:
-            st[s + S_HOLD_MAX] = hold
-        if hold < st[s + S_HOLD_MIN]:
-            st[s + S_HOLD_MIN] = hold
+    if st[s + S_ACQ] % lk.cfg[C_TIMING] == 0:
+        st[s + S_T_ACQ] = cycles()
+
+
+@hot
+def _hold_end(lk, s):
+    st = lk.stats
+    t0 = st[s + S_T_ACQ]
+    if t0 == 0:
+        return
+    hold = cycles() - t0
+    st[s + S_T_ACQ] = 0
+    st[s + S_TIMED] += 1
+    st[s + S_HOLD] += hold
+    if hold > st[s + S_HOLD_MAX]:
+        st[s + S_HOLD_MAX] = hold
+    if hold < st[s + S_HOLD_MIN]:
+        st[s + S_HOLD_MIN] = hold
+
+
+@hot(inline="always")
+def acquire(lk, i, w):
+    """spin_lock: take lock i as worker w."""
+    b = i * LINE
     kind = lk.cfg[C_KIND]
-    if kind == TAS or kind == TTAS:
+    cls = lk.word[uidx(b + W_CLASS)]
+    if kind == TTAS:
+        token = _trylock_ttas(lk, b)
+    elif kind == TAS:
+        token = _trylock_tas(lk, b)
+    elif kind == TICKET:
+        token = _trylock_ticket(lk, b)
+    else:
+        token = _trylock_mcs(lk, b, cls, w)
+    if token != 0:
+        _contended(lk, b, cls, w, kind, token)
+    s = _stat_base(lk, cls, w)
+    lk.stats[uidx(s + S_ACQ)] += 1
+    # the holder's own line: W_LAST is written only when the lock moves
+    last = lk.word[uidx(b + W_LAST)]
+    if last != w + 1:
+        if last != 0:
+            lk.stats[uidx(s + S_ACQ_BOUNCES)] += 1
+        lk.word[uidx(b + W_LAST)] = w + 1
+    if lk.cfg[C_TIMING] != 0:
+        _hold_begin(lk, s)
+
+
+@hot(inline="always")
+def release(lk, i, w):
+    """spin_unlock: drop lock i, held by worker w."""
+    b = i * LINE
+    if lk.cfg[C_TIMING] != 0:
+        _hold_end(lk, _stat_base(lk, lk.word[uidx(b + W_CLASS)], w))
+    kind = lk.cfg[C_KIND]
+    if kind == TTAS or kind == TAS:
         store(lk.word, b + W_STATE, 0)
     elif kind == TICKET:
-        store(lk.word, b + W_OWNER, lk.word[b + W_OWNER] + 1)
+        store(lk.word, b + W_OWNER, lk.word[uidx(b + W_OWNER)] + 1)
     else:
-        _release_mcs(lk, b, cls, w)
+        _release_mcs(lk, b, lk.word[uidx(b + W_CLASS)], w)
 
 
 def class_stats(lk):
-    """Per class, the sum over workers: dict of field -> int, plus min/max
-    (of the timed acquisitions)."""
+    """Per class, the sum over workers, as a dict with lock_stat's names
+    (cycles are the cycle counter's):
+
+    acquisitions   every acquisition
+    contentions    acquisitions whose first attempt found the lock taken
+    con_bounces    contentions where the last holder was another worker
+    acq_bounces    acquisitions where the last holder was another worker
+    wait_total, wait_min, wait_max
+                   cycles from the first failed attempt to the acquisition,
+                   over the contentions only (always measured; 0 without any)
+    timed          acquisitions whose hold was timed: all of them with the
+                   timing flag at 1, one in n at n, none when it is off
+    hold_total     cycles from acquisition to release, summed over the timed
+                   holds and scaled up to all acquisitions (exact at 1)
+    hold_min, hold_max
+                   of the timed holds
+    """
     ncls = int(lk.cfg[C_NCLASSES])
     nw = int(lk.cfg[C_NWORKERS])
     st = lk.stats.reshape(ncls, nw, LINE)
@@ -256,19 +332,19 @@ def class_stats(lk):
         wmin = rows[:, S_WAIT_MIN].min()
         hmin = rows[:, S_HOLD_MIN].min()
         acq = int(rows[:, S_ACQ].sum())
-        timed = int(rows[:, S_SAMPLES].sum())
-        # totals of the timed acquisitions, scaled to all of them
+        timed = int(rows[:, S_TIMED].sum())
         scale = acq / timed if timed else 0.0
         out.append({
             "acquisitions": acq,
             "contentions": int(rows[:, S_CONTENDED].sum()),
-            "handoffs": int(rows[:, S_HANDOFF].sum()),
-            "timed": timed,
-            "wait_cycles": int(rows[:, S_WAIT].sum() * scale),
-            "hold_cycles": int(rows[:, S_HOLD].sum() * scale),
-            "wait_max": int(rows[:, S_WAIT_MAX].max()),
-            "hold_max": int(rows[:, S_HOLD_MAX].max()),
+            "con_bounces": int(rows[:, S_CON_BOUNCES].sum()),
+            "acq_bounces": int(rows[:, S_ACQ_BOUNCES].sum()),
+            "wait_total": int(rows[:, S_WAIT].sum()),
             "wait_min": 0 if wmin == big else int(wmin),
+            "wait_max": int(rows[:, S_WAIT_MAX].max()),
+            "timed": timed,
+            "hold_total": int(rows[:, S_HOLD].sum() * scale),
             "hold_min": 0 if hmin == big else int(hmin),
+            "hold_max": int(rows[:, S_HOLD_MAX].max()),
         })
     return out

@@ -2,6 +2,7 @@
 read-modify-write under the lock, and the total must be exact."""
 import multiprocessing as mp
 import os
+import time
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from numba import njit
 
 from harness.arena import Arena
 from hwmodel import locks
-from hwmodel.cpu import calibrate, cycles
+from hwmodel.cpu import atomic_store, calibrate, cycles
 
 WORKERS = 64
 ROUNDS = 1500
@@ -60,9 +61,16 @@ def test_lock_counts_exactly(kind, no_leaks):
         (st,) = locks.class_stats(lk)
         assert st["acquisitions"] == WORKERS * ROUNDS
         assert 0 <= st["contentions"] <= st["acquisitions"]
-        assert st["handoffs"] >= WORKERS - 1     # everyone held it at least once
+        assert st["acq_bounces"] >= WORKERS - 1  # everyone held it at least once
+        assert st["con_bounces"] <= st["contentions"]
+        assert st["con_bounces"] <= st["acq_bounces"]
+        if st["contentions"]:
+            assert st["wait_total"] > 0 and st["wait_max"] >= st["wait_min"] > 0
         if kind in ("ticket", "mcs"):
-            assert st["hold_cycles"] > 0 and st["wait_max"] >= st["wait_min"]
+            assert st["timed"] == WORKERS * ROUNDS
+            assert st["hold_total"] > 0 and st["hold_max"] >= st["hold_min"] > 0
+        else:
+            assert st["timed"] == st["hold_total"] == st["hold_max"] == 0
         # the lock is free again
         if kind in ("tas", "ttas"):
             assert lk.word[locks.W_STATE] == 0
@@ -70,6 +78,94 @@ def test_lock_counts_exactly(kind, no_leaks):
             assert lk.word[locks.W_STATE] == lk.word[locks.W_OWNER] == WORKERS * ROUNDS + 0
         else:
             assert lk.word[locks.W_STATE] == 0
+
+
+@njit(cache=True)
+def _take_and_drop(lk, i, w):
+    locks.acquire(lk, i, w)
+    locks.release(lk, i, w)
+
+
+@njit(cache=True)
+def _take(lk, i, w):
+    locks.acquire(lk, i, w)
+
+
+@njit(cache=True)
+def _drop(lk, i, w):
+    locks.release(lk, i, w)
+
+
+def _private_locks(nworkers, kind, timing=0):
+    v = {n: np.zeros(s, dtype=np.int64) for n, s in locks.layout(1, nworkers, 1)}
+    lk = locks.Locks(v["word"], v["qnode"], v["stats"], v["cfg"], np.zeros(16, dtype=np.int64))
+    locks.init(lk, kind, [0], spin_bound=10, timing=timing)
+    return lk
+
+
+@pytest.mark.parametrize("kind", locks.KINDS)
+def test_uncontended_records_no_wait(kind):
+    """As lock_stat: acquisitions that find the lock free are counted, but
+    have no wait and are no contention; a change of holder is a bounce."""
+    lk = _private_locks(2, kind)
+    for w in (0, 0, 1, 1, 0):
+        _take_and_drop(lk, 0, w)
+    (st,) = locks.class_stats(lk)
+    assert st["acquisitions"] == 5
+    assert st["contentions"] == st["con_bounces"] == 0
+    assert st["wait_total"] == st["wait_min"] == st["wait_max"] == 0
+    assert st["acq_bounces"] == 2                # 0 -> 1 and 1 -> 0
+    assert st["timed"] == st["hold_total"] == 0  # timing off
+
+
+def test_hold_is_timed_with_the_flag():
+    lk = _private_locks(1, "ttas", timing=1)
+    for _ in range(3):
+        _take_and_drop(lk, 0, 0)
+    (st,) = locks.class_stats(lk)
+    assert st["timed"] == 3 and st["hold_total"] > 0
+    assert st["hold_max"] >= st["hold_min"] > 0
+    assert st["wait_total"] == 0
+
+
+@njit(cache=True)
+def _announce_and_take(lk, flag, w):
+    atomic_store(flag, 0, 1)
+    locks.acquire(lk, 0, w)
+    locks.release(lk, 0, w)
+
+
+@pytest.mark.parametrize("kind", locks.KINDS)
+def test_contended_records_a_wait(kind, no_leaks):
+    """A worker that finds the lock held waits until the holder drops it:
+    one contention, a wait of about the time the holder kept it, and a
+    bounce, since the lock comes from another worker."""
+    specs = [(n, np.int64, s) for n, s in locks.layout(1, 2, 1)]
+    specs += [("ctl", np.int64, (16,)), ("flag", np.int64, (16,))]
+    with Arena(specs) as arena:
+        lk = _make(arena, kind, timing=0)
+        flag = arena["flag"]
+        _take(lk, 0, 0)                      # compile before forking
+        _drop(lk, 0, 0)
+        _announce_and_take(lk, flag, 0)
+        flag[0] = 0
+        locks.init(lk, kind, [0], spin_bound=50)
+        _take(lk, 0, 0)                      # worker 0 holds it
+        waiter = mp.get_context("fork").Process(target=_announce_and_take, args=(lk, flag, 1))
+        waiter.start()
+        while flag[0] == 0:
+            time.sleep(0.001)
+        t0 = cycles_now()
+        time.sleep(0.1)
+        held = cycles_now() - t0
+        _drop(lk, 0, 0)
+        waiter.join(60)
+        assert waiter.exitcode == 0
+        (st,) = locks.class_stats(lk)
+        assert st["acquisitions"] == 2
+        assert st["contentions"] == 1
+        assert st["con_bounces"] == 1 and st["acq_bounces"] == 1
+        assert st["wait_total"] == st["wait_min"] == st["wait_max"] >= held // 2
 
 
 def test_abort_ends_a_wait():

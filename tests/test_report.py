@@ -30,7 +30,8 @@ SPECS = {"direct": ("direct", "direct"), "rbtree": ("rbtree+strict", "rbtree"),
 
 def lock(name, acq, con, wait, hold=None, handoffs=0):
     hold = wait / 2 if hold is None else hold
-    return {"name": name, "acquisitions": acq, "contentions": con, "handoffs": handoffs,
+    return {"name": name, "acquisitions": acq, "contentions": con, "acq_bounces": handoffs,
+            "con_bounces": min(con, handoffs),
             "wait_ns_total": wait, "wait_ns_max": wait / 10 if acq else 0.0,
             "wait_ns_min": 20.0 if acq else 0.0, "hold_ns_total": hold,
             "hold_ns_max": hold / 10 if acq else 0.0, "hold_ns_min": 30.0 if acq else 0.0}
