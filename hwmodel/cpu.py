@@ -282,5 +282,10 @@ def atomic_load(ary, idx):
 
 
 @njit(cache=True)
+def atomic_store(ary, idx, val):
+    store(ary, idx, val)
+
+
+@njit(cache=True)
 def atomic_add(ary, idx, val):
     return fetch_add(ary, idx, val)

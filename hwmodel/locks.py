@@ -48,9 +48,6 @@ S_HOLD_MIN = 8
 S_HOLD_MAX = 9
 S_TIMED = 10         # acquisitions whose hold was timed
 S_T_ACQ = 11         # scratch: when the timed hold began
-STAT_FIELDS = ("acquisitions", "contentions", "con_bounces", "acq_bounces",
-               "wait_total", "wait_min", "wait_max",
-               "hold_total", "hold_min", "hold_max", "timed")
 
 # Layout of Locks.cfg.
 C_KIND = 0
