@@ -32,7 +32,8 @@ import numpy as np
 from harness.abi import (CTL_ERR, CTL_ERR_CLAIMANT, CTL_ERR_HOLDER, CTL_ERR_KIND, CTL_ERR_PAGE,
                          ERR_DOUBLE_MAP, ERR_EARLY_REUSE, ERR_NOT_HELD, LINE)
 from hwmodel import iommu
-from hwmodel.cpu import busy_wait_cycles, cas, clz, cycles, fetch_add, hot, load, store, xchg
+from hwmodel.cpu import (busy_wait_cycles, cas, clz, cycles, fetch_add, hot, inline_into_callers,
+                         load, store, xchg)
 from hwmodel.locks import CTL_ABORT, acquire, release
 
 FLUSH_NONE, FLUSH_STRICT, FLUSH_BATCHED, FLUSH_PERCPU = range(4)
@@ -207,10 +208,11 @@ def _hypercall(env):
         busy_wait_cycles(n)
 
 
-@hot(inline="always")
+@hot
 def dma_map(alloc, st, env, w, cpu, dom, pages, phys, sample):
     """The bus address of `pages` pages at physical page `phys`, or -1 when
     the allocator has no room.  `sample`: time each step (--diag)."""
+    inline_into_callers()
     cfg = env.cfg[0]
     if cfg.translate == 0:
         return phys
@@ -236,9 +238,10 @@ def dma_map(alloc, st, env, w, cpu, dom, pages, phys, sample):
     return iova
 
 
-@hot(inline="always")
+@hot
 def dma_unmap(free, sts, env, w, cpu, owner, dom, iova, pages, sample):
     """Unmap a range mapped by worker `owner` (not always `w`: cross-CPU)."""
+    inline_into_callers()
     cfg = env.cfg[0]
     if cfg.translate == 0:
         return

@@ -34,7 +34,8 @@ from harness.abi import (CTL_ATTACHED, CTL_FINISHED, CTL_NACTIVE, CTL_PHASE, CTL
                          PH_WARMUP, RING_DOMAIN, RING_IOVA, RING_PAGES, RING_STRIDE, RING_T_DONE,
                          RING_WORDS, SIZE_TABLE, STATUS_ABORTED, STATUS_RAN)
 from hwmodel import iommu
-from hwmodel.cpu import cas, cycles, fetch_add, hot, load, pause, sched_yield, store
+from hwmodel.cpu import (cas, cycles, fetch_add, hot, inline_into_callers, load, pause,
+                         sched_yield, store)
 from hwmodel.locks import CTL_ABORT
 
 SPIN_BEFORE_YIELD = 200
@@ -80,10 +81,11 @@ def _device_ready(env, device, now, t_dev):
     return max(t_dev, now) + device
 
 
-@hot(inline="always")
+@hot
 def _device_done(env, w, t_done):
     """Poll until the device has finished the I/O (NAPI-style); nothing to
     wait for when its time is not modelled (t_done 0)."""
+    inline_into_callers()
     if t_done == 0:
         return
     t0 = cycles()
@@ -96,9 +98,10 @@ def _device_done(env, w, t_done):
     env.cnt[w].device_wait_cycles += t - t0
 
 
-@hot(inline="always")
+@hot
 def _access(env, w, dom, iova, pages, sample):
     """The device's DMA: every page goes through the IOTLB."""
+    inline_into_callers()
     if env.cfg[0].translate == 0:
         return
     t0 = cycles() if sample else 0
@@ -108,13 +111,28 @@ def _access(env, w, dom, iova, pages, sample):
         env.steps[w].access_cycles += cycles() - t0
 
 
-@hot(inline="always")
+@hot
 def _unmap(free, sts, env, w, cpu, owner, o, ring, sample):
     """Wait for the device, then unmap the mapping at ring[o]."""
+    inline_into_callers()
     _device_done(env, w, ring[o + RING_T_DONE])
     dma.dma_unmap(free, sts, env, w, cpu, owner, ring[o + RING_DOMAIN], ring[o + RING_IOVA],
                   ring[o + RING_PAGES], sample)
     env.cnt[w].unmaps += 1
+
+
+@hot(inline="always")
+def _map_and_use(alloc, sts, env, w, cpu, dom, pages, phys, sample, device, t_dev):
+    """Map an I/O and let the device use it: (iova or -1, the device's
+    next free cycle, when it is done with this I/O: 0 if not modelled)."""
+    iova = dma.dma_map(alloc, sts[dom], env, w, cpu, dom, pages, phys, sample)
+    if iova < 0:
+        return iova, t_dev, 0
+    _access(env, w, dom, iova, pages, sample)
+    if device == 0:
+        return iova, t_dev, 0
+    t_dev = _device_ready(env, device, cycles(), t_dev)
+    return iova, t_dev, t_dev
 
 
 @hot(inline="always")
@@ -251,8 +269,8 @@ def local_ring(alloc, free, trim, sts, env, w, cpu):
         if slot >= depth:
             slot -= depth
         sample = diag and (ops & (DIAG_SAMPLE - 1)) == 0
-        iova = dma.dma_map(alloc, sts[dom], env, w, cpu, dom, pages, phys + slot * PAGES_PER_SLOT,
-                           sample)
+        iova, t_dev, t_done = _map_and_use(alloc, sts, env, w, cpu, dom, pages,
+                                           phys + slot * PAGES_PER_SLOT, sample, device, t_dev)
         if iova < 0:
             fails += 1
             if nout > 0:
@@ -262,11 +280,6 @@ def local_ring(alloc, free, trim, sts, env, w, cpu):
             else:
                 sched_yield()       # the space is held by others: let them run
             continue
-        _access(env, w, dom, iova, pages, sample)
-        t_done = 0
-        if device > 0:
-            t_dev = _device_ready(env, device, cycles(), t_dev)
-            t_done = t_dev
         _put(ring, rb + slot * RING_WORDS, iova, pages, t_done, dom)
         ops += 1
         nout += 1
@@ -316,17 +329,13 @@ def handoff_producer(alloc, free, trim, sts, env, w, cpu):
         pages = _size(env, rng)
         tail = hand[hb + HAND_TAIL]
         sample = diag and (ops & (DIAG_SAMPLE - 1)) == 0
-        iova = dma.dma_map(alloc, sts[dom], env, w, cpu, dom, pages,
-                           phys + (tail % depth) * PAGES_PER_SLOT, sample)
+        iova, t_dev, t_done = _map_and_use(alloc, sts, env, w, cpu, dom, pages,
+                                           phys + (tail % depth) * PAGES_PER_SLOT, sample,
+                                           device, t_dev)
         if iova < 0:
             fails += 1
             sched_yield()           # its unmap worker holds the space: let it run
             continue
-        _access(env, w, dom, iova, pages, sample)
-        t_done = 0
-        if device > 0:
-            t_dev = _device_ready(env, device, cycles(), t_dev)
-            t_done = t_dev
         ops += 1
         if tail - load(hand, hb + HAND_HEAD) >= depth:
             t0 = cycles()

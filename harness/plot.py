@@ -72,6 +72,9 @@ def _cores(sources):
 
 
 def _throughput_panel(ax, points, colors, cores):
+    """Throughput against threads on log axes, a line per design, direct
+    dashed, oversubscribed points hollow.  Matplotlib's settings for one
+    panel read best in one place, so this one runs past 60 lines."""
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
     designs = report._designs(points)

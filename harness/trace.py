@@ -93,7 +93,12 @@ def parse(text, name="<trace>", pages=1 << 20, masks=False):
     1..pages pages are valid, and a limit_pfn is a pfn inside it, unless
     `masks`: then it is a device's DMA mask in pages, 2**k - 1 for k in
     1..MASK_BITS, and may reach beyond the space.
-    Raises UsageError, `name:line: what`, for the first bad line."""
+    Raises UsageError, `name:line: what`, for the first bad line.
+
+    One loop over the lines, longer than most functions here: every check
+    of a line needs the state the lines before it left (which tags are
+    live, where each was freed), and kept together they read as the
+    format's rules in order."""
     max_limit = (1 << MASK_BITS) - 1 if masks else pages - 1
     op, tag, ref, npages, limit, cpus, lines = [], [], [], [], [], [], []
     tag_index = {}

@@ -19,8 +19,16 @@ def hot(fn=None, **kw):
     """`njit` for code on the measured path.  Without numba's reference
     counting: arrays passed in namedtuples would otherwise be incref'd and
     decref'd (atomic instructions) at every call boundary, tripling the cost
-    of a bitmap allocation.  Such code must not create arrays."""
+    of a bitmap allocation.  Such code must not create arrays.
+
+    Only a cached function (an entry point) can be called from Python: the
+    others get none of the wrappers that would let Python or a first-class
+    function call them, which are most of a compile when their arguments are
+    namedtuples of dozens of arrays."""
     kw["_nrt"] = False
+    if not kw.get("cache"):
+        kw.setdefault("no_cpython_wrapper", True)
+        kw.setdefault("no_cfunc_wrapper", True)
     if fn is None:
         return njit(**kw)
     return njit(**kw)(fn)

@@ -224,14 +224,20 @@ def _contended(lk, b, cls, w, kind, token):
     st = lk.stats
     s = _stat_base(lk, cls, w)
     st[s + S_CONTENDED] += 1
-    st[s + S_WAIT] += wait
-    if wait > st[s + S_WAIT_MAX]:
-        st[s + S_WAIT_MAX] = wait
-    if wait < st[s + S_WAIT_MIN]:
-        st[s + S_WAIT_MIN] = wait
+    _account(st, s + S_WAIT, s + S_WAIT_MIN, s + S_WAIT_MAX, wait)
     last = lk.word[b + W_LAST]
     if last != 0 and last != w + 1:
         st[s + S_CON_BOUNCES] += 1
+
+
+@hot(inline="always")
+def _account(st, total, lo, hi, v):
+    """A time into its total, min and max words."""
+    st[total] += v
+    if v > st[hi]:
+        st[hi] = v
+    if v < st[lo]:
+        st[lo] = v
 
 
 @hot
@@ -251,11 +257,7 @@ def _hold_end(lk, s):
     hold = cycles() - t0
     st[s + S_T_ACQ] = 0
     st[s + S_TIMED] += 1
-    st[s + S_HOLD] += hold
-    if hold > st[s + S_HOLD_MAX]:
-        st[s + S_HOLD_MAX] = hold
-    if hold < st[s + S_HOLD_MIN]:
-        st[s + S_HOLD_MIN] = hold
+    _account(st, s + S_HOLD, s + S_HOLD_MIN, s + S_HOLD_MAX, hold)
 
 
 @hot(inline="always")

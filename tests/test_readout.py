@@ -82,3 +82,19 @@ def test_ownership_error_names_page_and_workers():
     ctl[abi.CTL_ERR_HOLDER], ctl[abi.CTL_ERR_CLAIMANT] = 1, 3
     assert readout.ownership_error(ctl, "bitmap", 4) == \
         "double mapping of page 77 in bitmap at 4 threads: held by worker 0, claimed by worker 2"
+
+
+def test_every_key_written_is_documented():
+    """docs/results-format.md names every key a point holds: the point's,
+    a lock row's, the breakdown's and the disturbance's."""
+    import re
+    from pathlib import Path
+    doc = (Path(__file__).parent.parent / "docs" / "results-format.md").read_text()
+    named = set(re.findall(r"`([a-z_0-9]+)`", doc))
+    r = raw()
+    r.series = [(0.0, 0, {"bitmap": 0}), (1.0, 1000, {"bitmap": 5})]
+    w = readout.window(r)
+    p = readout.point(designs.resolve("bitmap"), 2, [w], oversubscribed=False)
+    keys = set(p) | set(p["locks"][0]) | set(p["breakdown_ns"]) | set(p["disturbance"]) | \
+        set(p["series"][0]) | set(p["exposure_ns"]) | set(p["flush_stats"])
+    assert keys - named == set()
