@@ -117,7 +117,7 @@ def make(views, fq_lk):
 
 PENDING = -1                 # unmapped, its invalidation not yet completed
 
-@hot
+@hot(inner=True)
 def _report(env, kind, page, holder, claimant):
     if cas(env.ctl, CTL_ERR, 0, 1) == 0:
         env.ctl[CTL_ERR_KIND] = kind
@@ -127,7 +127,7 @@ def _report(env, kind, page, holder, claimant):
         store(env.ctl, CTL_ABORT, 1)
 
 
-@hot
+@hot(inner=True)
 def _claim(env, owner, dom, iova, pages):
     base = dom * env.cfg[0].pages
     for i in range(pages):
@@ -136,7 +136,7 @@ def _claim(env, owner, dom, iova, pages):
             _report(env, ERR_EARLY_REUSE if old == PENDING else ERR_DOUBLE_MAP, iova + i, old, owner + 1)
 
 
-@hot
+@hot(inner=True)
 def _release(env, owner, dom, iova, pages):
     """At unmap: the pages leave their owner but stay PENDING until the
     invalidation that covers them has completed."""
@@ -147,7 +147,7 @@ def _release(env, owner, dom, iova, pages):
             _report(env, ERR_NOT_HELD, iova + i, old, owner + 1)
 
 
-@hot
+@hot(inner=True)
 def _settle(env, w, dom, iova, pages):
     """After the covering invalidation, before the allocator gets the range."""
     base = dom * env.cfg[0].pages
@@ -159,7 +159,7 @@ def _settle(env, w, dom, iova, pages):
 
 # --- exposure --------------------------------------------------------------
 
-@hot
+@hot(inner=True)
 def _exposure(env, w, c):
     if c < 0:
         c = 0
@@ -186,7 +186,7 @@ def bucket_upper(b):
     return ((q + 1) << shift) - 1
 
 
-@hot
+@hot(inner=True)
 def _publish(env, dom, iova):
     """For the rogue device: an IOVA whose unmap has returned, with the
     generation of that mapping, so that a hit on a later mapping of the
@@ -199,7 +199,7 @@ def _publish(env, dom, iova):
 
 # --- map and unmap -------------------------------------------------------
 
-@hot(inline="always")
+@hot(inline="always", inner=True)
 def _hypercall(env):
     """PVDMA: a guest's map or unmap is a hypercall the host serves (the
     profile's hypercall_ns, polled as the guest waits for it)."""
@@ -208,7 +208,7 @@ def _hypercall(env):
         busy_wait_cycles(n)
 
 
-@hot
+@hot(inner=True)
 def dma_map(alloc, st, env, w, cpu, dom, pages, phys, sample):
     """The bus address of `pages` pages at physical page `phys`, or -1 when
     the allocator has no room.  `sample`: time each step (--diag)."""
@@ -238,7 +238,7 @@ def dma_map(alloc, st, env, w, cpu, dom, pages, phys, sample):
     return iova
 
 
-@hot
+@hot(inner=True)
 def dma_unmap(free, sts, env, w, cpu, owner, dom, iova, pages, sample):
     """Unmap a range mapped by worker `owner` (not always `w`: cross-CPU)."""
     inline_into_callers()
@@ -281,7 +281,7 @@ def dma_unmap(free, sts, env, w, cpu, owner, dom, iova, pages, sample):
 
 # --- batched: one global queue (2008) ----------------------------------------
 
-@hot
+@hot(inner=True)
 def _batched_flush(free, sts, env, w, cpu):
     """flush_unmaps, with the queue's lock held: one global invalidation,
     then every queued range is freed."""
@@ -312,7 +312,7 @@ def _batched_flush(free, sts, env, w, cpu):
     m[M_FLUSHED_ENTRIES] += n
 
 
-@hot
+@hot(inner=True)
 def _batched_add(free, sts, env, w, cpu, dom, iova, pages, t):
     fq = env.fq
     m = fq.meta
@@ -333,12 +333,12 @@ def _batched_add(free, sts, env, w, cpu, dom, iova, pages, t):
 
 # --- percpu: flush queues per CPU and domain (2017+) ------------------------
 
-@hot(inline="always")
+@hot(inline="always", inner=True)
 def _fq_base(env, dom, cpu):
     return (dom * env.cfg[0].ncpus + cpu) * (IOVA_FQ_SIZE * FQ_WORDS + LINE)
 
 
-@hot
+@hot(inner=True)
 def _fq_flush(env, w, dom):
     """fq_flush_iotlb: start count, domain-wide flush, finish count."""
     m = env.fq.meta
@@ -350,7 +350,7 @@ def _fq_flush(env, w, dom):
     fetch_add(m, b + M_FLUSHES, 1)
 
 
-@hot
+@hot(inner=True)
 def _fq_ring_free(free, sts, env, w, cpu, dom, ring_cpu):
     """Free the entries of (dom, ring_cpu)'s ring that a completed flush
     covers; its lock is held."""
@@ -388,7 +388,7 @@ def _fq_ring_free(free, sts, env, w, cpu, dom, ring_cpu):
     fetch_add(fq.meta, dom * LINE + M_FLUSHED_ENTRIES, n)
 
 
-@hot
+@hot(inner=True)
 def _fq_queue(free, sts, env, w, cpu, dom, iova, pages, t):
     """queue_iova."""
     fq = env.fq
@@ -420,7 +420,7 @@ def _fq_queue(free, sts, env, w, cpu, dom, iova, pages, t):
         xchg(fq.meta, mb + M_TIMER_ON, 1)
 
 
-@hot
+@hot(inner=True)
 def _fq_flush_all(free, sts, env, w, cpu, dom):
     """fq_flush_timeout's work: flush the domain, then empty every CPU's
     ring."""
@@ -434,7 +434,7 @@ def _fq_flush_all(free, sts, env, w, cpu, dom):
         release(fq.lk, li, w)
 
 
-@hot
+@hot(inner=True)
 def _fq_timeout(free, sts, env, w, cpu, dom):
     """fq_flush_timeout: the timer is off again, then its work."""
     store(env.fq.meta, dom * LINE + M_TIMER_ON, 0)
@@ -442,7 +442,7 @@ def _fq_timeout(free, sts, env, w, cpu, dom):
     _fq_flush_all(free, sts, env, w, cpu, dom)
 
 
-@hot
+@hot(inner=True)
 def timers(free, sts, env, w, cpu, now):
     """Fire the flush timers whose deadline has passed (any worker may)."""
     policy = env.cfg[0].flush
@@ -464,7 +464,7 @@ def timers(free, sts, env, w, cpu, now):
                     _fq_timeout(free, sts, env, w, cpu, d)
 
 
-@hot
+@hot(inner=True)
 def drain(free, sts, env, w, cpu):
     """At the end of a window: flush and free everything still queued, as
     the timers would."""

@@ -44,7 +44,7 @@ PAGES_PER_SLOT = 64          # physical pages apart: each ring slot its own buff
 
 # ------------------------------------------------------------ small helpers
 
-@hot(inline="always")
+@hot(inline="always", inner=True)
 def relax(spins):
     """A step of a wait on another process: pause, or yield the core."""
     spins += 1
@@ -55,7 +55,7 @@ def relax(spins):
     return spins
 
 
-@hot(inline="always")
+@hot(inline="always", inner=True)
 def _xorshift(x):
     x ^= (x << 13) & 0x7FFFFFFFFFFFFFFF
     x ^= x >> 7
@@ -63,25 +63,25 @@ def _xorshift(x):
     return x
 
 
-@hot(inline="always")
+@hot(inline="always", inner=True)
 def _seed(env, w):
     rng = (env.cfg[0].seed + 1) * 0x9E3779B97F4A7C15 + w * 0xBF58476D1CE4E5B9
     return (rng & 0x7FFFFFFFFFFFFFFF) | 1
 
 
-@hot(inline="always")
+@hot(inline="always", inner=True)
 def _size(env, rng):
     return env.sizes[rng & (SIZE_TABLE - 1)]
 
 
-@hot(inline="always")
+@hot(inline="always", inner=True)
 def _device_ready(env, device, now, t_dev):
     """When the device will be done with an I/O submitted at `now`: it
     works through its I/Os one after the other."""
     return max(t_dev, now) + device
 
 
-@hot
+@hot(inner=True)
 def _device_done(env, w, t_done):
     """Poll until the device has finished the I/O (NAPI-style); nothing to
     wait for when its time is not modelled (t_done 0)."""
@@ -98,7 +98,7 @@ def _device_done(env, w, t_done):
     env.cnt[w].device_wait_cycles += t - t0
 
 
-@hot
+@hot(inner=True)
 def _access(env, w, dom, iova, pages, sample):
     """The device's DMA: every page goes through the IOTLB."""
     inline_into_callers()
@@ -111,7 +111,7 @@ def _access(env, w, dom, iova, pages, sample):
         env.steps[w].access_cycles += cycles() - t0
 
 
-@hot
+@hot(inner=True)
 def _unmap(free, sts, env, w, cpu, owner, o, ring, sample):
     """Wait for the device, then unmap the mapping at ring[o]."""
     inline_into_callers()
@@ -121,7 +121,7 @@ def _unmap(free, sts, env, w, cpu, owner, o, ring, sample):
     env.cnt[w].unmaps += 1
 
 
-@hot(inline="always")
+@hot(inline="always", inner=True)
 def _map_and_use(alloc, sts, env, w, cpu, dom, pages, phys, sample, device, t_dev):
     """Map an I/O and let the device use it: (iova or -1, the device's
     next free cycle, when it is done with this I/O: 0 if not modelled)."""
@@ -135,7 +135,7 @@ def _map_and_use(alloc, sts, env, w, cpu, dom, pages, phys, sample, device, t_de
     return iova, t_dev, t_dev
 
 
-@hot(inline="always")
+@hot(inline="always", inner=True)
 def _put(ring, o, iova, pages, t_done, dom):
     ring[o + RING_IOVA] = iova
     ring[o + RING_PAGES] = pages
@@ -145,7 +145,7 @@ def _put(ring, o, iova, pages, t_done, dom):
 
 # ------------------------------------------------------ the start line, the clock
 
-@hot
+@hot(inner=True)
 def _open(env):
     """Called by the last worker to arrive: once the rogue device (if any)
     is watching, set the deadlines and start the warm-up."""
@@ -162,7 +162,7 @@ def _open(env):
     store(ctl, CTL_PHASE, PH_WARMUP)
 
 
-@hot
+@hot(inner=True)
 def attach(env):
     """Report at the start line and wait there until every active worker
     has; False if the point is aborted first."""
@@ -177,7 +177,7 @@ def attach(env):
     return True
 
 
-@hot
+@hot(inner=True)
 def clock(ctl, now):
     """The phase at cycle `now`, moving the phase word past any deadline
     that has gone by (the first worker to see it does; the CAS makes that
@@ -192,7 +192,7 @@ def clock(ctl, now):
     return ph
 
 
-@hot
+@hot(inner=True)
 def _service(free, trim, sts, env, w, cpu, now):
     """What any worker does besides I/O: fire expired flush timers and, on
     worker 0, the allocator's trim."""
@@ -205,7 +205,7 @@ def _service(free, trim, sts, env, w, cpu, now):
         c.next_trim = now + cfg.trim_cycles
 
 
-@hot
+@hot(inner=True)
 def tick(free, trim, sts, env, w, cpu, ops, seen):
     """One look at the clock: the phase now (PH_STOP ends the loop), the
     window's edges noted with the I/O count and cycle they were seen at,
@@ -236,7 +236,7 @@ def tick(free, trim, sts, env, w, cpu, ops, seen):
 
 # ------------------------------------------------------------------- modes
 
-@hot
+@hot(inner=True)
 def local_ring(alloc, free, trim, sts, env, w, cpu):
     """Map, let the device use it, unmap the oldest once `depth` are out.
     Returns (I/Os, failed allocations); the ring is empty again."""
@@ -294,12 +294,12 @@ def local_ring(alloc, free, trim, sts, env, w, cpu):
     return ops, fails
 
 
-@hot(inline="always")
+@hot(inline="always", inner=True)
 def _hand_base(w):
     return w * HAND_STRIDE
 
 
-@hot
+@hot(inner=True)
 def handoff_producer(alloc, free, trim, sts, env, w, cpu):
     """Map, let the device use it, and hand the mapping to this worker's
     unmap worker; wait when `depth` are handed and not yet unmapped."""
@@ -351,7 +351,7 @@ def handoff_producer(alloc, free, trim, sts, env, w, cpu):
     return ops, fails
 
 
-@hot
+@hot(inner=True)
 def _serve(free, sts, env, w, cpu, k, first, stride):
     """One pass over the hand-off rings this unmap worker serves: at most
     one unmap from each.  True if it found work."""
@@ -367,7 +367,7 @@ def _serve(free, sts, env, w, cpu, k, first, stride):
     return busy
 
 
-@hot
+@hot(inner=True)
 def unmap_worker(free, trim, sts, env, w, cpu, first):
     """A worker that only unmaps: it serves the hand-off rings of the
     mapping workers k, k + n, k + 2n, ... (n unmap workers) until they
@@ -395,7 +395,7 @@ def unmap_worker(free, trim, sts, env, w, cpu, first):
         spins = relax(spins)
 
 
-@hot
+@hot(inner=True)
 def premapped(alloc, free, trim, sts, env, w, cpu):
     """The driver's pool: `depth` buffers of the largest size mapped once,
     then recycled; only the device's use of them is measured.  Returns
@@ -449,13 +449,13 @@ def premapped(alloc, free, trim, sts, env, w, cpu):
 
 # --------------------------------------------------------------- a worker
 
-@hot
+@hot(inner=True)
 def no_trim(st, w, ncpus):
     """The housekeeping of an allocator that has none."""
     return 0
 
 
-@hot
+@hot(inner=True)
 def _finish(free, sts, env, w, cpu):
     """The last worker out flushes what the queues still hold."""
     ctl = env.ctl
@@ -463,7 +463,7 @@ def _finish(free, sts, env, w, cpu):
         dma.drain(free, sts, env, w, cpu)
 
 
-@hot
+@hot(inner=True)
 def run_worker(alloc, free, trim, sts, env, w, cpu):
     """One worker's part of a point: the start line, the loop of its mode,
     what it holds given back, the queues drained by the last one out."""

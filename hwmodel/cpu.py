@@ -15,20 +15,21 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 
-def hot(fn=None, **kw):
+def hot(fn=None, inner=False, **kw):
     """`njit` for code on the measured path.  Without numba's reference
     counting: arrays passed in namedtuples would otherwise be incref'd and
     decref'd (atomic instructions) at every call boundary, tripling the cost
     of a bitmap allocation.  Such code must not create arrays.
 
-    Only a cached function (an entry point) can be called from Python: the
-    others get none of the wrappers that would let Python or a first-class
-    function call them, which are most of a compile when their arguments are
-    namedtuples of dozens of arrays."""
+    `inner=True`: only compiled code calls it, so it gets none of the
+    wrappers that would let Python call it; they are most of a compile when
+    the arguments are namedtuples of dozens of arrays.  Calling such a
+    function from Python crashes the process, so only the harness's loop
+    and DMA layer, whose functions take the whole run, are marked so."""
     kw["_nrt"] = False
-    if not kw.get("cache"):
-        kw.setdefault("no_cpython_wrapper", True)
-        kw.setdefault("no_cfunc_wrapper", True)
+    if inner:
+        kw["no_cpython_wrapper"] = True
+        kw["no_cfunc_wrapper"] = True
     if fn is None:
         return njit(**kw)
     return njit(**kw)(fn)

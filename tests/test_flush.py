@@ -98,6 +98,11 @@ def f_drain(sts, env, w):
 
 
 @hot(cache=True)
+def f_claim(env, owner, dom, iova, pages):
+    dma._claim(env, owner, dom, iova, pages)
+
+
+@hot(cache=True)
 def f_access(env, w, dom, iova, pages):
     for i in range(pages):
         iommu.translate(env.io, w, dom, iova + i)
@@ -462,7 +467,7 @@ def test_the_check_catches_a_claim_of_a_page_whose_flush_is_pending(cpn):
     iova = map_io(sts, env, 0)
     f_unmap(sts, env, 0, 0, iova, 1)
     assert owner(env, 0, iova) == PENDING
-    dma._claim(env, 1, 0, iova, 1)                   # what mapping it again would do
+    f_claim(env, 1, 0, iova, 1)                      # what mapping it again would do
     ctl = env.ctl
     assert (ctl[CTL_ERR], ctl[CTL_ERR_KIND], ctl[CTL_ERR_PAGE]) == (1, 3, iova)
     assert ctl[CTL_ERR_CLAIMANT] == 2 and ctl[CTL_ABORT] == 1
