@@ -3,9 +3,8 @@ and the address of every allocation, so that placement can be compared with
 what Linux returns request by request.
 
 The loop is compiled.  It takes the allocator's alloc/free as arguments, the
-project's way of composing compiled code; but numba never caches a function
-whose signature holds a dispatcher, so each allocator gets a small cached
-entry that calls the loop with its own functions as constants.
+project's way of composing compiled code; harness/entries.py generates each
+allocator's cached entry that calls it with the allocator's own functions.
 """
 import time
 from dataclasses import dataclass
