@@ -25,7 +25,7 @@ def _drive(alloc, free, st, w, ops, out, i):
     return i
 
 
-# one cached entry each: see harness/workers.py on numba's cache
+# one cached entry each: see harness/entries.py on numba's cache
 @njit(cache=True)
 def drive_rbtree(st, w, ops, out):
     _drive(rbtree.alloc, rbtree.free, st, w, ops, out, 0)
