@@ -5,7 +5,8 @@ A module exports:
 
     NAME                 its name, as the registry and the design names use it
     LOCK_CLASSES         names of its lock classes (the rows of the lock table)
-    STATS                names of its per-worker counters (a STAT_LINE each)
+    STATS                names of its counters, kept per worker (a STAT_LINE
+                         each) unless `counters` says otherwise
     layout(p)            -> [(array name, dtype, shape)] of its state, locks excluded
     locks(p)             -> the lock class of each lock instance it uses
     make(views, lk)      -> its State namedtuple (views: name -> array)
@@ -28,6 +29,9 @@ and may export, with these defaults:
                          TRIM_PERIOD_MS (the list depot's trim)      (@hot)
     flush_all(st, w)     give every cached range back, before `check` runs
                          on a state that may hold caches
+    counters(st)         -> {name: count} of the STATS it keeps elsewhere than
+                         in the workers' lines (per CPU, say); added to
+                         their sum
 
 `w` is the worker (its statistics line, its lock queue node), `cpu` the
 simulated CPU that per-CPU state is keyed by.  Nothing here does I/O.
@@ -76,7 +80,7 @@ class Params:
 REQUIRED = ("NAME", "LOCK_CLASSES", "STATS", "layout", "locks", "make", "init", "alloc",
             "free", "check", "footprint")
 DEFAULTS = {"TRANSLATES": True, "VARIANTS": (), "LIMIT_IS_MASK": False, "trim": None,
-            "flush_all": None}
+            "flush_all": None, "counters": None}
 
 
 def _plugin_dirs():
@@ -148,3 +152,15 @@ def contract_problems(mod):
         if getattr(mod, k) is not None and not hasattr(getattr(mod, k), "py_func"):
             problems.append("%s is not compiled (@hot)" % k)
     return problems
+
+
+def totals(mod, st):
+    """{name: count} of every counter in mod.STATS for one state: the
+    workers' lines summed, plus what `counters` keeps elsewhere."""
+    n = len(mod.STATS)
+    rows = st.stats.reshape(-1, STAT_LINE)[:, :n] if n else None
+    out = {name: int(rows[:, k].sum()) for k, name in enumerate(mod.STATS)}
+    if mod.counters is not None:
+        for name, v in mod.counters(st).items():
+            out[name] += int(v)
+    return out

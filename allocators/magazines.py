@@ -46,7 +46,8 @@ from allocators import IOVA_RANGE_CACHE_MAX_SIZE, MAX_GLOBAL_MAGS, STAT_LINE
 from allocators import rbtree
 from allocators.rbtree import (DOMAIN_BYTES, IOVA_ANCHOR, IOVA_BYTES, M_NODES,
                                alloc_locked, free_locked)
-from hwmodel.cpu import cas, fetch_add, fls, hot, inline_into_callers, load, store
+from hwmodel.cpu import (cas, fetch_add, fls, hot, inline_into_callers, load, out_of_line,
+                         store)
 from hwmodel.cpu import uidx as _u
 from hwmodel.locks import acquire, release
 
@@ -57,9 +58,7 @@ CLASS_PAGES = tuple(1 << c for c in range(NCLS))
 STATS = tuple("hits_%d" % n for n in CLASS_PAGES) + \
     tuple("misses_%d" % n for n in CLASS_PAGES) + \
     ("depot_pushes", "depot_pops", "flush_retries", "trims")
-S_HITS = 0
-S_MISSES = NCLS
-S_PUSHES = 2 * NCLS
+S_PUSHES = 2 * NCLS         # hits and misses are counted per CPU (PC_HITS)
 S_POPS = S_PUSHES + 1
 S_FLUSHES = S_PUSHES + 2
 S_TRIMS = S_PUSHES + 3
@@ -92,15 +91,18 @@ P_START_BYTES = 2 * LINE + 3
 N_MAG_NOMEM = 3 * LINE      # the magazine pool was empty
 META_WORDS = 4 * LINE
 
-# a per-CPU, per-class line (struct iova_cpu_rcache, cache-line aligned)
+# a per-CPU, per-class line (struct iova_cpu_rcache, cache-line aligned).
+# The kernel keeps no hit counts; ours live beside the magazines they
+# count, on the line the lookup holds anyway: a counter on a line of its
+# own cost a twelfth of a cache hit.
 PC_LOADED = 0
 PC_PREV = 1
-PC_COUNT = 2                # IOVAs in loaded + prev
+PC_HITS = 2
+PC_MISSES = 3
 # a per-class line (struct iova_rcache)
 RC_SIZE = 0                 # magazines in the depot
 RC_HEAD = 1                 # list depot: the first magazine, or -1
 RC_PENDING = 2              # list depot: the trim work is scheduled
-RC_COUNT = 3                # IOVAs in the depot's magazines
 
 MASK32 = 0xFFFFFFFF
 
@@ -353,8 +355,37 @@ def _depot_lock(meta, c):
 
 @hot
 def _rcache_insert(st, w, cpu, c, pfn):
-    """__iova_rcache_insert: True if the cache took pfn."""
+    """__iova_rcache_insert: True if the cache took pfn.  Only the common
+    case, a loaded magazine with room, is inlined into the caller."""
     inline_into_callers()
+    mags = st.mags
+    pcpu = st.pcpu
+    stride = st.meta[C_STRIDE]
+    pc = (cpu * NCLS + c) * LINE
+    cl = _cpu_lock(cpu, c)
+    acquire(st.lk, cl, w)
+    can_insert = True
+    to_free = -1
+    if mags[_u(pcpu[_u(pc + PC_LOADED)] * stride)] >= st.meta[C_MAGSIZE]:
+        can_insert, to_free = _make_room(st, w, cpu, c)
+    if can_insert:
+        b = pcpu[_u(pc + PC_LOADED)] * stride
+        mags[_u(b + 1 + mags[_u(b)])] = pfn
+        mags[_u(b)] += 1
+    release(st.lk, cl, w)
+    if to_free != -1:
+        # the depot was full: this magazine's IOVAs go back to the tree
+        _free_pfns(st, w, to_free)
+        _mag_free(st, to_free)
+    return can_insert
+
+
+@hot
+def _make_room(st, w, cpu, c):
+    """The rest of __iova_rcache_insert, with the CPU's lock held and its
+    loaded magazine full: swap in prev, or hand loaded to the depot and
+    start an empty one.  Returns (can insert, magazine to free or -1)."""
+    out_of_line()
     meta = st.meta
     variant = meta[C_VARIANT]
     ms = meta[C_MAGSIZE]
@@ -365,16 +396,12 @@ def _rcache_insert(st, w, cpu, c, pfn):
     pc = (cpu * NCLS + c) * LINE
     r = c * LINE
     s = w * STAT_LINE
-    cl = _cpu_lock(cpu, c)
     dl = _depot_lock(meta, c)
-    acquire(st.lk, cl, w)
     loaded = pcpu[_u(pc + PC_LOADED)]
     prev = pcpu[_u(pc + PC_PREV)]
     can_insert = False
     to_free = -1
-    if mags[_u(loaded * stride)] < ms:
-        can_insert = True
-    elif variant == PREALLOC:
+    if variant == PREALLOC:
         if mags[_u(prev * stride)] == 0:
             pcpu[_u(pc + PC_LOADED)] = prev
             pcpu[_u(pc + PC_PREV)] = loaded
@@ -385,13 +412,10 @@ def _rcache_insert(st, w, cpu, c, pfn):
             if ds < MAX_GLOBAL_MAGS:
                 # swap(depot[ds], prev); swap(prev, loaded)
                 slot = st.depot[_u(c * MAX_GLOBAL_MAGS + ds)]
-                moved = mags[_u(prev * stride)] - mags[_u(slot * stride)]
                 st.depot[_u(c * MAX_GLOBAL_MAGS + ds)] = prev
                 pcpu[_u(pc + PC_PREV)] = loaded
                 pcpu[_u(pc + PC_LOADED)] = slot
                 rc[_u(r + RC_SIZE)] = ds + 1
-                rc[_u(r + RC_COUNT)] += moved
-                pcpu[_u(pc + PC_COUNT)] -= moved
                 st.stats[_u(s + S_PUSHES)] += 1
                 can_insert = True
             else:
@@ -401,7 +425,6 @@ def _rcache_insert(st, w, cpu, c, pfn):
                 new = _mag_alloc(st)
                 if new != -1:
                     pcpu[_u(pc + PC_LOADED)] = new
-                    pcpu[_u(pc + PC_COUNT)] -= mags[_u(to_free * stride)]
                     can_insert = True
                 else:
                     to_free = -1
@@ -418,37 +441,51 @@ def _rcache_insert(st, w, cpu, c, pfn):
                 mags[_u(loaded * stride)] = rc[_u(r + RC_HEAD)]
                 rc[_u(r + RC_HEAD)] = loaded
                 rc[_u(r + RC_SIZE)] += 1
-                rc[_u(r + RC_COUNT)] += ms
                 rc[_u(r + RC_PENDING)] = 1      # schedule_delayed_work
                 st.stats[_u(s + S_PUSHES)] += 1
             elif rc[_u(r + RC_SIZE)] < MAX_GLOBAL_MAGS:
                 st.depot[_u(c * MAX_GLOBAL_MAGS + rc[r + RC_SIZE])] = loaded
                 rc[_u(r + RC_SIZE)] += 1
-                rc[_u(r + RC_COUNT)] += ms
                 st.stats[_u(s + S_PUSHES)] += 1
             else:
                 to_free = loaded
             release(st.lk, dl, w)
-            pcpu[_u(pc + PC_COUNT)] -= ms
             pcpu[_u(pc + PC_LOADED)] = new
             can_insert = True
-    if can_insert:
-        b = pcpu[_u(pc + PC_LOADED)] * stride
-        mags[_u(b + 1 + mags[b])] = pfn
-        mags[_u(b)] += 1
-        pcpu[_u(pc + PC_COUNT)] += 1
-    release(st.lk, cl, w)
-    if to_free != -1:
-        # the depot was full: this magazine's IOVAs go back to the tree
-        _free_pfns(st, w, to_free)
-        _mag_free(st, to_free)
-    return can_insert
+    return can_insert, to_free
 
 
 @hot
 def _rcache_get(st, w, cpu, c, limit_pfn):
-    """__iova_rcache_get: a cached pfn at or below limit_pfn, or 0."""
+    """__iova_rcache_get: a cached pfn at or below limit_pfn, or 0.  Only
+    the common case, a loaded magazine with IOVAs, is inlined."""
     inline_into_callers()
+    mags = st.mags
+    pcpu = st.pcpu
+    stride = st.meta[C_STRIDE]
+    pc = (cpu * NCLS + c) * LINE
+    cl = _cpu_lock(cpu, c)
+    acquire(st.lk, cl, w)
+    has_pfn = True
+    if mags[_u(pcpu[_u(pc + PC_LOADED)] * stride)] == 0:
+        has_pfn = _refill(st, w, cpu, c)
+    pfn = 0
+    if has_pfn:
+        pfn = _mag_pop(mags, pcpu[_u(pc + PC_LOADED)] * stride, limit_pfn)
+    if pfn != 0:
+        pcpu[_u(pc + PC_HITS)] += 1
+    else:
+        pcpu[_u(pc + PC_MISSES)] += 1
+    release(st.lk, cl, w)
+    return pfn
+
+
+@hot
+def _refill(st, w, cpu, c):
+    """The rest of __iova_rcache_get, with the CPU's lock held and its
+    loaded magazine empty: swap in prev, or take a full magazine from the
+    depot.  True if loaded then holds IOVAs."""
+    out_of_line()
     meta = st.meta
     variant = meta[C_VARIANT]
     ms = meta[C_MAGSIZE]
@@ -459,56 +496,40 @@ def _rcache_get(st, w, cpu, c, limit_pfn):
     pc = (cpu * NCLS + c) * LINE
     r = c * LINE
     s = w * STAT_LINE
-    cl = _cpu_lock(cpu, c)
-    acquire(st.lk, cl, w)
     loaded = pcpu[_u(pc + PC_LOADED)]
     prev = pcpu[_u(pc + PC_PREV)]
     psize = mags[_u(prev * stride)]
-    has_pfn = False
-    if mags[_u(loaded * stride)] > 0:
-        has_pfn = True
-    elif (psize == ms) if variant == PREALLOC else (psize > 0):
+    if (psize == ms) if variant == PREALLOC else (psize > 0):
         pcpu[_u(pc + PC_LOADED)] = prev
         pcpu[_u(pc + PC_PREV)] = loaded
+        return True
+    has_pfn = False
+    dl = _depot_lock(meta, c)
+    acquire(st.lk, dl, w)
+    ds = rc[_u(r + RC_SIZE)]
+    if ds > 0:
+        if variant == LIST:
+            # iova_depot_pop: the link word becomes the size again
+            mag = rc[_u(r + RC_HEAD)]
+            rc[_u(r + RC_HEAD)] = mags[_u(mag * stride)]
+            mags[_u(mag * stride)] = ms
+            _mag_free(st, loaded)
+            pcpu[_u(pc + PC_LOADED)] = mag
+        elif variant == FIXED:
+            mag = st.depot[_u(c * MAX_GLOBAL_MAGS + ds - 1)]
+            _mag_free(st, loaded)
+            pcpu[_u(pc + PC_LOADED)] = mag
+        else:
+            # swap(depot[ds - 1], prev); swap(prev, loaded)
+            slot = st.depot[_u(c * MAX_GLOBAL_MAGS + ds - 1)]
+            st.depot[_u(c * MAX_GLOBAL_MAGS + ds - 1)] = prev
+            pcpu[_u(pc + PC_PREV)] = loaded
+            pcpu[_u(pc + PC_LOADED)] = slot
+        rc[_u(r + RC_SIZE)] = ds - 1
+        st.stats[_u(s + S_POPS)] += 1
         has_pfn = True
-    else:
-        dl = _depot_lock(meta, c)
-        acquire(st.lk, dl, w)
-        ds = rc[_u(r + RC_SIZE)]
-        if ds > 0:
-            if variant == LIST:
-                # iova_depot_pop: the link word becomes the size again
-                mag = rc[_u(r + RC_HEAD)]
-                rc[_u(r + RC_HEAD)] = mags[_u(mag * stride)]
-                mags[_u(mag * stride)] = ms
-                _mag_free(st, loaded)
-                pcpu[_u(pc + PC_LOADED)] = mag
-                moved = ms
-            elif variant == FIXED:
-                mag = st.depot[_u(c * MAX_GLOBAL_MAGS + ds - 1)]
-                _mag_free(st, loaded)
-                pcpu[_u(pc + PC_LOADED)] = mag
-                moved = mags[_u(mag * stride)]
-            else:
-                # swap(depot[ds - 1], prev); swap(prev, loaded)
-                slot = st.depot[_u(c * MAX_GLOBAL_MAGS + ds - 1)]
-                st.depot[_u(c * MAX_GLOBAL_MAGS + ds - 1)] = prev
-                pcpu[_u(pc + PC_PREV)] = loaded
-                pcpu[_u(pc + PC_LOADED)] = slot
-                moved = mags[_u(slot * stride)] - psize
-            rc[_u(r + RC_SIZE)] = ds - 1
-            rc[_u(r + RC_COUNT)] -= moved
-            pcpu[_u(pc + PC_COUNT)] += moved
-            st.stats[_u(s + S_POPS)] += 1
-            has_pfn = True
-        release(st.lk, dl, w)
-    pfn = 0
-    if has_pfn:
-        pfn = _mag_pop(mags, pcpu[_u(pc + PC_LOADED)] * stride, limit_pfn)
-        if pfn != 0:
-            pcpu[_u(pc + PC_COUNT)] -= 1
-    release(st.lk, cl, w)
-    return pfn
+    release(st.lk, dl, w)
+    return has_pfn
 
 
 @hot
@@ -522,7 +543,6 @@ def free_cpu_cached_iovas(st, w, cpu):
         acquire(st.lk, cl, w)
         n += _free_pfns(st, w, st.pcpu[pc + PC_LOADED])
         n += _free_pfns(st, w, st.pcpu[pc + PC_PREV])
-        st.pcpu[pc + PC_COUNT] = 0
         release(st.lk, cl, w)
     return n
 
@@ -561,7 +581,6 @@ def free_global_cached_iovas(st, w):
             for j in range(MAX_GLOBAL_MAGS):
                 n += _free_pfns(st, w, st.depot[c * MAX_GLOBAL_MAGS + j])
         rc[r + RC_SIZE] = 0
-        rc[r + RC_COUNT] = 0
         release(st.lk, dl, w)
     return n
 
@@ -570,7 +589,7 @@ def free_global_cached_iovas(st, w):
 def alloc(st, w, cpu, pages, limit):
     """alloc_iova_fast(iovad, pages, limit, true): pfn, or -1."""
     inline_into_callers()
-    if cpu < 0 or cpu >= st.meta[C_NCPUS]:
+    if np.uint64(cpu) >= np.uint64(st.meta[C_NCPUS]):       # also cpu < 0
         raise IndexError("simulated CPU out of range")
     if pages < 1:
         return -1
@@ -578,7 +597,6 @@ def alloc(st, w, cpu, pages, limit):
     if size < (1 << (NCLS - 1)):
         size = np.int64(1) << fls(size - 1)        # roundup_pow_of_two
     c = fls(size - 1)                              # order_base_2
-    s = w * STAT_LINE
     if c < NCLS:
         # iova_rcache_get(iovad, size, limit + 1): entries up to
         # limit + 1 - size, an unsigned subtraction in the kernel
@@ -587,12 +605,15 @@ def alloc(st, w, cpu, pages, limit):
             lim = IOVA_ANCHOR
         pfn = _rcache_get(st, w, cpu, c, lim)
         if pfn != 0:
-            st.stats[_u(s + S_HITS + c)] += 1
             return pfn
-        st.stats[_u(s + S_MISSES + c)] += 1
-    # past the cache, the tree.  The footprint can only grow here or with a
-    # new magazine, so only these fold it into the peak.  (Calls hand over
-    # as little as they can: every array passed costs seven words.)
+    return _alloc_from_tree(st, w, size, limit)
+
+
+@hot
+def _alloc_from_tree(st, w, size, limit):
+    """Past the cache, the tree.  The footprint can only grow here or with
+    a new magazine, so only these fold it into the peak."""
+    out_of_line()
     t = st.tree
     rbtree.lock(t, w)
     pfn = alloc_locked(t, w, size, limit)
@@ -623,13 +644,19 @@ def free(st, w, cpu, pfn, pages):
     """free_iova_fast(iovad, pfn, pages): into this CPU's cache, or, for
     an uncached size or a cache that cannot take it, into the tree."""
     inline_into_callers()
-    if cpu < 0 or cpu >= st.meta[C_NCPUS]:
+    if np.uint64(cpu) >= np.uint64(st.meta[C_NCPUS]):       # also cpu < 0
         raise IndexError("simulated CPU out of range")
     if pages < 1:
         return
     c = fls(pages - 1)                             # order_base_2
     if c < NCLS and _rcache_insert(st, w, cpu, c, pfn):
         return
+    _free_to_tree(st, w, pfn, pages)
+
+
+@hot
+def _free_to_tree(st, w, pfn, pages):
+    out_of_line()
     size = pages
     if size < (1 << (NCLS - 1)):
         size = np.int64(1) << fls(size - 1)        # what alloc gave out
@@ -665,7 +692,6 @@ def trim(st, w, ncpus):
             rc[r + RC_HEAD] = st.mags[mag * stride]
             st.mags[mag * stride] = ms
             rc[r + RC_SIZE] -= 1
-            rc[r + RC_COUNT] -= ms
         else:
             rc[r + RC_PENDING] = 0
         release(st.lk, dl, w)
@@ -734,21 +760,17 @@ def cached(st, p):
     for cpu in range(p.ncpus):
         for c in range(NCLS):
             row = pc[cpu * NCLS + c]
-            n = take(int(row[PC_LOADED]), ("cpu %d class %d loaded", (cpu, c)), c)
-            n += take(int(row[PC_PREV]), ("cpu %d class %d prev", (cpu, c)), c)
-            if n != row[PC_COUNT]:
-                problems.append("magazines: cpu %d class %d holds %d, its count "
-                                "says %d" % (cpu, c, n, row[PC_COUNT]))
+            take(int(row[PC_LOADED]), ("cpu %d class %d loaded", (cpu, c)), c)
+            take(int(row[PC_PREV]), ("cpu %d class %d prev", (cpu, c)), c)
     rc = st.rcache.reshape(NCLS, LINE)
     depot = st.depot.reshape(NCLS, MAX_GLOBAL_MAGS)
     depot_mags = 0
     for c in range(NCLS):
         ds = int(rc[c, RC_SIZE])
-        n = 0
         if variant == LIST:
             mag, k = int(rc[c, RC_HEAD]), 0
             while mag != -1 and k <= nmags:
-                n += take(mag, ("class %d depot #%d", (c, k)), c, ms)
+                take(mag, ("class %d depot #%d", (c, k)), c, ms)
                 k += 1
                 mag = int(mags[mag, 0]) if 0 <= mag < nmags else -1
             if k != ds:
@@ -760,15 +782,12 @@ def cached(st, p):
                 problems.append("magazines: class %d depot size %d" % (c, ds))
                 ds = 0
             for j in range(ds):
-                n += take(int(depot[c, j]), ("class %d depot[%d]", (c, j)), c)
+                take(int(depot[c, j]), ("class %d depot[%d]", (c, j)), c)
             depot_mags += ds
         else:
             for j in range(MAX_GLOBAL_MAGS):
-                n += take(int(depot[c, j]), ("class %d depot[%d]", (c, j)), c)
+                take(int(depot[c, j]), ("class %d depot[%d]", (c, j)), c)
             depot_mags += MAX_GLOBAL_MAGS
-        if n != rc[c, RC_COUNT]:
-            problems.append("magazines: class %d depot holds %d, its count says %d"
-                            % (c, n, rc[c, RC_COUNT]))
     free = 0
     slot = int(m[P_HEAD]) & MASK32
     while slot != 0 and free <= nmags:
@@ -821,6 +840,16 @@ def check(st, p, live):
                         "depot outgrew its bound (limits vary within a domain?)"
                         % st.meta[N_MAG_NOMEM])
     return problems
+
+
+def counters(st):
+    """The cache's hits and misses, kept per CPU and class."""
+    pc = st.pcpu.reshape(-1, NCLS, LINE)
+    out = {}
+    for c, n in enumerate(CLASS_PAGES):
+        out["hits_%d" % n] = int(pc[:, c, PC_HITS].sum())
+        out["misses_%d" % n] = int(pc[:, c, PC_MISSES].sum())
+    return out
 
 
 def footprint(st, p):

@@ -62,13 +62,16 @@ IOVA_ANCHOR = np.iinfo(np.int64).max        # ~0UL in the kernel
 IOVA_BYTES = 40
 DOMAIN_BYTES = 128
 
-# One node: eight int64 words.
+# One node: eight int64 words.  A node is named by the index of its first
+# word, as the kernel names it by its address: a walk then loads a link and
+# the field it needs at one fixed offset from it, with no multiply between
+# the two loads of every step (a shift there made walks a sixth slower).
 NW = 8
 LO, HI, LEFT, RIGHT, PARENT, COLOR = range(6)
 # lib/rbtree.c colours; UNUSED marks a node on the free list
 RED, BLACK, UNUSED = 0, 1, 2
 NIL = -1
-ANCHOR = 0          # node index of the anchor
+ANCHOR = 0          # the anchor is the first node
 
 # meta words (all under the tree lock; M_NODES is also read without it)
 M_ROOT = 0
@@ -121,7 +124,7 @@ def init(st, p):
     nd = st.nodes.reshape(cap, NW)
     nd[:] = 0
     nd[:, COLOR] = UNUSED
-    nd[:, LEFT] = np.arange(1, cap + 1)     # free list: 1, 2, ..., cap-1
+    nd[:, LEFT] = np.arange(1, cap + 1) * NW    # free list: the 2nd node, the 3rd, ...
     nd[cap - 1, LEFT] = NIL
     nd[ANCHOR] = (IOVA_ANCHOR, IOVA_ANCHOR, NIL, NIL, NIL, BLACK, 0, 0)
     st.meta[:] = 0
@@ -133,7 +136,7 @@ def init(st, p):
     m[M_DMA32] = 1 << (32 - PAGE_SHIFT)     # granule 4 KiB: iova_shift = 12
     m[M_MAX32] = m[M_DMA32]
     m[M_START] = p.start_pfn
-    m[M_FREE] = 1 if cap > 1 else NIL
+    m[M_FREE] = NW if cap > 1 else NIL
     m[M_NODES] = 1
     m[M_PEAK] = 1
     m[M_CAP] = cap
@@ -148,7 +151,7 @@ def _ix(n, field):
     integer through a test for a negative index (Python's wraparound), three
     more instructions between loading a link and loading the node it names,
     on every step of a walk that is all such steps."""
-    return np.uint64(n * NW + field)
+    return np.uint64(n + field)
 
 
 @hot
@@ -643,12 +646,12 @@ def _audit(nodes, meta, los, his):
     Fills los/his with the ranges in order; returns (count, error code,
     node at fault).  Error codes are explained in AUDIT_ERRORS."""
     root = meta[M_ROOT]
-    cap = nodes.shape[0] // NW
+    end = nodes.shape[0]
     if root == NIL:
         return 0, 1, NIL
-    if nodes[root * NW + PARENT] != NIL:
+    if nodes[root + PARENT] != NIL:
         return 0, 2, root
-    if nodes[root * NW + COLOR] != BLACK:
+    if nodes[root + COLOR] != BLACK:
         return 0, 3, root
     # explicit stack of (node, black height above it)
     stack = np.empty(2 * 130, dtype=np.int64)
@@ -660,22 +663,22 @@ def _audit(nodes, meta, los, his):
     last_hi = np.int64(-1)
     while sp > 0 or n != NIL:
         while n != NIL:
-            if n < 0 or n >= cap:
+            if n < 0 or n >= end or n % NW != 0:
                 return count, 4, n
-            c = nodes[n * NW + COLOR]
+            c = nodes[n + COLOR]
             if c != RED and c != BLACK:
                 return count, 5, n
             if c == BLACK:
                 depth_black += 1
-            left = nodes[n * NW + LEFT]
-            right = nodes[n * NW + RIGHT]
+            left = nodes[n + LEFT]
+            right = nodes[n + RIGHT]
             for ch in (left, right):
                 if ch != NIL:
-                    if ch < 0 or ch >= cap:
+                    if ch < 0 or ch >= end or ch % NW != 0:
                         return count, 4, n
-                    if nodes[ch * NW + PARENT] != n:
+                    if nodes[ch + PARENT] != n:
                         return count, 6, ch
-                    if c == RED and nodes[ch * NW + COLOR] == RED:
+                    if c == RED and nodes[ch + COLOR] == RED:
                         return count, 7, ch
                 else:
                     # a NIL leaf: every path must count the same blacks
@@ -692,8 +695,8 @@ def _audit(nodes, meta, los, his):
         sp -= 2
         n = stack[sp]
         depth_black = stack[sp + 1]
-        lo = nodes[n * NW + LO]
-        hi = nodes[n * NW + HI]
+        lo = nodes[n + LO]
+        hi = nodes[n + HI]
         if hi < lo:
             return count, 10, n
         if lo <= last_hi:
@@ -704,7 +707,7 @@ def _audit(nodes, meta, los, his):
         los[count] = lo
         his[count] = hi
         count += 1
-        n = nodes[n * NW + RIGHT]
+        n = nodes[n + RIGHT]
     return count, 0, NIL
 
 
@@ -732,10 +735,10 @@ def _free_list(nodes, head, cap):
     free = 0
     n = head
     while n != NIL and free <= cap:
-        if nodes[n * NW + COLOR] != UNUSED:
+        if nodes[n + COLOR] != UNUSED:
             return free, n
         free += 1
-        n = nodes[n * NW + LEFT]
+        n = nodes[n + LEFT]
     return free, NIL
 
 
@@ -748,7 +751,7 @@ def audit(st, p):
     his = np.empty(cap, dtype=np.int64)
     count, err, at = _audit(st.nodes, st.meta, los, his)
     if err:
-        problems.append("rbtree: %s (node %d)" % (AUDIT_ERRORS[err], at))
+        problems.append("rbtree: %s (node %d)" % (AUDIT_ERRORS[err], at // NW))
         return problems, []
     m = st.meta
     if count != m[M_NODES]:
@@ -759,13 +762,13 @@ def audit(st, p):
     nd = st.nodes.reshape(cap, NW)
     free, bad = _free_list(st.nodes, int(m[M_FREE]), cap)
     if bad != NIL:
-        problems.append("rbtree: node %d is on the free list but in use" % bad)
+        problems.append("rbtree: node %d is on the free list but in use" % (bad // NW))
     elif free + count != cap:
         problems.append("rbtree: %d free + %d used nodes, the pool has %d"
                         % (free, count, cap))
     for name, word in (("cached_node", M_CACHED), ("cached32_node", M_CACHED32)):
         c = int(m[word])
-        if not 0 <= c < cap or nd[c, COLOR] == UNUSED:
+        if not 0 <= c < cap * NW or c % NW or nd[c // NW, COLOR] == UNUSED:
             problems.append("rbtree: %s is not a node in the tree" % name)
     if not 0 < m[M_MAX32] <= m[M_DMA32]:
         problems.append("rbtree: max32_alloc_size %d out of range" % m[M_MAX32])

@@ -50,6 +50,7 @@ CONFIG = np.dtype([
     ("pages", np.int64),              # IOVA space per domain
     ("trim_cycles", np.int64),        # between two runs of the allocator's trim
     ("diag", np.int64),               # 1: time the steps of one I/O in DIAG_SAMPLE
+    ("outlier_cycles", np.int64),     # a sampled map or unmap longer is left out
     ("warmup_cycles", np.int64),
     ("window_cycles", np.int64),
     ("phase_every", np.int64),        # I/Os between two looks at the clock and the phase
@@ -157,6 +158,12 @@ COUNTERS = _line([
 STATUS_RAN, STATUS_ABORTED = 1, 2
 
 DIAG_SAMPLE = 16              # with --diag, one I/O in this many is timed step by step
+# A sampled map or unmap longer than this holds a preemption (or waits on a
+# lock holder that was preempted): its steps are left out of the averages,
+# where one such sample, standing for DIAG_SAMPLE I/Os, would count the
+# preemption sixteen times over, and counted as an outlier; the time itself
+# is the breakdown's `preempted` (and the lock table's wait).
+SAMPLE_OUTLIER_NS = 100_000
 
 # One per worker (Env.steps): cycles of the steps of the sampled I/Os.
 STEPS = _line([
@@ -172,6 +179,11 @@ STEPS = _line([
     ("service_cycles", np.int64),     # expired flush timers and the trim, less their
                                       # invalidations: every tick of the loop is timed,
                                       # not one in DIAG_SAMPLE
+    ("flush_cycles", np.int64),       # an unmap's flush of a full queue and the
+                                      # deferred frees it releases, less their
+                                      # invalidations: every one timed, not sampled
+    ("flush_inv", np.int64),          # scratch: the invalidation wait when one began
+    ("outliers", np.int64),           # sampled maps and unmaps left out (SAMPLE_OUTLIER_NS)
 ])
 
 # ------------------------------------------------------------------- rings

@@ -267,6 +267,7 @@ class Bench:
                  fq_timeout_cycles=self._cycles(dma.IOVA_FQ_TIMEOUT * 1e6),
                  ncpus=self.ncpus_fq, pages=p.pages,
                  trim_cycles=self._cycles(TRIM_PERIOD_MS * 1e6), diag=o["diag"],
+                 outlier_cycles=self._cycles(abi.SAMPLE_OUTLIER_NS),
                  warmup_cycles=self._cycles(o["warmup"] * 1e9),
                  window_cycles=self._cycles(o["duration"] * 1e9), phase_every=PHASE_EVERY)
         env.sizes[:] = size_table(o["sizes"], o["seed"])
@@ -364,6 +365,10 @@ class Bench:
         for st in self.states[i]:
             if nstats:
                 alloc_stats += st.stats.reshape(-1, allocators.STAT_LINE)[:threads, :nstats]
+            if mod.counters is not None:
+                # kept per CPU, not per worker: the readout sums the rows
+                for name, v in mod.counters(st).items():
+                    alloc_stats[0, mod.STATS.index(name)] += v
             for k, v in mod.footprint(st, p).items():
                 footprint[k] = footprint.get(k, 0) + v
         return Raw(design=d, threads=threads, consumers=int(env.cfg[0]["consumers"]),

@@ -23,7 +23,8 @@ BREAKDOWN_PARTS = (
     ("device_access", "device's translations (IOTLB)"),
     ("invalidation_own", "invalidation, own"),
     ("invalidation_queued", "invalidation, queued"),
-    ("free", "free IOVA, or queue it (a full queue's flush and frees)"),
+    ("free", "free IOVA, or queue it"),
+    ("queue_flush", "a full queue's flush and its frees"),
     ("timers", "flush timers and depot trim"),
     ("device", "device"),
     ("handoff_wait", "hand-off wait"),
@@ -223,6 +224,12 @@ def breakdown_table(point, fmt="simple"):
         notes.append("the parts add up to %.0f ns, more than the total: some overlap" % summed)
     rows.append(["total", "%.1f" % total, "100.00%" if total else "-"])
     rows += [[label, "%.1f" % v, fmt_pct(v, total)] for _, label, v in inner]
+    d = point.get("diag") if isinstance(point.get("diag"), dict) else {}
+    if d.get("outliers"):
+        notes.append("%d of %d sampled maps and unmaps left out of the steps: longer than "
+                     "%.0f µs, each held a preemption (counted in 'waiting for a CPU')"
+                     % (d["outliers"], d.get("sampled", 0) + d["outliers"],
+                        d.get("outlier_ns", 0) / 1e3))
     share = attributed(b)
     if share is not None:
         notes.append("named steps: %.1f%% of the total%s" % (

@@ -31,8 +31,8 @@ def run(sts, env, w, cpu):
 
 
 @hot(cache=True)
-def replay(st, op, ref, pages, limit, cpu, result):
-    return rp.replay_loop(m.alloc, m.free, st, op, ref, pages, limit, cpu, result)
+def replay(st, op, slot, pages, limit, cpu, result, held):
+    return rp.replay_loop(m.alloc, m.free, st, op, slot, pages, limit, cpu, result, held)
 '''
 
 _modules = {}
@@ -56,7 +56,7 @@ def _write_once(path, text):
 
 def of(name):
     """The generated module of allocator `name`: `run(sts, env, w, cpu)`,
-    a worker's whole point, and `replay(st, op, ...)`, a trace."""
+    a worker's whole point, and `replay(st, op, slot, ...)`, a trace."""
     if name not in _modules:
         mod = allocators.module(name)
         path = os.path.join(numba.config.CACHE_DIR, "entries", "entries_%s.py" % name)

@@ -64,6 +64,15 @@ def _xorshift(x):
 
 
 @hot(inline="always", inner=True)
+def _sampled(rng):
+    """Whether --diag times this I/O step by step: one in DIAG_SAMPLE, at
+    random.  Every n-th I/O would meet a queue's flush every 250 unmaps
+    at a rate set by the two periods, not by the flushes (never, or twice
+    too often); the high bits are free of the size table's low ones."""
+    return (rng >> 40) & (DIAG_SAMPLE - 1) == 0
+
+
+@hot(inline="always", inner=True)
 def _seed(env, w):
     rng = (env.cfg[0].seed + 1) * 0x9E3779B97F4A7C15 + w * 0xBF58476D1CE4E5B9
     return (rng & 0x7FFFFFFFFFFFFFFF) | 1
@@ -268,7 +277,7 @@ def local_ring(alloc, free, trim, sts, env, w, cpu):
         slot = head + nout
         if slot >= depth:
             slot -= depth
-        sample = diag and (ops & (DIAG_SAMPLE - 1)) == 0
+        sample = diag and _sampled(rng)
         iova, t_dev, t_done = _map_and_use(alloc, sts, env, w, cpu, dom, pages,
                                            phys + slot * PAGES_PER_SLOT, sample, device, t_dev)
         if iova < 0:
@@ -328,7 +337,7 @@ def handoff_producer(alloc, free, trim, sts, env, w, cpu):
         rng = _xorshift(rng)
         pages = _size(env, rng)
         tail = hand[hb + HAND_TAIL]
-        sample = diag and (ops & (DIAG_SAMPLE - 1)) == 0
+        sample = diag and _sampled(rng)
         iova, t_dev, t_done = _map_and_use(alloc, sts, env, w, cpu, dom, pages,
                                            phys + (tail % depth) * PAGES_PER_SLOT, sample,
                                            device, t_dev)

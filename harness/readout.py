@@ -13,7 +13,7 @@ import numpy as np
 from harness import dma
 from harness.abi import (CTL_ERR_CLAIMANT, CTL_ERR_HOLDER, CTL_ERR_KIND, CTL_ERR_PAGE,
                          CTL_ROGUE_PROBES, CTL_ROGUE_STALE, CTL_T_MEASURE, CTL_T_STOP,
-                         DIAG_SAMPLE, ERR_DOUBLE_MAP, ERR_EARLY_REUSE)
+                         DIAG_SAMPLE, ERR_DOUBLE_MAP, ERR_EARLY_REUSE, SAMPLE_OUTLIER_NS)
 from hwmodel import iommu
 
 
@@ -168,6 +168,8 @@ def breakdown(raw, lock_rows):
         "invalidation_own": (inv_wait - inv_queue) / ops_all / cpn,
         "invalidation_queued": inv_queue / ops_all / cpn,
         "free": step("free_cycles", unmaps),
+        # a mapping worker's flushes of a full queue, all of them timed
+        "queue_flush": s["flush_cycles"][:len(ops)].sum() / window_ops / cpn,
         "timers": s["service_cycles"].sum() / ops_all / cpn,
         "device": raw.cnt["device_wait_cycles"].sum() / ops_all / cpn,
         "handoff_wait": raw.cnt["handoff_wait_cycles"].sum() / ops_all / cpn,
@@ -276,8 +278,12 @@ def window(raw):
         out["breakdown_ns"] = breakdown(raw, lock_rows)
         timing = ("every lock hold timed" if raw.lock_timing == 1 else
                   "one lock hold in %d timed, totals scaled" % raw.lock_timing)
-        out["diag"] = {"timing": "on: %s; one I/O in %d timed step by step"
-                                 % (timing, DIAG_SAMPLE)}
+        st = raw.steps
+        out["diag"] = {"timing": "on: %s; one I/O in %d, at random, timed step by step"
+                                 % (timing, DIAG_SAMPLE),
+                       "sampled": int(st["maps"].sum() + st["unmaps"].sum()),
+                       "outliers": int(st["outliers"].sum()),
+                       "outlier_ns": SAMPLE_OUTLIER_NS}
     if mod.TRANSLATES:
         # a window whose check fails raises: one kept says so
         out["state_checked"] = "allocator state fresh, page tables empty, no page owned"

@@ -25,23 +25,27 @@ MAX_PAGES = 1 << 31
 
 
 @hot
-def replay_loop(alloc, free, st, op, ref, pages, limit, cpu, result):
+def replay_loop(alloc, free, st, op, slot, pages, limit, cpu, result, held):
     """Replay every request as worker 0; result[i] is what allocation i got
-    (-1: failed), or for a free what it freed.  Returns -1, or the first
-    request whose tag is in the wrong state: an allocation of a tag still
-    live, a free of one whose allocation failed (see harness/trace.py)."""
+    (-1: failed), or for a free what it freed.  held[k] is what the tag in
+    slot k holds now (-1: nothing; all -1 at the start).  Returns -1, or the
+    first request whose tag is in the wrong state: an allocation of a tag
+    still live, a free of one whose allocation failed (see
+    harness/trace.py)."""
     for i in range(op.shape[0]):
-        r = ref[i]
+        k = slot[i]
         if op[i] == OP_ALLOC:
-            if r >= 0 and result[r] >= 0:
+            if held[k] >= 0:
                 return i
-            result[i] = alloc(st, 0, cpu[i], pages[i], limit[i])
+            pfn = alloc(st, 0, cpu[i], pages[i], limit[i])
+            held[k] = pfn
         else:
-            pfn = result[r]
+            pfn = np.int64(held[k])
             if pfn < 0:
                 return i
             free(st, 0, cpu[i], pfn, pages[i])
-            result[i] = pfn
+            held[k] = -1
+        result[i] = pfn
     return -1
 
 
@@ -123,12 +127,15 @@ def run(trace, allocator, pages=DEFAULT_PAGES, boundary=DEFAULT_BOUNDARY_PAGES,
         raise UsageError("%s: %s" % (allocator, e)) from None
     limit = np.where(trace.limit < 0, default_limit(allocator, pages), trace.limit)
     result = np.full(len(trace), -1, dtype=np.int64)
+    # int32 (pfns stay under MAX_PAGES): half the cache the loop's own table
+    # takes from the allocator's
+    held = np.full(max(1, trace.peak_live), -1, dtype=np.int32)
     # Compile (or load from the cache) on an empty trace, so that the timed
     # call below is the loop alone.
     empty = np.zeros(0, dtype=np.int64)
-    entry(st, empty, empty, empty, empty, empty, empty)
+    entry(st, empty, empty, empty, empty, empty, empty, held)
     t0 = time.perf_counter_ns()
-    bad = entry(st, trace.op, trace.ref, trace.pages, limit, trace.cpu, result)
+    bad = entry(st, trace.op, trace.slot, trace.pages, limit, trace.cpu, result, held)
     elapsed = time.perf_counter_ns() - t0
     if bad >= 0:
         _raise_state(trace, int(bad))

@@ -19,6 +19,12 @@ that decides it, and the loop checks that one result:
 - for an allocation, the earlier allocation of the same tag that is not yet
   freed, or -1: if that one succeeded, the tag is still live;
 - for a free, the allocation it frees: if that one failed, nothing is mapped.
+
+The loop itself keeps what each live tag holds in `slot`s, one per tag
+possibly live at once and reused after its free, as a driver keeps a
+mapping's address in the descriptor it reuses: a table of peak_live
+entries stays in the first-level cache, where one entry per request would
+put a cache miss in the loop that the allocator's cost is measured by.
 """
 import random
 import re
@@ -49,6 +55,7 @@ class Trace:
     op: np.ndarray          # OP_ALLOC / OP_FREE
     tag: np.ndarray         # index into `tags`
     ref: np.ndarray         # see the module's docstring
+    slot: np.ndarray        # where the loop keeps the tag's range: 0..peak_live-1
     pages: np.ndarray       # a free carries the pages of the allocation it frees
     limit: np.ndarray       # -1: the allocator's default
     cpu: np.ndarray
@@ -104,6 +111,8 @@ def parse(text, name="<trace>", pages=1 << 20, masks=False):
     tag_index = {}
     tags = []
     current = []          # per tag: its possibly-live allocation's request, or -1
+    slot = []             # per request: its tag's slot
+    free_slots = []
     freed_at = []         # per tag: the line of its last free, or 0
     live = peak = 0
     cpu = 0
@@ -147,6 +156,9 @@ def parse(text, name="<trace>", pages=1 << 20, masks=False):
                 live += 1
                 if live > peak:
                     peak = live
+                slot.append(free_slots.pop() if free_slots else live - 1)
+            else:
+                slot.append(slot[current[t]])
             current[t] = i
             op.append(OP_ALLOC)
             npages.append(n)
@@ -166,6 +178,8 @@ def parse(text, name="<trace>", pages=1 << 20, masks=False):
             live -= 1
             op.append(OP_FREE)
             ref.append(a)
+            slot.append(slot[a])
+            free_slots.append(slot[a])
             npages.append(npages[a])
             limit.append(-1)
         elif kind == "cpu":
@@ -189,7 +203,8 @@ def parse(text, name="<trace>", pages=1 << 20, masks=False):
     def arr(x):
         return np.array(x, dtype=np.int64)
 
-    return Trace(name=name, op=arr(op), tag=arr(tag), ref=arr(ref), pages=arr(npages),
+    return Trace(name=name, op=arr(op), tag=arr(tag), ref=arr(ref), slot=arr(slot),
+                 pages=arr(npages),
                  limit=arr(limit), cpu=arr(cpus), line=arr(lines), tags=tags,
                  peak_live=peak, ncpus=maxcpu + 1)
 

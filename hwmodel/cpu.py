@@ -46,8 +46,26 @@ def inline_into_callers(typingctx):
     sig = types.void()
 
     def codegen(context, builder, signature, args):
-        builder.function.attributes.add("alwaysinline")
+        # (numba marks every function noinline when it keeps debug info)
         builder.function.attributes.discard("noinline")
+        builder.function.attributes.add("alwaysinline")
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def out_of_line(typingctx):
+    """Called first thing in a compiled function: LLVM never inlines it.
+    For the rare paths of a function that is inlined everywhere (a magazine
+    exchange, a walk of the tree): inlined, they would crowd the registers
+    and the stack frame of the loop the common path runs in, a cost paid on
+    every request for code run on a few."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        builder.function.attributes.discard("alwaysinline")
+        builder.function.attributes.add("noinline")
         return context.get_dummy_value()
 
     return sig, codegen

@@ -19,7 +19,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from hwmodel.cpu import busy_wait_cycles, cas, cycles, hot, load, pause, store
+from hwmodel.cpu import busy_wait_cycles, cas, cycles, hot, inline_into_callers, load, pause, store
 
 LINE = 16
 PTE_PRESENT = 1
@@ -87,8 +87,11 @@ def _set_base(io, dom, pfn):
     return (dom * sets + pfn % sets) * io.cfg[I_WAYS]
 
 
+# The steps every I/O takes are inlined into the harness's loop: a call
+# would copy the IOMMU's arrays, some fifty words, onto the stack each time.
 @hot
 def write_ptes(io, dom, iova, pages, phys):
+    inline_into_callers()
     base = dom * io.cfg[I_PAGES]
     for i in range(pages):
         io.pt[base + iova + i] = ((phys + i) << PAGE_SHIFT) | PTE_PRESENT | PTE_WRITE
@@ -97,6 +100,7 @@ def write_ptes(io, dom, iova, pages, phys):
 
 @hot
 def clear_ptes(io, dom, iova, pages):
+    inline_into_callers()
     base = dom * io.cfg[I_PAGES]
     for i in range(pages):
         io.pt[base + iova + i] = 0
@@ -107,6 +111,7 @@ def clear_ptes(io, dom, iova, pages):
 def translate(io, w, dom, pfn):
     """A device access to page `pfn`: the IOTLB's translation (physical pfn)
     or a walk that fills it; -1 when the walk finds nothing (a fault)."""
+    inline_into_callers()
     b = _set_base(io, dom, pfn)
     ways = io.cfg[I_WAYS]
     s = w * LINE
@@ -195,6 +200,7 @@ def drop_domain(io, dom):
 def invalidate(io, w, dom, pfn, pages):
     """Invalidate `pages` pages from `pfn` (page-selective; pfn < 0: the
     whole domain) and wait for completion.  Returns the completion cycle."""
+    inline_into_callers()
     latency = io.cfg[I_INV_DOMAIN] if pfn < 0 else io.cfg[I_INV_PAGE]
     t0, end = _occupy_unit(io, w, latency)
     while cycles() < end:

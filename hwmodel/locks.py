@@ -1,10 +1,17 @@
 """Spinlocks on shared words: tas, ttas (with backoff), ticket, mcs.
 
-Every lock instance owns one 128-byte line of `Locks.word` (two 64-byte
-lines: the adjacent-line prefetcher pairs them).  Statistics are kept per
-lock class and per worker, one line per (class, worker), so that counting
-adds no sharing of its own.  The kind is a runtime value: one compiled
-allocator serves all four, at the cost of one well-predicted branch.
+Every lock instance owns one 128-byte block of `Locks.word`, two 64-byte
+cache lines that the adjacent-line prefetcher pairs: the lock word's line,
+the only one waiters spin on, and the holder's line, written only by
+whoever holds the lock: the last holder, the acquisition count, the start
+of a timed hold.  Keeping these beside the lock costs an acquisition no
+line elsewhere (the holder's line moves with the lock, as the data the lock
+guards does), and keeping them off the lock word's line means that the
+holder's writes never disturb the waiters.  The contention statistics,
+written only on the slow path, are kept per lock class and per worker, one
+line per (class, worker), so that counting adds no sharing of its own.  The
+kind is a runtime value: one compiled allocator serves all four, at the
+cost of one well-predicted branch.
 
 Userspace cannot disable preemption as `spin_lock` does, so a waiter spins
 `spin_bound` times and then yields the core: a preempted holder (or, for
@@ -12,7 +19,8 @@ ticket and mcs, a preempted next-in-line) needs it back.  Each yield also
 looks at the run's abort word, so that no wait outlives a dead holder.
 
 An uncontended acquisition costs what the kernel's does, one atomic, plus
-the acquisition count and the last-holder word (`acq_bounces`); the wait is
+the acquisition count and the last-holder word (`acq_bounces`) in the
+holder's line, already in the holder's cache; the wait is
 out of line, and only there is the cycle counter read, as lock_stat times
 only contentions.  Hold times cost two clock reads per acquisition, so they
 are kept only when the timing flag (`C_TIMING`) is set.  `class_stats` says
@@ -28,18 +36,22 @@ LINE = 16                      # int64 words per 128-byte line
 KINDS = ("tas", "ttas", "ticket", "mcs")
 TAS, TTAS, TICKET, MCS = range(4)
 
-# Layout of a lock's line in Locks.word.
-W_STATE = 0      # tas/ttas: 0 free, 1 held; ticket: next ticket; mcs: tail (worker + 1)
-W_OWNER = 1      # ticket: now serving
-W_LAST = 2       # worker that held it last, for hand-off counts (+1; 0 = never)
-W_CLASS = 3      # lock class, the row of lock_stat it counts in
+# Layout of a lock's block in Locks.word: the lock word's 64-byte line,
+# which waiters read, then the holder's.
+STRIDE = LINE
+HOLDER = LINE // 2
+W_STATE = 0                # tas/ttas: 0 free, 1 held; ticket: next ticket; mcs: tail (worker + 1)
+W_OWNER = 1                # ticket: now serving
+W_LAST = HOLDER            # worker that held it last, for hand-off counts (+1; 0 = never)
+W_ACQ = HOLDER + 1         # acquisitions
+W_ACQ_BOUNCES = HOLDER + 2  # acquisitions whose last holder was another worker
+W_T_ACQ = HOLDER + 3       # when the timed hold now running began (0: none)
+W_CLASS = HOLDER + 4       # lock class, the row of lock_stat it counts in
 
 # Layout of a (class, worker) statistics line, in the manner of lock_stat
 # (kernel/locking/lockdep.c, struct lock_class_stats).
-S_ACQ = 0            # acquisitions
 S_CONTENDED = 1      # contentions: acquisitions whose first attempt failed
 S_CON_BOUNCES = 2    # contended, and the last holder was another worker
-S_ACQ_BOUNCES = 3    # acquisitions whose last holder was another worker
 S_WAIT = 4           # cycles, first failed attempt to acquisition, contended ones
 S_WAIT_MIN = 5
 S_WAIT_MAX = 6
@@ -47,7 +59,6 @@ S_HOLD = 7           # cycles, acquisition to release, timed ones
 S_HOLD_MIN = 8
 S_HOLD_MAX = 9
 S_TIMED = 10         # acquisitions whose hold was timed
-S_T_ACQ = 11         # scratch: when the timed hold began
 
 # Layout of Locks.cfg.
 C_KIND = 0
@@ -65,7 +76,7 @@ Locks = namedtuple("Locks", ["word", "qnode", "stats", "cfg", "ctl"])
 
 def layout(nlocks, nworkers, nclasses):
     """(name, shape) of every array a set of locks needs."""
-    return [("word", (nlocks * LINE,)),
+    return [("word", (nlocks * STRIDE,)),
             ("qnode", (nworkers * nclasses * LINE,)),
             ("stats", (nclasses * nworkers * LINE,)),
             ("cfg", (LINE,))]
@@ -78,9 +89,9 @@ def init(lk, kind, classes, spin_bound=1000, timing=0):
     lk.word[:] = 0
     lk.qnode[:] = 0
     lk.stats[:] = 0
-    nlocks = len(lk.word) // LINE
+    nlocks = len(lk.word) // STRIDE
     for i in range(nlocks):
-        lk.word[i * LINE + W_CLASS] = classes[i]
+        lk.word[i * STRIDE + W_CLASS] = classes[i]
     nworkers_classes = len(lk.qnode) // LINE
     nclasses = max(classes) + 1 if len(classes) else 1
     lk.cfg[C_KIND] = KINDS.index(kind)
@@ -241,21 +252,21 @@ def _account(st, total, lo, hi, v):
 
 
 @hot
-def _hold_begin(lk, s):
+def _hold_begin(lk, b):
     """With the timing flag: start timing this hold, one in C_TIMING."""
-    st = lk.stats
-    if st[s + S_ACQ] % lk.cfg[C_TIMING] == 0:
-        st[s + S_T_ACQ] = cycles()
+    if lk.word[b + W_ACQ] % lk.cfg[C_TIMING] == 0:
+        lk.word[b + W_T_ACQ] = cycles()
 
 
 @hot
-def _hold_end(lk, s):
-    st = lk.stats
-    t0 = st[s + S_T_ACQ]
+def _hold_end(lk, b, w):
+    t0 = lk.word[b + W_T_ACQ]
     if t0 == 0:
         return
     hold = cycles() - t0
-    st[s + S_T_ACQ] = 0
+    lk.word[b + W_T_ACQ] = 0
+    st = lk.stats
+    s = _stat_base(lk, lk.word[b + W_CLASS], w)
     st[s + S_TIMED] += 1
     _account(st, s + S_HOLD, s + S_HOLD_MIN, s + S_HOLD_MAX, hold)
 
@@ -263,9 +274,8 @@ def _hold_end(lk, s):
 @hot(inline="always")
 def acquire(lk, i, w):
     """spin_lock: take lock i as worker w."""
-    b = i * LINE
+    b = i * STRIDE
     kind = lk.cfg[C_KIND]
-    cls = lk.word[uidx(b + W_CLASS)]
     if kind == TTAS:
         token = _trylock_ttas(lk, b)
     elif kind == TAS:
@@ -273,29 +283,28 @@ def acquire(lk, i, w):
     elif kind == TICKET:
         token = _trylock_ticket(lk, b)
     else:
-        token = _trylock_mcs(lk, b, cls, w)
+        token = _trylock_mcs(lk, b, lk.word[uidx(b + W_CLASS)], w)
     if token != 0:
-        _contended(lk, b, cls, w, kind, token)
-    s = _stat_base(lk, cls, w)
-    lk.stats[uidx(s + S_ACQ)] += 1
-    # the holder's own line: W_LAST is written only when the lock moves
-    last = lk.word[uidx(b + W_LAST)]
+        _contended(lk, b, lk.word[uidx(b + W_CLASS)], w, kind, token)
+    word = lk.word
+    word[uidx(b + W_ACQ)] += 1
+    last = word[uidx(b + W_LAST)]
     if last != w + 1:
         if last != 0:
-            lk.stats[uidx(s + S_ACQ_BOUNCES)] += 1
-        lk.word[uidx(b + W_LAST)] = w + 1
+            word[uidx(b + W_ACQ_BOUNCES)] += 1
+        word[uidx(b + W_LAST)] = w + 1
     if lk.cfg[C_TIMING] != 0:
-        _hold_begin(lk, s)
+        _hold_begin(lk, b)
 
 
 @hot(inline="always")
 def release(lk, i, w):
     """spin_unlock: drop lock i, held by worker w."""
-    b = i * LINE
+    b = i * STRIDE
     if lk.cfg[C_TIMING] != 0:
-        _hold_end(lk, _stat_base(lk, lk.word[uidx(b + W_CLASS)], w))
+        _hold_end(lk, b, w)
     kind = lk.cfg[C_KIND]
-    if kind == TTAS or kind == TAS:
+    if kind <= TTAS:                       # TAS or TTAS
         store(lk.word, b + W_STATE, 0)
     elif kind == TICKET:
         store(lk.word, b + W_OWNER, lk.word[uidx(b + W_OWNER)] + 1)
@@ -324,20 +333,22 @@ def class_stats(lk):
     ncls = int(lk.cfg[C_NCLASSES])
     nw = int(lk.cfg[C_NWORKERS])
     st = lk.stats.reshape(ncls, nw, LINE)
+    held = lk.word.reshape(-1, STRIDE)
     out = []
     big = np.iinfo(np.int64).max
     for c in range(ncls):
         rows = st[c]
+        mine = held[held[:, W_CLASS] == c]
         wmin = rows[:, S_WAIT_MIN].min()
         hmin = rows[:, S_HOLD_MIN].min()
-        acq = int(rows[:, S_ACQ].sum())
+        acq = int(mine[:, W_ACQ].sum())
         timed = int(rows[:, S_TIMED].sum())
         scale = acq / timed if timed else 0.0
         out.append({
             "acquisitions": acq,
             "contentions": int(rows[:, S_CONTENDED].sum()),
             "con_bounces": int(rows[:, S_CON_BOUNCES].sum()),
-            "acq_bounces": int(rows[:, S_ACQ_BOUNCES].sum()),
+            "acq_bounces": int(mine[:, W_ACQ_BOUNCES].sum()),
             "wait_total": int(rows[:, S_WAIT].sum()),
             "wait_min": 0 if wmin == big else int(wmin),
             "wait_max": int(rows[:, S_WAIT_MAX].max()),

@@ -139,7 +139,7 @@ def make_env(flush, cpn, pages=PAGES, inv_page=0, inv_domain=0, rogue=False):
     abi.pack(env.cfg, depth=1, check=1, limit=pages - 1, translate=1, seed=0,
              flush=FLUSH_NAMES.index(flush), ndomains=NDOM, device_cycles=0, hypercall_cycles=0,
              premapped=0, consumers=0, rogue=rogue, fq_timeout_cycles=ms(cpn, IOVA_FQ_TIMEOUT),
-             ncpus=NCPUS, pages=pages, trim_cycles=0, diag=0, warmup_cycles=0,
+             ncpus=NCPUS, pages=pages, trim_cycles=0, diag=0, outlier_cycles=0, warmup_cycles=0,
              window_cycles=0, phase_every=1)
     sts = []
     for d in range(NDOM):

@@ -325,8 +325,18 @@ def check_trace(text, name, kw, parse):
         trace.parse("\n".join(lines[:n - 1]), name, **kw)
     else:
         assert len(tr) == requests_in(text)
-        for a in (tr.op, tr.tag, tr.ref, tr.pages, tr.limit, tr.cpu, tr.line):
+        for a in (tr.op, tr.tag, tr.ref, tr.slot, tr.pages, tr.limit, tr.cpu, tr.line):
             assert len(a) == len(tr)
+        # a slot holds one possibly-live tag at a time, and there are
+        # peak_live of them
+        owner = {}
+        for k, t, op in zip(tr.slot.tolist(), tr.tag.tolist(), tr.op.tolist()):
+            assert 0 <= k < tr.peak_live
+            if op == trace.OP_ALLOC:
+                assert owner.get(k, t) == t
+                owner[k] = t
+            else:
+                assert owner.pop(k) == t
 
 
 @FUZZ

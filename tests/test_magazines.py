@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 from numba import njit
 
+import allocators
 from allocators import Params, magazines as M, rbtree
 from harness import compose
 from hwmodel import locks as lockmod
@@ -23,7 +24,7 @@ W = 0
 
 
 def stats(st):
-    return dict(zip(M.STATS, st.stats.reshape(-1, 16)[:, :len(M.STATS)].sum(0).tolist()))
+    return allocators.totals(M, st)
 
 
 def tree_stat(st, name):

@@ -39,11 +39,11 @@ def acquisitions(st):
 
 def last_holder(st, lock):
     """Worker + 1 that took `lock` last (0: never taken)."""
-    return int(st.lk.word[lock * lockmod.LINE + lockmod.W_LAST])
+    return int(st.lk.word[lock * lockmod.STRIDE + lockmod.W_LAST])
 
 
 def locks_free(st):
-    return all(st.lk.word[i * lockmod.LINE + lockmod.W_STATE] == 0
+    return all(st.lk.word[i * lockmod.STRIDE + lockmod.W_STATE] == 0
                for i in range(pools.NPOOLS_MAX))
 
 

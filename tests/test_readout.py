@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from harness import abi, designs, dma, readout
+from harness import abi, designs, dma, loop, readout
 from harness.abi import CTL_T_MEASURE, CTL_T_STOP, LINE
 from harness.bench import Raw
 from hwmodel import iommu, locks
@@ -13,13 +13,12 @@ CPN = 2.0                                  # cycles per ns
 def lock_rows(acq, con):
     """class_stats rows as the locks return them, for one class."""
     nw = 2
-    lk = locks.Locks(np.zeros(LINE, np.int64), np.zeros(nw * LINE, np.int64),
+    lk = locks.Locks(np.zeros(locks.STRIDE, np.int64), np.zeros(nw * LINE, np.int64),
                      np.zeros(nw * LINE, np.int64), np.zeros(LINE, np.int64),
                      np.zeros(LINE, np.int64))
     locks.init(lk, "ttas", [0])
-    st = lk.stats.reshape(nw, LINE)
-    st[0, locks.S_ACQ] = acq
-    st[0, locks.S_CONTENDED] = con
+    lk.word[locks.W_ACQ] = acq
+    lk.stats.reshape(nw, LINE)[0, locks.S_CONTENDED] = con
     return locks.class_stats(lk)
 
 
@@ -98,3 +97,19 @@ def test_every_key_written_is_documented():
     keys = set(p) | set(p["locks"][0]) | set(p["breakdown_ns"]) | set(p["disturbance"]) | \
         set(p["series"][0]) | set(p["exposure_ns"]) | set(p["flush_stats"])
     assert keys - named == set()
+
+
+def test_the_sampled_ios_are_one_in_diag_sample_at_random():
+    """One I/O in DIAG_SAMPLE, picked by the loop's generator: not every
+    n-th, which would meet a flush every 250 unmaps at a rate set by the
+    two periods."""
+    rng, picked = 1, []
+    for i in range(64_000):
+        rng = loop._xorshift.py_func(rng)
+        if loop._sampled.py_func(rng):
+            picked.append(i)
+    assert 3400 < len(picked) < 4600
+    # every phase of a 250-unmap period is met (every 16th I/O: even ones only)
+    assert len(set((np.array(picked) % 250).tolist())) == 250
+    gaps = np.diff(picked)
+    assert gaps.min() < 4 and gaps.max() > 40

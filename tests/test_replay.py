@@ -72,6 +72,8 @@ def test_parse_fields():
     assert t.cpu.tolist() == [0, 0, 0, 3, 3, 0, 0, 0, 0]
     assert t.line.tolist() == [4, 5, 6, 8, 10, 12, 13, 14, 15]
     assert t.ref.tolist() == [-1, -1, -1, -1, 0, -1, 2, -1, 3]
+    # net0's slot is taken again after its free, then blk0's by dev/x:1
+    assert t.slot.tolist() == [0, 1, 2, 3, 0, 0, 2, 2, 3]
     assert t.ncpus == 4
     assert t.peak_live == 4
     assert t.nallocs == 6
@@ -155,8 +157,9 @@ def _echo_free(st, w, cpu, pfn, pages):
 
 
 @njit
-def _echo_replay(st, op, ref, pages, limit, cpu, result):
-    return replay.replay_loop(_echo_alloc, _echo_free, st, op, ref, pages, limit, cpu, result)
+def _echo_replay(st, op, slot, pages, limit, cpu, result, held):
+    return replay.replay_loop(_echo_alloc, _echo_free, st, op, slot, pages, limit, cpu, result,
+                              held)
 
 
 def echo(text):
@@ -165,7 +168,8 @@ def echo(text):
     n = np.zeros(1, dtype=np.int64)
     result = np.full(len(t), -1, dtype=np.int64)
     limit = np.where(t.limit < 0, 63, t.limit)
-    bad = _echo_replay((log, n), t.op, t.ref, t.pages, limit, t.cpu, result)
+    held = np.full(max(1, t.peak_live), -1, dtype=np.int32)
+    bad = _echo_replay((log, n), t.op, t.slot, t.pages, limit, t.cpu, result, held)
     return bad, log[:n[0]].tolist(), result.tolist()
 
 
