@@ -346,6 +346,15 @@ def _cpu_lock(cpu, c):
 
 
 @hot
+def _lock_cpu_rcache(st, w, cpu, c):
+    """raw_cpu_ptr(rcache->cpu_rcaches) and spin_lock_irqsave: this CPU's
+    line of size class c, locked."""
+    inline_into_callers()
+    acquire(st.lk, _cpu_lock(cpu, c), w)
+    return (cpu * NCLS + c) * LINE
+
+
+@hot
 def _depot_lock(meta, c):
     return 1 + meta[C_NCPUS] * NCLS + c
 
@@ -361,9 +370,7 @@ def _rcache_insert(st, w, cpu, c, pfn):
     mags = st.mags
     pcpu = st.pcpu
     stride = st.meta[C_STRIDE]
-    pc = (cpu * NCLS + c) * LINE
-    cl = _cpu_lock(cpu, c)
-    acquire(st.lk, cl, w)
+    pc = _lock_cpu_rcache(st, w, cpu, c)
     can_insert = True
     to_free = -1
     if mags[_u(pcpu[_u(pc + PC_LOADED)] * stride)] >= st.meta[C_MAGSIZE]:
@@ -372,7 +379,7 @@ def _rcache_insert(st, w, cpu, c, pfn):
         b = pcpu[_u(pc + PC_LOADED)] * stride
         mags[_u(b + 1 + mags[_u(b)])] = pfn
         mags[_u(b)] += 1
-    release(st.lk, cl, w)
+    release(st.lk, _cpu_lock(cpu, c), w)
     if to_free != -1:
         # the depot was full: this magazine's IOVAs go back to the tree
         _free_pfns(st, w, to_free)
@@ -462,10 +469,8 @@ def _rcache_get(st, w, cpu, c, limit_pfn):
     inline_into_callers()
     mags = st.mags
     pcpu = st.pcpu
+    pc = _lock_cpu_rcache(st, w, cpu, c)
     stride = st.meta[C_STRIDE]
-    pc = (cpu * NCLS + c) * LINE
-    cl = _cpu_lock(cpu, c)
-    acquire(st.lk, cl, w)
     has_pfn = True
     if mags[_u(pcpu[_u(pc + PC_LOADED)] * stride)] == 0:
         has_pfn = _refill(st, w, cpu, c)
@@ -476,7 +481,7 @@ def _rcache_get(st, w, cpu, c, limit_pfn):
         pcpu[_u(pc + PC_HITS)] += 1
     else:
         pcpu[_u(pc + PC_MISSES)] += 1
-    release(st.lk, cl, w)
+    release(st.lk, _cpu_lock(cpu, c), w)
     return pfn
 
 

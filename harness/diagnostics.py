@@ -23,12 +23,14 @@ BREAKDOWN_PARTS = (
     ("device_access", "device's translations (IOTLB)"),
     ("invalidation_own", "invalidation, own"),
     ("invalidation_queued", "invalidation, queued"),
+    ("invalidation_submit", "invalidation, submit and poll"),
     ("free", "free IOVA, or queue it"),
     ("queue_flush", "a full queue's flush and its frees"),
     ("timers", "flush timers and depot trim"),
-    ("device", "device"),
+    ("device", "device (polling it; its model's clock reads)"),
     ("handoff_wait", "hand-off wait"),
     ("preempted", "waiting for a CPU (preempted)"),
+    ("diag_timing", "timing the sampled steps (--diag's own cost)"),
     ("harness", "harness (the loop; direct's cost)"),
 )
 # lock waits happen inside allocate, free and the timers: a share of them

@@ -166,15 +166,24 @@ def breakdown(raw, lock_rows):
         "page_table": step("map_pte_cycles", maps) + step("unmap_pte_cycles", unmaps),
         "device_access": step("access_cycles", maps),
         "invalidation_own": (inv_wait - inv_queue) / ops_all / cpn,
+        "invalidation_submit": step("inv_submit_cycles", unmaps),
         "invalidation_queued": inv_queue / ops_all / cpn,
         "free": step("free_cycles", unmaps),
         # a mapping worker's flushes of a full queue, all of them timed
         "queue_flush": s["flush_cycles"][:len(ops)].sum() / window_ops / cpn,
         "timers": s["service_cycles"].sum() / ops_all / cpn,
-        "device": raw.cnt["device_wait_cycles"].sum() / ops_all / cpn,
+        # polling for the device, and the model's two reads of the clock
+        # per I/O (the completion stamp, the first poll)
+        "device": (raw.cnt["device_wait_cycles"].sum() / ops_all
+                   + (2 * read if raw.device_modelled else 0)) / cpn,
         "handoff_wait": raw.cnt["handoff_wait_cycles"].sum() / ops_all / cpn,
         # waiting for a CPU: the mapping workers' run-queue time in the window
         "preempted": sum((raw.run_delay_ns or [])[:len(ops)]) / window_ops,
+        # --diag's own cost: the reads of the clock that time the sampled
+        # steps (a map's four and its translations' two, an unmap's three,
+        # a strict one's four), which the steps leave out
+        "diag_timing": (6 * int(s["maps"].sum()) + (3 + (s["inv_submit_cycles"].sum() > 0))
+                        * int(s["unmaps"].sum())) * read / ops_all / cpn,
     }
     total = window_seconds(raw) * 1e9 * len(ops) / window_ops
     out["harness"] = max(0.0, total - sum(out.values()))
