@@ -184,6 +184,7 @@ STEPS = _line([
                                       # invalidations: every one timed, not sampled
     ("flush_inv", np.int64),          # scratch: the invalidation wait when one began
     ("outliers", np.int64),           # sampled maps and unmaps left out (SAMPLE_OUTLIER_NS)
+    ("outlier_cycles", np.int64),     # their time
     ("inv_submit_cycles", np.int64),  # strict: submitting an invalidation and polling
                                       # for it, beyond the wait the unit's model sets
 ])

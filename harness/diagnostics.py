@@ -30,6 +30,8 @@ BREAKDOWN_PARTS = (
     ("device", "device (polling it; its model's clock reads)"),
     ("handoff_wait", "hand-off wait"),
     ("preempted", "waiting for a CPU (preempted)"),
+    ("stalls", "stalls of over 100 µs, less preemption (a preempted lock holder)"),
+    ("exposure_stamp", "the exposure window's start (a clock read per unmap)"),
     ("diag_timing", "timing the sampled steps (--diag's own cost)"),
     ("harness", "harness (the loop; direct's cost)"),
 )
@@ -229,7 +231,8 @@ def breakdown_table(point, fmt="simple"):
     d = point.get("diag") if isinstance(point.get("diag"), dict) else {}
     if d.get("outliers"):
         notes.append("%d of %d sampled maps and unmaps left out of the steps: longer than "
-                     "%.0f µs, each held a preemption (counted in 'waiting for a CPU')"
+                     "%.0f µs, they held a preemption or a wait on a preempted holder "
+                     "(counted in 'waiting for a CPU' and 'stalls')"
                      % (d["outliers"], d.get("sampled", 0) + d["outliers"],
                         d.get("outlier_ns", 0) / 1e3))
     share = attributed(b)

@@ -235,6 +235,7 @@ def dma_map(alloc, st, env, w, cpu, dom, pages, phys, sample):
         t3 = cycles()
         if t3 - t0 > cfg.outlier_cycles:
             s.outliers += 1
+            s.outlier_cycles += t3 - t0
         else:
             s.hypercall_cycles += t1 - t0
             s.alloc_cycles += t2 - t1
@@ -287,6 +288,7 @@ def dma_unmap(free, sts, env, w, cpu, owner, dom, iova, pages, sample):
         own = cycles() - t1 - (s.flush_cycles - fl0) - (tinv if tinv > 0 else inv)
         if own + tinv + t1 - t0 > cfg.outlier_cycles:
             s.outliers += 1
+            s.outlier_cycles += own + tinv + t1 - t0
         else:
             s.hypercall_cycles += th - t0
             s.unmap_pte_cycles += t1 - th

@@ -160,6 +160,9 @@ def breakdown(raw, lock_rows):
 
     ops = worker_ops(raw)
     window_ops = max(1, int(ops.sum()))
+    preempted = sum((raw.run_delay_ns or [])[:len(ops)]) / window_ops
+    # a sampled I/O is a map and an unmap
+    samples = max(1, int(s["maps"].sum() + s["unmaps"].sum() + s["outliers"].sum()))
     out = {
         "hypercall": step("hypercall_cycles", maps) if raw.hypercalls else 0.0,
         "allocate": step("alloc_cycles", maps),
@@ -178,7 +181,13 @@ def breakdown(raw, lock_rows):
                    + (2 * read if raw.device_modelled else 0)) / cpn,
         "handoff_wait": raw.cnt["handoff_wait_cycles"].sum() / ops_all / cpn,
         # waiting for a CPU: the mapping workers' run-queue time in the window
-        "preempted": sum((raw.run_delay_ns or [])[:len(ops)]) / window_ops,
+        "preempted": preempted,
+        # sampled maps and unmaps of over SAMPLE_OUTLIER_NS, left out of the
+        # steps: per I/O, less what `preempted` already holds of them
+        "stalls": max(0.0, s["outlier_cycles"].sum() / cpn / samples * 2 - preempted),
+        # the read of the clock that starts every unmap's exposure window
+        "exposure_stamp": (int(raw.cnt["unmaps"].sum()) * read / ops_all / cpn
+                           if raw.design.translates else 0.0),
         # --diag's own cost: the reads of the clock that time the sampled
         # steps (a map's four and its translations' two, an unmap's three,
         # a strict one's four), which the steps leave out

@@ -501,3 +501,25 @@ def test_documents_are_not_modified_by_rendering(tmp_path):
     report.render_report(sources, "simple", diag=True)
     plot.figure(sources)
     assert doc == before
+
+
+def test_older_versions_read_as_the_current_one(tmp_path):
+    from harness import results
+    p = sweep_points()[0]
+    p["locks"] = [{"name": "rbtree", "acquisitions": 10, "contentions": 2, "handoffs": 3,
+                   "wait_ns_total": 50.0}]
+    p["breakdown_ns"] = {"free": 80.0, "harness": 20.0, "total": 100.0}
+    v1 = document([copy.deepcopy(p)])
+    doc = results.load(write(tmp_path, "v1.json", v1))
+    lock = doc["points"][0]["locks"][0]
+    assert doc["version"] == results.VERSION
+    assert (lock["acq_bounces"], lock["wait_scope"]) == (3, "all acquisitions")
+    assert "handoffs" not in lock
+    v2 = dict(document([copy.deepcopy(p)]), version=2)
+    doc = results.load(write(tmp_path, "v2.json", v2))
+    assert doc["version"] == results.VERSION
+    # a version 2 breakdown is read as written, its `free` whole
+    assert doc["points"][0]["breakdown_ns"] == p["breakdown_ns"]
+    assert "acq_bounces" not in doc["points"][0]["locks"][0]
+    with pytest.raises(UsageError, match="version 99, this tool reads versions 1, 2, 3"):
+        results.load(write(tmp_path, "v99.json", dict(v1, version=99)))
