@@ -31,7 +31,10 @@ nest in that order: magazine, then depot, then rbtree.
 
 Magazines are kmalloc'ed in the kernel.  Here they are slots of one array,
 each laid out as `struct iova_magazine` (a size word, then the pfns; in a
-list depot the size word holds the link, as the kernel's union does), taken
+list depot the size word holds the link, as the kernel's union does) and
+named, wherever one is held (a CPU's loaded and prev, a depot, a link), by
+its address: the index of its size word in `mags`, as the kernel names it
+by pointer, so that reaching a magazine costs one load.  Slots are taken
 from and returned to a lock-free stack: kmalloc takes no lock the caller
 could contend on, and neither does this.  The pool is sized so that it
 cannot run out (see `mag_capacity`); if it did, the kernel's own
@@ -49,7 +52,7 @@ from allocators.rbtree import (DOMAIN_BYTES, IOVA_ANCHOR, IOVA_BYTES, M_NODES,
 from hwmodel.cpu import (cas, fetch_add, fls, hot, inline_into_callers, load, out_of_line,
                          store)
 from hwmodel.cpu import uidx as _u
-from hwmodel.locks import acquire, release
+from hwmodel.locks import acquire, counted, release
 
 NAME = "magazines"
 LOCK_CLASSES = ("rbtree", "magazine", "depot")
@@ -80,7 +83,7 @@ C_STRIDE = 2                # words per magazine slot
 C_NCPUS = 3
 C_NMAGS = 4
 C_MAG_BYTES = 5             # kernel bytes of one magazine
-# line 1: the magazine pool's free stack, (tag << 32) | (slot + 1)
+# line 1: the magazine pool's free stack, (tag << 32) | (address + 1)
 P_HEAD = LINE
 # line 2: magazine and memory accounting
 P_LIVE = 2 * LINE           # magazines allocated now
@@ -93,8 +96,9 @@ META_WORDS = 4 * LINE
 
 # a per-CPU, per-class line (struct iova_cpu_rcache, cache-line aligned).
 # The kernel keeps no hit counts; ours live beside the magazines they
-# count, on the line the lookup holds anyway: a counter on a line of its
-# own cost a twelfth of a cache hit.
+# count, on the line the lookup holds anyway (a counter on a line of its
+# own cost a twelfth of a cache hit), and a replay, whose locks are Quiet
+# (hwmodel/locks.py), keeps none.  LOADED and PREV are addresses in `mags`.
 PC_LOADED = 0
 PC_PREV = 1
 PC_HITS = 2
@@ -214,20 +218,21 @@ def init(st, p):
     used = 0
     pc = st.pcpu.reshape(p.ncpus * NCLS, LINE)
     for row in range(p.ncpus * NCLS):
-        pc[row, PC_LOADED] = used
-        pc[row, PC_PREV] = used + 1
+        pc[row, PC_LOADED] = used * stride
+        pc[row, PC_PREV] = (used + 1) * stride
         used += 2
     if variant == PREALLOC:
-        st.depot[:] = np.arange(used, used + NCLS * MAX_GLOBAL_MAGS)
+        st.depot[:] = np.arange(used, used + NCLS * MAX_GLOBAL_MAGS) * stride
         used += NCLS * MAX_GLOBAL_MAGS
     rc = st.rcache.reshape(NCLS, LINE)
     rc[:, RC_HEAD] = -1
     if used > nmags:
         raise ValueError("magazine pool of %d slots, %d needed at start"
                          % (nmags, used))
-    # the free stack: used, used+1, ..., each slot's word 0 naming the next
+    # the free stack: slots used, used+1, ..., each one's size word holding
+    # the next one's address + 1 (0: none)
     mags = st.mags.reshape(nmags, stride)
-    nxt = np.arange(used + 2, nmags + 2, dtype=np.int64)
+    nxt = np.arange(used + 1, nmags + 1, dtype=np.int64) * stride + 1
     nxt[-1:] = 0
     mags[used:, 0] = nxt
     m = st.meta
@@ -237,7 +242,7 @@ def init(st, p):
     m[C_NCPUS] = p.ncpus
     m[C_NMAGS] = nmags
     m[C_MAG_BYTES] = mag_bytes(p)
-    m[P_HEAD] = used + 1 if used < nmags else 0
+    m[P_HEAD] = used * stride + 1 if used < nmags else 0
     m[P_LIVE] = used
     m[P_PEAK_MAGS] = used
     start = DOMAIN_BYTES + used * mag_bytes(p)
@@ -267,11 +272,10 @@ def _note_bytes(meta, tree_meta):
 
 @hot
 def _mag_alloc(st):
-    """iova_magazine_alloc: an empty magazine, or -1 when none is left
-    (the kernel's GFP_ATOMIC failure)."""
+    """iova_magazine_alloc: an empty magazine's address, or -1 when none
+    is left (the kernel's GFP_ATOMIC failure)."""
     meta = st.meta
     mags = st.mags
-    stride = meta[C_STRIDE]
     while True:
         h = load(meta, P_HEAD)
         top = h & MASK32
@@ -279,12 +283,12 @@ def _mag_alloc(st):
             fetch_add(meta, N_MAG_NOMEM, 1)
             return -1
         i = top - 1
-        nxt = load(mags, i * stride)
+        nxt = load(mags, i)
         # the tag in the high half defeats ABA between the load and the cas
         nh = (((h >> 32) + 1) << 32) | nxt
         if cas(meta, P_HEAD, h, nh) == h:
             break
-    mags[i * stride] = 0
+    mags[i] = 0
     live = fetch_add(meta, P_LIVE, 1) + 1
     _raise_peak(meta, P_PEAK_MAGS, live)
     _note_bytes(meta, st.tree.meta)
@@ -293,13 +297,12 @@ def _mag_alloc(st):
 
 @hot
 def _mag_free(st, i):
-    """iova_magazine_free."""
+    """iova_magazine_free: the magazine at address i."""
     meta = st.meta
     mags = st.mags
-    stride = meta[C_STRIDE]
     while True:
         h = load(meta, P_HEAD)
-        store(mags, i * stride, h & MASK32)
+        store(mags, i, h & MASK32)
         nh = (((h >> 32) + 1) << 32) | (i + 1)
         if cas(meta, P_HEAD, h, nh) == h:
             break
@@ -323,12 +326,11 @@ def _mag_pop(mags, b, limit_pfn):
 
 
 @hot
-def _free_pfns(st, w, mi):
-    """iova_magazine_free_pfns: every pfn of magazine mi back to the tree,
-    in the magazine's order, under one hold of the tree lock (taken even
-    for an empty magazine, as the kernel does)."""
+def _free_pfns(st, w, b):
+    """iova_magazine_free_pfns: every pfn of the magazine at address b back
+    to the tree, in the magazine's order, under one hold of the tree lock
+    (taken even for an empty magazine, as the kernel does)."""
     mags = st.mags
-    b = mi * st.meta[C_STRIDE]
     t = st.tree
     rbtree.lock(t, w)
     for k in range(mags[b]):
@@ -369,14 +371,13 @@ def _rcache_insert(st, w, cpu, c, pfn):
     inline_into_callers()
     mags = st.mags
     pcpu = st.pcpu
-    stride = st.meta[C_STRIDE]
     pc = _lock_cpu_rcache(st, w, cpu, c)
     can_insert = True
     to_free = -1
-    if mags[_u(pcpu[_u(pc + PC_LOADED)] * stride)] >= st.meta[C_MAGSIZE]:
+    if mags[_u(pcpu[_u(pc + PC_LOADED)])] >= st.meta[C_MAGSIZE]:
         can_insert, to_free = _make_room(st, w, cpu, c)
     if can_insert:
-        b = pcpu[_u(pc + PC_LOADED)] * stride
+        b = pcpu[_u(pc + PC_LOADED)]
         mags[_u(b + 1 + mags[_u(b)])] = pfn
         mags[_u(b)] += 1
     release(st.lk, _cpu_lock(cpu, c), w)
@@ -396,7 +397,6 @@ def _make_room(st, w, cpu, c):
     meta = st.meta
     variant = meta[C_VARIANT]
     ms = meta[C_MAGSIZE]
-    stride = meta[C_STRIDE]
     mags = st.mags
     pcpu = st.pcpu
     rc = st.rcache
@@ -409,7 +409,7 @@ def _make_room(st, w, cpu, c):
     can_insert = False
     to_free = -1
     if variant == PREALLOC:
-        if mags[_u(prev * stride)] == 0:
+        if mags[_u(prev)] == 0:
             pcpu[_u(pc + PC_LOADED)] = prev
             pcpu[_u(pc + PC_PREV)] = loaded
             can_insert = True
@@ -435,7 +435,7 @@ def _make_room(st, w, cpu, c):
                     can_insert = True
                 else:
                     to_free = -1
-    elif mags[_u(prev * stride)] < ms:
+    elif mags[_u(prev)] < ms:
         pcpu[_u(pc + PC_LOADED)] = prev
         pcpu[_u(pc + PC_PREV)] = loaded
         can_insert = True
@@ -445,7 +445,7 @@ def _make_room(st, w, cpu, c):
             acquire(st.lk, dl, w)
             if variant == LIST:
                 # iova_depot_push: the size word becomes the link
-                mags[_u(loaded * stride)] = rc[_u(r + RC_HEAD)]
+                mags[_u(loaded)] = rc[_u(r + RC_HEAD)]
                 rc[_u(r + RC_HEAD)] = loaded
                 rc[_u(r + RC_SIZE)] += 1
                 rc[_u(r + RC_PENDING)] = 1      # schedule_delayed_work
@@ -470,17 +470,17 @@ def _rcache_get(st, w, cpu, c, limit_pfn):
     mags = st.mags
     pcpu = st.pcpu
     pc = _lock_cpu_rcache(st, w, cpu, c)
-    stride = st.meta[C_STRIDE]
     has_pfn = True
-    if mags[_u(pcpu[_u(pc + PC_LOADED)] * stride)] == 0:
+    if mags[_u(pcpu[_u(pc + PC_LOADED)])] == 0:
         has_pfn = _refill(st, w, cpu, c)
     pfn = 0
     if has_pfn:
-        pfn = _mag_pop(mags, pcpu[_u(pc + PC_LOADED)] * stride, limit_pfn)
-    if pfn != 0:
-        pcpu[_u(pc + PC_HITS)] += 1
-    else:
-        pcpu[_u(pc + PC_MISSES)] += 1
+        pfn = _mag_pop(mags, pcpu[_u(pc + PC_LOADED)], limit_pfn)
+    if counted(st.lk):
+        if pfn != 0:
+            pcpu[_u(pc + PC_HITS)] += 1
+        else:
+            pcpu[_u(pc + PC_MISSES)] += 1
     release(st.lk, _cpu_lock(cpu, c), w)
     return pfn
 
@@ -494,7 +494,6 @@ def _refill(st, w, cpu, c):
     meta = st.meta
     variant = meta[C_VARIANT]
     ms = meta[C_MAGSIZE]
-    stride = meta[C_STRIDE]
     mags = st.mags
     pcpu = st.pcpu
     rc = st.rcache
@@ -503,7 +502,7 @@ def _refill(st, w, cpu, c):
     s = w * STAT_LINE
     loaded = pcpu[_u(pc + PC_LOADED)]
     prev = pcpu[_u(pc + PC_PREV)]
-    psize = mags[_u(prev * stride)]
+    psize = mags[_u(prev)]
     if (psize == ms) if variant == PREALLOC else (psize > 0):
         pcpu[_u(pc + PC_LOADED)] = prev
         pcpu[_u(pc + PC_PREV)] = loaded
@@ -516,8 +515,8 @@ def _refill(st, w, cpu, c):
         if variant == LIST:
             # iova_depot_pop: the link word becomes the size again
             mag = rc[_u(r + RC_HEAD)]
-            rc[_u(r + RC_HEAD)] = mags[_u(mag * stride)]
-            mags[_u(mag * stride)] = ms
+            rc[_u(r + RC_HEAD)] = mags[_u(mag)]
+            mags[_u(mag)] = ms
             _mag_free(st, loaded)
             pcpu[_u(pc + PC_LOADED)] = mag
         elif variant == FIXED:
@@ -561,7 +560,6 @@ def free_global_cached_iovas(st, w):
     meta = st.meta
     variant = meta[C_VARIANT]
     ms = meta[C_MAGSIZE]
-    stride = meta[C_STRIDE]
     rc = st.rcache
     n = 0
     for c in range(NCLS):
@@ -571,8 +569,8 @@ def free_global_cached_iovas(st, w):
         if variant == LIST:
             while rc[r + RC_HEAD] != -1:
                 mag = rc[r + RC_HEAD]
-                rc[r + RC_HEAD] = st.mags[mag * stride]
-                st.mags[mag * stride] = ms
+                rc[r + RC_HEAD] = st.mags[mag]
+                st.mags[mag] = ms
                 rc[r + RC_SIZE] -= 1
                 n += _free_pfns(st, w, mag)
                 _mag_free(st, mag)
@@ -682,7 +680,6 @@ def trim(st, w, ncpus):
     if meta[C_VARIANT] != LIST:
         return 0
     ms = meta[C_MAGSIZE]
-    stride = meta[C_STRIDE]
     rc = st.rcache
     n = 0
     for c in range(NCLS):
@@ -694,8 +691,8 @@ def trim(st, w, ncpus):
         mag = -1
         if rc[r + RC_SIZE] > ncpus:
             mag = rc[r + RC_HEAD]
-            rc[r + RC_HEAD] = st.mags[mag * stride]
-            st.mags[mag * stride] = ms
+            rc[r + RC_HEAD] = st.mags[mag]
+            st.mags[mag] = ms
             rc[r + RC_SIZE] -= 1
         else:
             rc[r + RC_PENDING] = 0
@@ -740,11 +737,19 @@ def cached(st, p):
     owner = {}
     pfns = {}
 
-    def take(mag, where, c, size=None):
+    def slot_of(addr):
+        """The slot of the magazine at address addr; None if none is there."""
+        if 0 <= addr < nmags * stride and addr % stride == 0:
+            return addr // stride
+        return None
+
+    def take(addr, where, c, size=None):
         # `where` is (format, args): formatted only for a problem, since a
         # check of 1024 CPUs visits twelve thousand magazines
-        if not 0 <= mag < nmags:
-            problems.append("magazines: %s names slot %d of %d" % (where[0] % where[1], mag, nmags))
+        mag = slot_of(addr)
+        if mag is None:
+            problems.append("magazines: %s names address %d, not one of the %d "
+                            "magazines" % (where[0] % where[1], addr, nmags))
             return 0
         if mag in owner:
             problems.append("magazines: slot %d is both %s and %s"
@@ -777,7 +782,7 @@ def cached(st, p):
             while mag != -1 and k <= nmags:
                 take(mag, ("class %d depot #%d", (c, k)), c, ms)
                 k += 1
-                mag = int(mags[mag, 0]) if 0 <= mag < nmags else -1
+                mag = int(mags[mag // stride, 0]) if slot_of(mag) is not None else -1
             if k != ds:
                 problems.append("magazines: class %d depot lists %d, its size "
                                 "says %d" % (c, k, ds))
@@ -794,13 +799,18 @@ def cached(st, p):
                 take(int(depot[c, j]), ("class %d depot[%d]", (c, j)), c)
             depot_mags += MAX_GLOBAL_MAGS
     free = 0
-    slot = int(m[P_HEAD]) & MASK32
-    while slot != 0 and free <= nmags:
-        if slot - 1 in owner:
-            problems.append("magazines: slot %d is free and %s" % (slot - 1, owner[slot - 1]))
+    top = int(m[P_HEAD]) & MASK32        # address + 1; 0: the stack is empty
+    while top != 0 and free <= nmags:
+        slot = slot_of(top - 1)
+        if slot is None:
+            problems.append("magazines: the free stack names address %d" % (top - 1))
+            break
+        if slot in owner:
+            problems.append("magazines: slot %d is free and %s"
+                            % (slot, owner[slot][0] % owner[slot][1]))
             break
         free += 1
-        slot = int(mags[slot - 1, 0])
+        top = int(mags[slot, 0])
     if free + len(owner) != nmags:
         problems.append("magazines: %d free + %d used slots, the pool has %d"
                         % (free, len(owner), nmags))

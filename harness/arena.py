@@ -69,23 +69,42 @@ def clean_stale(directory=SHM_DIR):
     return removed
 
 
+def place(specs):
+    """({name: (dtype, shape)}, {name: byte offset}, size) of the arrays
+    `specs` names, in order, each on an ALIGN boundary of a page-aligned
+    block: so that a 128-byte record of an array is a cache-line pair, and
+    every run of the same layout puts each array at the same offset within
+    its pages (the same cache sets), whatever the allocator's heap did."""
+    shapes = {}
+    offsets = {}
+    off = 0
+    for name, dtype, shape in specs:
+        if name in shapes:
+            raise ValueError("arena array %r declared twice" % name)
+        dtype = np.dtype(dtype)
+        shape = tuple(int(s) for s in shape)
+        nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+        offsets[name] = off
+        shapes[name] = (dtype, shape)
+        off += max(ALIGN, (nbytes + ALIGN - 1) // ALIGN * ALIGN)
+    return shapes, offsets, max(off, mmap.PAGESIZE)
+
+
+def private(specs):
+    """The arrays of `specs`, zeroed, laid out as in an Arena but in this
+    process's own memory: {name: view}."""
+    shapes, offsets, size = place(specs)
+    raw = np.zeros(size + mmap.PAGESIZE, dtype=np.uint8)
+    base = -raw.ctypes.data % mmap.PAGESIZE
+    return {name: np.ndarray(shape, dtype=dtype, buffer=raw, offset=base + offsets[name])
+            for name, (dtype, shape) in shapes.items()}
+
+
 class Arena:
     """A set of named int64 (or other dtype) arrays in one segment."""
 
     def __init__(self, specs, directory=SHM_DIR):
-        self.offsets = {}
-        self.specs = {}
-        off = 0
-        for name, dtype, shape in specs:
-            if name in self.specs:
-                raise ValueError("arena array %r declared twice" % name)
-            dtype = np.dtype(dtype)
-            shape = tuple(int(s) for s in shape)
-            nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
-            self.offsets[name] = off
-            self.specs[name] = (dtype, shape)
-            off += max(ALIGN, (nbytes + ALIGN - 1) // ALIGN * ALIGN)
-        self.size = max(off, mmap.PAGESIZE)
+        self.specs, self.offsets, self.size = place(specs)
         self.directory = directory
         self.owner = os.getpid()
         self.name = "%s%d-%d" % (PREFIX, self.owner, next(_counter))

@@ -2,6 +2,7 @@
 or in private memory for a single-threaded replay."""
 import numpy as np
 
+from harness import arena
 from hwmodel import locks as lockmod
 
 
@@ -16,9 +17,11 @@ def specs(mod, p, prefix):
 
 
 def bind(mod, p, views, prefix, ctl, lock_kind="ttas", spin_bound=1000,
-         timing=False):
-    """The allocator's State over `views`, initialised empty."""
-    lk = lockmod.Locks(views[prefix + "lock.word"], views[prefix + "lock.qnode"],
+         timing=False, counted=True):
+    """The allocator's State over `views`, initialised empty; its locks
+    keep statistics unless `counted` is False (hwmodel.locks.Quiet)."""
+    kind = lockmod.Locks if counted else lockmod.Quiet
+    lk = kind(views[prefix + "lock.word"], views[prefix + "lock.qnode"],
                        views[prefix + "lock.stats"], views[prefix + "lock.cfg"], ctl)
     lockmod.init(lk, lock_kind, mod.locks(p), spin_bound, timing)
     local = {name[len(prefix):]: v for name, v in views.items()
@@ -28,8 +31,8 @@ def bind(mod, p, views, prefix, ctl, lock_kind="ttas", spin_bound=1000,
     return st
 
 
-def private(mod, p, lock_kind="ttas", timing=False):
+def private(mod, p, lock_kind="ttas", timing=False, counted=True):
     """A State in ordinary process memory, for replay and tests."""
-    views = {name: np.zeros(shape, dtype=dtype) for name, dtype, shape in specs(mod, p, "")}
+    views = arena.private(specs(mod, p, ""))
     ctl = np.zeros(16, dtype=np.int64)
-    return bind(mod, p, views, "", ctl, lock_kind, timing=timing)
+    return bind(mod, p, views, "", ctl, lock_kind, timing=timing, counted=counted)

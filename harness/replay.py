@@ -13,7 +13,7 @@ import numpy as np
 
 import allocators
 from allocators import DEFAULT_BOUNDARY_PAGES, Params
-from harness import entries
+from harness import arena, entries
 from harness.compose import private
 from harness.errors import UsageError
 from harness.trace import OP_ALLOC, OP_FREE, read
@@ -121,22 +121,21 @@ def run(trace, allocator, pages=DEFAULT_PAGES, boundary=DEFAULT_BOUNDARY_PAGES,
     entry = entries.of(allocator).replay
     p = params(trace, allocator, pages, boundary, variant, mag_size)
     try:
-        st = private(mod, p)
+        # the kernel keeps no lock or cache statistics, nor does a replay
+        st = private(mod, p, counted=False)
     except ValueError as e:
         # an allocator refusing a size it cannot be built with
         raise UsageError("%s: %s" % (allocator, e)) from None
     limit = np.where(trace.limit < 0, default_limit(allocator, pages), trace.limit)
-    result = np.full(len(trace), -1, dtype=np.int64)
-    # int32 (pfns stay under MAX_PAGES): half the cache the loop's own table
-    # takes from the allocator's
-    held = np.full(max(1, trace.peak_live), -1, dtype=np.int32)
+    a = _loop_arrays(trace, limit)
     # Compile (or load from the cache) on an empty trace, so that the timed
     # call below is the loop alone.
     empty = np.zeros(0, dtype=np.int64)
-    entry(st, empty, empty, empty, empty, empty, empty, held)
+    entry(st, empty, empty, empty, empty, empty, empty, a["held"])
     t0 = time.perf_counter_ns()
-    bad = entry(st, trace.op, trace.slot, trace.pages, limit, trace.cpu, result, held)
+    bad = entry(st, a["op"], a["slot"], a["pages"], a["limit"], a["cpu"], a["result"], a["held"])
     elapsed = time.perf_counter_ns() - t0
+    result = a["result"]
     if bad >= 0:
         _raise_state(trace, int(bad))
     allocs = trace.op == OP_ALLOC
@@ -146,6 +145,26 @@ def run(trace, allocator, pages=DEFAULT_PAGES, boundary=DEFAULT_BOUNDARY_PAGES,
     live = list(zip(result[held].tolist(), trace.pages[held].tolist()))
     problems = list(mod.check(st, p, live))
     return Replay(trace, allocator, p, result, elapsed, live, problems, st)
+
+
+def _loop_arrays(trace, limit):
+    """The loop's arrays, copied into one block laid out as the allocator's
+    own (harness/arena.py): where a heap happened to put each of them
+    would otherwise decide which of them share cache sets, and move a
+    replay's time by a quarter from one process to the next.  `result`
+    starts at -1 and `held` (int32: pfns stay under MAX_PAGES, and half the
+    cache the loop's own table takes from the allocator's) at -1."""
+    n = len(trace)
+    given = (("op", trace.op), ("slot", trace.slot), ("pages", trace.pages),
+             ("limit", limit), ("cpu", trace.cpu))
+    specs = [(name, v.dtype, (n,)) for name, v in given]
+    specs += [("result", np.int64, (n,)), ("held", np.int32, (max(1, trace.peak_live),))]
+    a = arena.private(specs)
+    for name, v in given:
+        a[name][:] = v
+    a["result"][:] = -1
+    a["held"][:] = -1
+    return a
 
 
 def _raise_state(trace, i):

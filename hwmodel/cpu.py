@@ -60,12 +60,16 @@ def out_of_line(typingctx):
     For the rare paths of a function that is inlined everywhere (a magazine
     exchange, a walk of the tree): inlined, they would crowd the registers
     and the stack frame of the loop the common path runs in, a cost paid on
-    every request for code run on a few."""
+    every request for code run on a few.  It is also marked cold, the
+    kernel's `unlikely()`: LLVM then lays the blocks that call it out of the
+    common path's way, which otherwise runs through the argument copies of
+    every rare call it passes."""
     sig = types.void()
 
     def codegen(context, builder, signature, args):
         builder.function.attributes.discard("alwaysinline")
         builder.function.attributes.add("noinline")
+        builder.function.attributes.add("cold")
         return context.get_dummy_value()
 
     return sig, codegen

@@ -25,12 +25,22 @@ out of line, and only there is the cycle counter read, as lock_stat times
 only contentions.  Hold times cost two clock reads per acquisition, so they
 are kept only when the timing flag (`C_TIMING`) is set.  `class_stats` says
 what each figure means.
+
+A replay's locks are `Quiet`: the same words, but no acquisition count, no
+last holder, no timed hold, since the kernel keeps none of these and a
+replay reads none of them.  Being a type of its own, the choice is made
+when the code is compiled (`counted`), so it costs the lock nothing at run
+time; what the counts cost is what `benchmarks/replay_timing.py` shows
+between the two.
 """
 from collections import namedtuple
 
 import numpy as np
 
-from hwmodel.cpu import cas, cycles, fetch_add, hot, load, pause, sched_yield, store, uidx, xchg
+from numba.extending import overload
+
+from hwmodel.cpu import (cas, cycles, fetch_add, hot, load, out_of_line, pause, sched_yield,
+                         store, uidx, xchg)
 
 LINE = 16                      # int64 words per 128-byte line
 KINDS = ("tas", "ttas", "ticket", "mcs")
@@ -72,6 +82,19 @@ CTL_ABORT = 0    # index in the run's control array that every wait watches
 TTAS_BACKOFF_MAX = 1024   # pauses; the kernel's arch spinlocks cap similarly
 
 Locks = namedtuple("Locks", ["word", "qnode", "stats", "cfg", "ctl"])
+Quiet = namedtuple("Quiet", Locks._fields)
+
+
+def counted(lk):
+    """Whether `lk` keeps statistics: Locks do, Quiet locks do not.  In
+    compiled code this is a constant of lk's type."""
+    return not isinstance(lk, Quiet)
+
+
+@overload(counted)
+def _counted(lk):
+    keep = getattr(lk, "instance_class", None) is not Quiet
+    return lambda lk: keep
 
 
 def layout(nlocks, nworkers, nclasses):
@@ -222,6 +245,7 @@ def _contended(lk, b, cls, w, kind, token):
     and count it as lock_stat counts a contention (the wait from the failed
     attempt to the acquisition, and whether the lock came from another
     worker).  Only here is the clock read without the timing flag."""
+    out_of_line()
     t0 = cycles()
     if kind == TAS:
         _wait_tas(lk, b)
@@ -254,12 +278,14 @@ def _account(st, total, lo, hi, v):
 @hot
 def _hold_begin(lk, b):
     """With the timing flag: start timing this hold, one in C_TIMING."""
+    out_of_line()
     if lk.word[b + W_ACQ] % lk.cfg[C_TIMING] == 0:
         lk.word[b + W_T_ACQ] = cycles()
 
 
 @hot
 def _hold_end(lk, b, w):
+    out_of_line()
     t0 = lk.word[b + W_T_ACQ]
     if t0 == 0:
         return
@@ -286,22 +312,23 @@ def acquire(lk, i, w):
         token = _trylock_mcs(lk, b, lk.word[uidx(b + W_CLASS)], w)
     if token != 0:
         _contended(lk, b, lk.word[uidx(b + W_CLASS)], w, kind, token)
-    word = lk.word
-    word[uidx(b + W_ACQ)] += 1
-    last = word[uidx(b + W_LAST)]
-    if last != w + 1:
-        if last != 0:
-            word[uidx(b + W_ACQ_BOUNCES)] += 1
-        word[uidx(b + W_LAST)] = w + 1
-    if lk.cfg[C_TIMING] != 0:
-        _hold_begin(lk, b)
+    if counted(lk):
+        word = lk.word
+        word[uidx(b + W_ACQ)] += 1
+        last = word[uidx(b + W_LAST)]
+        if last != w + 1:
+            if last != 0:
+                word[uidx(b + W_ACQ_BOUNCES)] += 1
+            word[uidx(b + W_LAST)] = w + 1
+        if lk.cfg[C_TIMING] != 0:
+            _hold_begin(lk, b)
 
 
 @hot(inline="always")
 def release(lk, i, w):
     """spin_unlock: drop lock i, held by worker w."""
     b = i * STRIDE
-    if lk.cfg[C_TIMING] != 0:
+    if counted(lk) and lk.cfg[C_TIMING] != 0:
         _hold_end(lk, b, w)
     kind = lk.cfg[C_KIND]
     if kind <= TTAS:                       # TAS or TTAS
