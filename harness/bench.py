@@ -31,7 +31,7 @@ from harness.pool import Pool, Watchdog, WorkerDied, allowed_cores, run_in_child
 from harness.rogue import rogue_loop
 from hwmodel import iommu
 from hwmodel import locks as lockmod
-from hwmodel.cpu import calibrate, clock_read_cost, read_cycles
+from hwmodel.cpu import calibrate, clock_read_cost, read_cycles, stamp_cost
 
 ATTACH_TIMEOUT = 60.0        # seconds for the active workers to reach the start line
 GRACE = 10.0                 # seconds after the window for every worker to finish
@@ -71,6 +71,7 @@ class Raw:
     preemptions: list = None          # per busy process (workers, then the rogue device)
     run_delay_ns: list = None         # ... the time each waited for a CPU
     clock_read_cycles: float = 0.0    # what one read of the cycle counter costs
+    stamp_cycles: float = 0.0         # what one in-order read (--diag's steps) costs
     steal_ns: float = 0.0             # the hypervisor's, on those cores
 
 
@@ -126,6 +127,7 @@ class Bench:
         self.states = []
         self.cycles_per_ns = None
         self.clock_read_cycles = 0.0
+        self.stamp_cycles = 0.0
         self.timings = {"compile_s": 0.0, "fork_s": 0.0}
 
     def _params(self, d):
@@ -153,6 +155,7 @@ class Bench:
             self._bind()
             self.cycles_per_ns = calibrate()
             self.clock_read_cycles = clock_read_cost()
+            self.stamp_cycles = stamp_cost()
             t0 = time.perf_counter()
             if self.max_threads > LEAN_PARENT:
                 # numba's compiler leaves some 400 MiB of LLVM's state in the
@@ -383,6 +386,7 @@ class Bench:
                    footprint=footprint, series=series, rogue=bool(self.opts["rogue_device"]),
                    cores=len(self.cores), preemptions=disturbed[0], run_delay_ns=disturbed[1],
                    steal_ns=disturbed[2], clock_read_cycles=self.clock_read_cycles,
+                   stamp_cycles=self.stamp_cycles,
                    device_modelled=bool(env.cfg[0]["device_cycles"]),
                    hypercalls=bool(env.cfg[0]["hypercall_cycles"]))
 

@@ -33,7 +33,7 @@ from harness.abi import (CTL_ERR, CTL_ERR_CLAIMANT, CTL_ERR_HOLDER, CTL_ERR_KIND
                          ERR_DOUBLE_MAP, ERR_EARLY_REUSE, ERR_NOT_HELD, LINE)
 from hwmodel import iommu
 from hwmodel.cpu import (busy_wait_cycles, cas, clz, cycles, fetch_add, hot, inline_into_callers,
-                         load, store, xchg)
+                         load, stamp, store, xchg)
 from hwmodel.locks import CTL_ABORT, acquire, release
 
 FLUSH_NONE, FLUSH_STRICT, FLUSH_BATCHED, FLUSH_PERCPU = range(4)
@@ -217,13 +217,13 @@ def dma_map(alloc, st, env, w, cpu, dom, pages, phys, sample):
     cfg = env.cfg[0]
     if cfg.translate == 0:
         return phys
-    t0 = cycles() if sample else 0
+    t0 = stamp() if sample else 0
     _hypercall(env)
-    t1 = cycles() if sample else 0
+    t1 = stamp() if sample else 0
     iova = alloc(st, w, cpu, pages, cfg.limit)
     if iova < 0:
         return -1
-    t2 = cycles() if sample else 0
+    t2 = stamp() if sample else 0
     if cfg.check != 0:
         _claim(env, w, dom, iova, pages)
     if cfg.rogue != 0:
@@ -232,7 +232,7 @@ def dma_map(alloc, st, env, w, cpu, dom, pages, phys, sample):
     iommu.write_ptes(env.io, dom, iova, pages, phys)
     if sample:
         s = env.steps[w]
-        t3 = cycles()
+        t3 = stamp()
         if t3 - t0 > cfg.outlier_cycles:
             s.outliers += 1
             s.outlier_cycles += t3 - t0
@@ -252,9 +252,9 @@ def dma_unmap(free, sts, env, w, cpu, owner, dom, iova, pages, sample):
     if cfg.translate == 0:
         return
     io = env.io
-    t0 = cycles() if sample else 0
+    t0 = stamp() if sample else 0
     _hypercall(env)
-    th = cycles() if sample else 0
+    th = stamp() if sample else 0
     inv0 = io.stats[w * LINE + iommu.S_INV_WAIT] if sample else 0
     fl0 = env.steps[w].flush_cycles if sample else 0
     tinv = 0
@@ -262,7 +262,8 @@ def dma_unmap(free, sts, env, w, cpu, owner, dom, iova, pages, sample):
     if cfg.check != 0:
         _release(env, owner, dom, iova, pages)
     # the exposure of this unmap starts here: every unmap reads the clock
-    t1 = cycles()
+    # (a sampled one in order, as it also ends a step)
+    t1 = stamp() if sample else cycles()
     policy = cfg.flush
     if policy == FLUSH_BATCHED:
         _batched_add(free, sts, env, w, cpu, dom, iova, pages, t1)
@@ -271,7 +272,7 @@ def dma_unmap(free, sts, env, w, cpu, owner, dom, iova, pages, sample):
     else:
         end = iommu.invalidate(io, w, dom, iova, pages)
         if sample:
-            tinv = cycles() - t1
+            tinv = stamp() - t1
         _exposure(env, w, end - t1)
         if cfg.check != 0:
             _settle(env, w, dom, iova, pages)
@@ -285,7 +286,7 @@ def dma_unmap(free, sts, env, w, cpu, owner, dom, iova, pages, sample):
         # share is the rest
         s = env.steps[w]
         inv = io.stats[w * LINE + iommu.S_INV_WAIT] - inv0
-        own = cycles() - t1 - (s.flush_cycles - fl0) - (tinv if tinv > 0 else inv)
+        own = stamp() - t1 - (s.flush_cycles - fl0) - (tinv if tinv > 0 else inv)
         if own + tinv + t1 - t0 > cfg.outlier_cycles:
             s.outliers += 1
             s.outlier_cycles += own + tinv + t1 - t0
@@ -310,7 +311,7 @@ def _flush_begin(env, w):
     if env.cfg[0].diag == 0:
         return 0
     env.steps[w].flush_inv = env.io.stats[w * LINE + iommu.S_INV_WAIT]
-    return cycles()
+    return stamp()
 
 
 @hot(inline="always", inner=True)
@@ -318,7 +319,7 @@ def _flush_end(env, w, t0):
     if t0 != 0:
         s = env.steps[w]
         inv = env.io.stats[w * LINE + iommu.S_INV_WAIT] - s.flush_inv
-        s.flush_cycles += cycles() - t0 - inv
+        s.flush_cycles += stamp() - t0 - inv
 
 
 # --- batched: one global queue (2008) ----------------------------------------
@@ -503,6 +504,22 @@ def _fq_timeout(free, sts, env, w, cpu, dom):
     store(env.fq.meta, dom * LINE + M_TIMER_ON, 0)
     fetch_add(env.fq.meta, dom * LINE + M_TIMER_FLUSHES, 1)
     _fq_flush_all(free, sts, env, w, cpu, dom)
+
+
+@hot(inline="always", inner=True)
+def timer_due(env, now):
+    """Whether a flush timer has expired: a look at the queues' timer
+    words, which only change when a timer is armed or fired."""
+    policy = env.cfg[0].flush
+    fq = env.fq
+    if policy == FLUSH_BATCHED:
+        return load(fq.meta, M_TIMER_ON) != 0 and now >= load(fq.meta, M_DEADLINE)
+    if policy == FLUSH_PERCPU:
+        for d in range(env.cfg[0].ndomains):
+            mb = d * LINE
+            if load(fq.meta, mb + M_TIMER_ON) == 1 and now >= load(fq.meta, mb + M_DEADLINE):
+                return True
+    return False
 
 
 @hot(inner=True)

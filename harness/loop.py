@@ -34,8 +34,8 @@ from harness.abi import (CTL_ATTACHED, CTL_FINISHED, CTL_NACTIVE, CTL_PHASE, CTL
                          PH_WARMUP, RING_DOMAIN, RING_IOVA, RING_PAGES, RING_STRIDE, RING_T_DONE,
                          RING_WORDS, SIZE_TABLE, STATUS_ABORTED, STATUS_RAN)
 from hwmodel import iommu
-from hwmodel.cpu import (cas, cycles, fetch_add, hot, inline_into_callers, load, pause,
-                         sched_yield, store)
+from hwmodel.cpu import (cas, cycles, fetch_add, hot, inline_into_callers, load, out_of_line,
+                         pause, sched_yield, stamp, store)
 from hwmodel.locks import CTL_ABORT
 
 SPIN_BEFORE_YIELD = 200
@@ -113,11 +113,11 @@ def _access(env, w, dom, iova, pages, sample):
     inline_into_callers()
     if env.cfg[0].translate == 0:
         return
-    t0 = cycles() if sample else 0
+    t0 = stamp() if sample else 0
     for i in range(pages):
         iommu.translate(env.io, w, dom, iova + i)
     if sample:
-        env.steps[w].access_cycles += cycles() - t0
+        env.steps[w].access_cycles += stamp() - t0
 
 
 @hot(inner=True)
@@ -186,7 +186,7 @@ def attach(env):
     return True
 
 
-@hot(inner=True)
+@hot(inline="always", inner=True)
 def clock(ctl, now):
     """The phase at cycle `now`, moving the phase word past any deadline
     that has gone by (the first worker to see it does; the CAS makes that
@@ -203,22 +203,33 @@ def clock(ctl, now):
 
 @hot(inner=True)
 def _service(free, trim, sts, env, w, cpu, now):
-    """What any worker does besides I/O: fire expired flush timers and, on
-    worker 0, the allocator's trim."""
+    """What any worker does besides I/O, when the tick finds some due: fire
+    expired flush timers and, on worker 0, the allocator's trim.  With
+    --diag its time is the breakdown's `timers`, less the invalidations
+    it waits for (the IOMMU's share)."""
+    out_of_line()
     cfg = env.cfg[0]
+    diag = cfg.diag != 0
+    inv = env.io.stats[w * LINE + iommu.S_INV_WAIT] if diag else 0
     dma.timers(free, sts, env, w, cpu, now)
     c = env.cnt[w]
     if w == 0 and now >= c.next_trim:
         for d in range(cfg.ndomains):
             trim(sts[d], w, cfg.ncpus)
         c.next_trim = now + cfg.trim_cycles
+    if diag:
+        inv = env.io.stats[w * LINE + iommu.S_INV_WAIT] - inv
+        env.steps[w].service_cycles += cycles() - now - inv
 
 
 @hot(inner=True)
 def tick(free, trim, sts, env, w, cpu, ops, seen):
     """One look at the clock: the phase now (PH_STOP ends the loop), the
     window's edges noted with the I/O count and cycle they were seen at,
-    then the timers and the trim.  Returns the phase."""
+    then the timers and the trim if one is due.  Returns the phase.
+    Inlined, with the service out of line: a call hands over the run's
+    arrays, a copy that cost more than the tick's own work."""
+    inline_into_callers()
     now = cycles()
     ph = clock(env.ctl, now)
     c = env.cnt[w]
@@ -232,14 +243,8 @@ def tick(free, trim, sts, env, w, cpu, ops, seen):
             c.ops_end = ops
             c.t_end = now
             return ph
-    if env.cfg[0].diag == 0:
+    if dma.timer_due(env, now) or (w == 0 and now >= c.next_trim):
         _service(free, trim, sts, env, w, cpu, now)
-        return ph
-    # the invalidations a timer waits for are the IOMMU's share, not its own
-    inv = env.io.stats[w * LINE + iommu.S_INV_WAIT]
-    _service(free, trim, sts, env, w, cpu, now)
-    inv = env.io.stats[w * LINE + iommu.S_INV_WAIT] - inv
-    env.steps[w].service_cycles += cycles() - now - inv
     return ph
 
 

@@ -152,11 +152,12 @@ def breakdown(raw, lock_rows):
     ops_all = max(1, int(raw.cnt["ops"].sum()))
     inv_wait = raw.io_stats[:, iommu.S_INV_WAIT].sum()
     inv_queue = raw.io_stats[:, iommu.S_INV_QUEUE].sum()
-    # each timed step's interval holds one read of the clock too much
     read = raw.clock_read_cycles
+    # each timed step's interval holds one in-order read too much
+    sread = raw.stamp_cycles
 
     def step(field, n):
-        return max(0.0, s[field].sum() / n - read) / cpn
+        return max(0.0, s[field].sum() / n - sread) / cpn
 
     ops = worker_ops(raw)
     window_ops = max(1, int(ops.sum()))
@@ -188,11 +189,13 @@ def breakdown(raw, lock_rows):
         # the read of the clock that starts every unmap's exposure window
         "exposure_stamp": (int(raw.cnt["unmaps"].sum()) * read / ops_all / cpn
                            if raw.design.translates else 0.0),
-        # --diag's own cost: the reads of the clock that time the sampled
-        # steps (a map's four and its translations' two, an unmap's three,
-        # a strict one's four), which the steps leave out
-        "diag_timing": (6 * int(s["maps"].sum()) + (3 + (s["inv_submit_cycles"].sum() > 0))
-                        * int(s["unmaps"].sum())) * read / ops_all / cpn,
+        # --diag's own cost: the in-order reads that time the sampled steps
+        # (a map's four and its translations' two, an unmap's three, a
+        # strict one's four), which the steps leave out, and a sampled
+        # unmap's exposure stamp taken in order
+        "diag_timing": ((6 * int(s["maps"].sum()) + (3 + (s["inv_submit_cycles"].sum() > 0))
+                         * int(s["unmaps"].sum())) * sread
+                        + int(s["unmaps"].sum()) * max(0.0, sread - read)) / ops_all / cpn,
     }
     total = window_seconds(raw) * 1e9 * len(ops) / window_ops
     out["harness"] = max(0.0, total - sum(out.values()))

@@ -205,6 +205,37 @@ def cycles(typingctx):
 
 
 @intrinsic
+def stamp(typingctx):
+    """The cycle counter read once every instruction before it has
+    finished (lfence, then rdtsc, on x86), so that a step timed between two
+    stamps holds all of its own work.  Between two plain reads, which run
+    while the work around them does, a step of a few ns is lost in the
+    reads' shadow when a read costs 10 ns (a virtual machine's): the steps
+    of a 200-ns I/O summed to 80% of it.  A fence after the read too, to
+    keep the next step from starting early, made each stamp cost the
+    pipeline its refill, and the steps summed to more than the I/O.  For
+    --diag's steps: a stamp costs about two reads, and only sampled I/Os
+    pay it."""
+    sig = types.int64()
+
+    def codegen(context, builder, signature, args):
+        import platform
+        x86 = platform.machine() in ("x86_64", "AMD64", "i686")
+
+        if x86:
+            fnty = ir.FunctionType(ir.VoidType(), [])
+            builder.call(cgutils.get_or_insert_function(builder.module, fnty,
+                                                        "llvm.x86.sse2.lfence"), [])
+        else:
+            builder.fence("seq_cst")
+        fnty = ir.FunctionType(ir.IntType(64), [])
+        return builder.call(cgutils.get_or_insert_function(builder.module, fnty,
+                                                           "llvm.readcyclecounter"), [])
+
+    return sig, codegen
+
+
+@intrinsic
 def sched_yield(typingctx):
     """Give the core away: a preempted lock holder needs it back.  A direct
     call of libc's symbol, so that the functions using it can be cached."""
@@ -242,12 +273,27 @@ def _clock_pairs(out):
         out[i] = cycles() - t0
 
 
+@njit(cache=True)
+def _stamp_pairs(out):
+    for i in range(out.shape[0]):
+        t0 = stamp()
+        out[i] = stamp() - t0
+
+
 def clock_read_cost(tries=4096):
     """Cycles one read of the cycle counter adds to an interval it closes:
     the median of back-to-back reads.  On a virtual machine that traps the
     read it is tens of cycles, enough to bias a step timed between two."""
     out = np.zeros(tries, dtype=np.int64)
     _clock_pairs(out)
+    return float(np.median(out))
+
+
+def stamp_cost(tries=4096):
+    """What `stamp` adds to an interval it closes: the median of
+    back-to-back stamps.  Exact to subtract, since nothing overlaps one."""
+    out = np.zeros(tries, dtype=np.int64)
+    _stamp_pairs(out)
     return float(np.median(out))
 
 

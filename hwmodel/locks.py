@@ -107,8 +107,11 @@ def layout(nlocks, nworkers, nclasses):
 
 def init(lk, kind, classes, spin_bound=1000, timing=0):
     """Reset every lock to free and every statistic to zero.
-    `classes[i]` is the class of lock i; `timing`: 0 off, n to time one
-    acquisition in n (True: every one)."""
+    `classes[i]` is the class of lock i; `timing`: 0 off, n (a power of
+    two) to time one acquisition in n (True: every one)."""
+    timing = int(timing)
+    if timing < 0 or timing & (timing - 1):
+        raise ValueError("lock timing %d: 0, or a power of two" % timing)
     lk.word[:] = 0
     lk.qnode[:] = 0
     lk.stats[:] = 0
@@ -119,7 +122,7 @@ def init(lk, kind, classes, spin_bound=1000, timing=0):
     nclasses = max(classes) + 1 if len(classes) else 1
     lk.cfg[C_KIND] = KINDS.index(kind)
     lk.cfg[C_SPIN] = spin_bound
-    lk.cfg[C_TIMING] = int(timing)
+    lk.cfg[C_TIMING] = timing
     lk.cfg[C_NCLASSES] = nclasses
     lk.cfg[C_NWORKERS] = nworkers_classes // nclasses
     # min fields start high so that the first sample wins
@@ -275,20 +278,25 @@ def _account(st, total, lo, hi, v):
         st[lo] = v
 
 
-@hot
+@hot(inline="always")
 def _hold_begin(lk, b):
-    """With the timing flag: start timing this hold, one in C_TIMING."""
-    out_of_line()
-    if lk.word[b + W_ACQ] % lk.cfg[C_TIMING] == 0:
-        lk.word[b + W_T_ACQ] = cycles()
+    """With the timing flag: start timing this hold, one in C_TIMING (a
+    power of two, so that choosing costs a mask, not a division)."""
+    if lk.word[uidx(b + W_ACQ)] & (lk.cfg[C_TIMING] - 1) == 0:
+        lk.word[uidx(b + W_T_ACQ)] = cycles()
+
+
+@hot(inline="always")
+def _hold_end(lk, b, w):
+    t0 = lk.word[uidx(b + W_T_ACQ)]
+    if t0 != 0:
+        _hold_account(lk, b, w, t0)
 
 
 @hot
-def _hold_end(lk, b, w):
+def _hold_account(lk, b, w, t0):
+    """A timed hold into its class's statistics."""
     out_of_line()
-    t0 = lk.word[b + W_T_ACQ]
-    if t0 == 0:
-        return
     hold = cycles() - t0
     lk.word[b + W_T_ACQ] = 0
     st = lk.stats
