@@ -149,11 +149,10 @@ def run(trace, allocator, pages=DEFAULT_PAGES, boundary=DEFAULT_BOUNDARY_PAGES,
 
 def _loop_arrays(trace, limit):
     """The loop's arrays, copied into one block laid out as the allocator's
-    own (harness/arena.py): where a heap happened to put each of them
-    would otherwise decide which of them share cache sets, and move a
-    replay's time by a quarter from one process to the next.  `result`
-    starts at -1 and `held` (int32: pfns stay under MAX_PAGES, and half the
-    cache the loop's own table takes from the allocator's) at -1."""
+    own (harness/arena.py), so that which of them share cache sets is the
+    same in every replay, not wherever a heap happened to put each.
+    `result` starts at -1 and `held` (int32: pfns stay under MAX_PAGES, and
+    half the cache the loop's own table takes from the allocator's) at -1."""
     n = len(trace)
     given = (("op", trace.op), ("slot", trace.slot), ("pages", trace.pages),
              ("limit", limit), ("cpu", trace.cpu))
