@@ -23,7 +23,7 @@ class _Parser(argparse.ArgumentParser):
 
 FLAGS = [
     # (flag, option name, argparse kwargs)
-    ("--threads", "threads", dict(metavar="LIST", help='worker counts: "1,2,4" or "1-1024" (powers of two)')),
+    ("--threads", "threads", dict(metavar="LIST", help='worker counts: "1,2,4" or "1-1024" (both ends and the powers of two between)')),
     ("--duration", "duration", dict(metavar="SECONDS", help="measurement window per repeat")),
     ("--warmup", "warmup", dict(metavar="SECONDS", help="run before each window")),
     ("--repeats", "repeats", dict(metavar="N", help="windows per point (median reported)")),
@@ -137,6 +137,8 @@ def cmd_sweep(args, several=True):
     from harness.arena import clean_stale
     from harness.bench import Bench
 
+    if args.json is not None and not args.json.strip():
+        raise UsageError("--json: the path is empty")
     opts = _options(args, several)
     designs = _designs(opts)
     opts["designs"] = [d.name for d in designs]

@@ -39,7 +39,8 @@ def _threads(v):
 
 
 def parse_threads(text):
-    """"1,2,8" or "1-1024" (the powers of two in between) or a mix."""
+    """"1,2,8" or "1-1024" (both ends and the powers of two between them:
+    "3-5" is 3,4,5) or a mix."""
     out = []
     for part in text.split(","):
         part = part.strip()
@@ -56,6 +57,8 @@ def parse_threads(text):
             while t <= hi:
                 out.append(t)
                 t *= 2
+            if out[-1] != hi:
+                out.append(hi)
         elif re.fullmatch(r"\d+", part):
             out.append(int(part))
         else:

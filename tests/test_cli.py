@@ -20,6 +20,15 @@ def run_cli(*args, timeout=300):
     return r
 
 
+def test_a_thread_range_holds_both_ends():
+    from harness.config import parse_threads
+    assert parse_threads("1-3") == [1, 2, 3]
+    assert parse_threads("3-5") == [3, 4, 5]
+    assert parse_threads("4-4") == [4]
+    assert parse_threads("1-1024") == [1 << k for k in range(11)]
+    assert parse_threads("1,6-9") == [1, 6, 8, 9]
+
+
 def segments_of(pid):
     return [n for n in os.listdir("/dev/shm") if n.startswith("iommu-stress-%d-" % pid)]
 
@@ -31,6 +40,11 @@ def one_error_line(capsys, argv):
     assert len(err) == 1, err
     assert "Traceback" not in err[0]
     return err[0]
+
+
+@pytest.mark.parametrize("cmd", [["sweep", "--designs", "direct"], ["run", "--design", "direct"]])
+def test_an_empty_json_path_is_refused(capsys, cmd):
+    assert "--json" in one_error_line(capsys, cmd + ["--json", ""])
 
 
 def test_unknown_design_lists_the_valid_ones(capsys):
