@@ -30,13 +30,11 @@ A replay's locks are `Quiet`: the same words, but no acquisition count, no
 last holder, no timed hold, since the kernel keeps none of these and a
 replay reads none of them.  Being a type of its own, the choice is made
 when the code is compiled (`counted`), so it costs the lock nothing at run
-time; what the counts cost is what `benchmarks/replay_timing.py` shows
-between the two.
+time (docs/performance.md has what the counts cost a replay).
 """
 from collections import namedtuple
 
 import numpy as np
-
 from numba.extending import overload
 
 from hwmodel.cpu import (cas, cycles, fetch_add, hot, load, out_of_line, pause, sched_yield,

@@ -27,6 +27,21 @@ def test_views_are_aligned_and_shared(no_leaks):
     assert not os.path.exists(a.path)
 
 
+def test_private_arrays_sit_where_an_arena_puts_them():
+    """Replays and tests get the arena's layout in their own memory: each
+    array zeroed, at the same offset within its page as in a segment."""
+    specs = [("a", np.int64, (3,)), ("b", np.int32, (1000,)), ("c", np.int64, (4, 4))]
+    views = arenamod.private(specs)
+    _, offsets, _ = arenamod.place(specs)
+    base = views["a"].ctypes.data
+    assert base % 4096 == 0
+    for name, dtype, shape in specs:
+        v = views[name]
+        assert v.dtype == dtype and v.shape == shape and not v.any()
+        assert v.ctypes.data - base == offsets[name]
+        assert offsets[name] % arenamod.ALIGN == 0
+
+
 def test_unlinked_on_exception(no_leaks):
     with pytest.raises(ZeroDivisionError):
         with Arena([("x", np.int64, (8,))]) as a:

@@ -96,11 +96,34 @@ def _drop(lk, i, w):
     locks.release(lk, i, w)
 
 
-def _private_locks(nworkers, kind, timing=0):
+def _private_locks(nworkers, kind, timing=0, kind_of_set=locks.Locks):
     v = {n: np.zeros(s, dtype=np.int64) for n, s in locks.layout(1, nworkers, 1)}
-    lk = locks.Locks(v["word"], v["qnode"], v["stats"], v["cfg"], np.zeros(16, dtype=np.int64))
+    lk = kind_of_set(v["word"], v["qnode"], v["stats"], v["cfg"], np.zeros(16, dtype=np.int64))
     locks.init(lk, kind, [0], spin_bound=10, timing=timing)
     return lk
+
+
+@pytest.mark.parametrize("kind", locks.KINDS)
+def test_quiet_locks_lock_but_count_nothing(kind):
+    """A replay's locks: taken and dropped as any, no statistics kept,
+    even with the timing flag; the same code counts with Locks."""
+    quiet = _private_locks(2, kind, timing=1, kind_of_set=locks.Quiet)
+    loud = _private_locks(2, kind, timing=1)
+    for w in (0, 1, 0):
+        _take_and_drop(quiet, 0, w)
+        _take_and_drop(loud, 0, w)
+    assert locks.class_stats(quiet)[0]["acquisitions"] == 0
+    assert locks.class_stats(quiet)[0]["timed"] == 0
+    assert locks.class_stats(loud)[0]["acquisitions"] == 3
+    assert locks.class_stats(loud)[0]["timed"] == 3
+    # free again: the state word is back where it started
+    assert quiet.word[locks.W_STATE] == loud.word[locks.W_STATE]
+    assert not locks.counted(quiet) and locks.counted(loud)
+
+
+def test_lock_timing_must_be_a_power_of_two():
+    with pytest.raises(ValueError, match="power of two"):
+        _private_locks(1, "ttas", timing=3)
 
 
 @pytest.mark.parametrize("kind", locks.KINDS)
