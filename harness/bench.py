@@ -12,6 +12,7 @@ page tables empty, or the window fails.  What a window measured leaves the
 bench as a `Raw`, copies of the counters, which `readout.py` turns into
 figures.
 """
+import contextlib
 import multiprocessing as mp
 import time
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from harness.abi import (CTL_ATTACHED, CTL_CMD, CTL_DONE, CTL_ERR, CTL_GEN, CTL_
 from harness.arena import Arena
 from harness.config import load_profile
 from harness.disturbance import Snapshot
+from harness.errors import UsageError
 from harness.pool import Pool, Watchdog, WorkerDied, allowed_cores, run_in_child
 from harness.rogue import rogue_loop
 from hwmodel import iommu
@@ -83,6 +85,16 @@ def consumers(threads, fraction):
     return min(threads - 1, max(1, int(round(threads * fraction))))
 
 
+@contextlib.contextmanager
+def _buildable(design):
+    """An allocator refusing the sizes it is asked to be built with (its
+    layout or init raises ValueError) is the user's error, said in a line."""
+    try:
+        yield
+    except ValueError as e:
+        raise UsageError("design %s cannot be built: %s" % (design.name, e)) from None
+
+
 def size_table(sizes, seed):
     """SIZE_TABLE request sizes with the configured weights, in a fixed
     shuffled order, so that a random index draws from the distribution."""
@@ -119,8 +131,9 @@ class Bench:
                   for name, shape in lockmod.layout(len(self._fq_classes()), n,
                                                     len(dma.FQ_LOCK_CLASSES))]
         for i, (d, p) in enumerate(zip(designs, self.params)):
-            for k in range(self.ndomains):
-                specs += compose.specs(d.module(), p, self._prefix(i, k))
+            with _buildable(d):
+                for k in range(self.ndomains):
+                    specs += compose.specs(d.module(), p, self._prefix(i, k))
         self.arena = Arena(specs)
         self.pool = None
         self.env = None
@@ -192,10 +205,12 @@ class Bench:
                               v["fq.lock.cfg"], v["ctl"])
         self.env = dma.make(v, fq_lk)
         o = self.opts
-        self.states = [tuple(compose.bind(d.module(), p, v, self._prefix(i, k), self.env.ctl,
-                                          o["lock"], o["spin_bound"])
-                             for k in range(self.ndomains))
-                       for i, (d, p) in enumerate(zip(self.designs, self.params))]
+        self.states = []
+        for i, (d, p) in enumerate(zip(self.designs, self.params)):
+            with _buildable(d):
+                self.states.append(tuple(compose.bind(d.module(), p, v, self._prefix(i, k),
+                                                      self.env.ctl, o["lock"], o["spin_bound"])
+                                         for k in range(self.ndomains)))
         self.entries = [entries.of(d.allocator).run for d in self.designs]
 
     def _compile(self):

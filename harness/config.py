@@ -119,6 +119,9 @@ def _power_of_two(v):
     return v
 
 
+MAX_WEIGHT = 1e12          # of a request size; the sum of 4096 of them stays finite
+
+
 def _sizes(v):
     """Request sizes in pages with weights: [[pages, weight], ...] or
     "1:0.9,64:0.1"."""
@@ -143,8 +146,9 @@ def _sizes(v):
         pages, weight = pair
         if not 1 <= pages <= 4096:
             raise ValueError("request sizes in the range 1..4096 pages, got %d" % pages)
-        if weight < 0:
-            raise ValueError("weights >= 0")
+        # a finite weight, and a finite sum of them: the size table divides by it
+        if not 0 <= weight <= MAX_WEIGHT:
+            raise ValueError("weights in the range 0..%g, got %r" % (MAX_WEIGHT, weight))
         out.append((pages, float(weight)))
     if sum(w for _, w in out) <= 0:
         raise ValueError("at least one weight > 0")

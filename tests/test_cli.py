@@ -68,6 +68,17 @@ def test_bad_duration(capsys, duration):
     assert "--duration" in line
 
 
+@pytest.mark.parametrize("sizes", ["1:nan", "1:inf", "1:1e308,2:1e308", "1:-1", "0:1", "1:0"])
+def test_bad_sizes(capsys, sizes):
+    assert "--sizes" in one_error_line(capsys, ["sweep", "--sizes", sizes])
+
+
+def test_an_allocator_refusing_its_sizes_is_one_line(capsys):
+    line = one_error_line(capsys, ["run", "--design", "pools", "--threads", "1",
+                                   "--pages", "2"])
+    assert "pools cannot be built" in line and "2 pages" in line
+
+
 def test_malformed_toml_names_file_and_line(capsys, tmp_path):
     f = tmp_path / "bad.toml"
     f.write_text('designs = ["direct"]\nthreads = "1,2"\nduration = = 3\n')
