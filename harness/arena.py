@@ -35,7 +35,11 @@ def shm_available(directory=SHM_DIR):
     overrides it, so that a small container can be imitated in tests."""
     forced = os.environ.get("IOMMU_STRESS_SHM_AVAIL")
     if forced is not None:
-        return int(forced)
+        try:
+            return int(forced)
+        except ValueError:
+            raise ArenaError("IOMMU_STRESS_SHM_AVAIL: expected a number of bytes, got %r"
+                             % forced) from None
     st = os.statvfs(directory)
     return st.f_bavail * st.f_frsize
 

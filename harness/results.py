@@ -108,13 +108,18 @@ class ResultsFile:
 def load(path):
     """A results document written by us, or a UsageError saying why not."""
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_bytes().decode("utf-8")
     except OSError as e:
         raise UsageError("%s: cannot read: %s" % (path, e.strerror)) from None
+    except UnicodeDecodeError as e:
+        raise UsageError("%s: not a results file: not UTF-8 text (byte %d)"
+                         % (path, e.start)) from None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         raise UsageError("%s:%d: not a results file: invalid JSON (%s)" % (path, e.lineno, e.msg)) from None
+    except RecursionError:
+        raise UsageError("%s: not a results file: nested too deeply" % path) from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise UsageError("%s: not an iommu-stress results file (no \"format\": \"%s\")" % (path, FORMAT))
     if doc.get("version") not in READS:

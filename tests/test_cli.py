@@ -79,6 +79,25 @@ def test_an_allocator_refusing_its_sizes_is_one_line(capsys):
     assert "pools cannot be built" in line and "2 pages" in line
 
 
+def test_report_of_a_binary_file_is_one_line(capsys, tmp_path):
+    f = tmp_path / "out.png"
+    f.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    assert "not UTF-8" in one_error_line(capsys, ["report", str(f)])
+
+
+def test_report_of_deeply_nested_json_is_one_line(capsys, tmp_path):
+    f = tmp_path / "deep.json"
+    f.write_text("[" * 100000 + "]" * 100000)
+    assert "nested too deeply" in one_error_line(capsys, ["report", str(f)])
+
+
+def test_a_bad_shm_override_is_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("IOMMU_STRESS_SHM_AVAIL", "lots")
+    line = one_error_line(capsys, ["run", "--design", "direct", "--threads", "1",
+                                   "--duration", "0.05"])
+    assert "IOMMU_STRESS_SHM_AVAIL" in line
+
+
 def test_malformed_toml_names_file_and_line(capsys, tmp_path):
     f = tmp_path / "bad.toml"
     f.write_text('designs = ["direct"]\nthreads = "1,2"\nduration = = 3\n')
