@@ -348,12 +348,18 @@ def _cpu_lock(cpu, c):
 
 
 @hot
+def _pcpu_line(cpu, c):
+    """raw_cpu_ptr(rcache->cpu_rcaches): where CPU cpu's line of size
+    class c starts in `pcpu`."""
+    return (cpu * NCLS + c) * LINE
+
+
+@hot
 def _lock_cpu_rcache(st, w, cpu, c):
-    """raw_cpu_ptr(rcache->cpu_rcaches) and spin_lock_irqsave: this CPU's
-    line of size class c, locked."""
+    """This CPU's line of size class c, its lock taken (spin_lock_irqsave)."""
     inline_into_callers()
     acquire(st.lk, _cpu_lock(cpu, c), w)
-    return (cpu * NCLS + c) * LINE
+    return _pcpu_line(cpu, c)
 
 
 @hot
@@ -400,7 +406,7 @@ def _make_room(st, w, cpu, c):
     mags = st.mags
     pcpu = st.pcpu
     rc = st.rcache
-    pc = (cpu * NCLS + c) * LINE
+    pc = _pcpu_line(cpu, c)
     r = c * LINE
     s = w * STAT_LINE
     dl = _depot_lock(meta, c)
@@ -497,7 +503,7 @@ def _refill(st, w, cpu, c):
     mags = st.mags
     pcpu = st.pcpu
     rc = st.rcache
-    pc = (cpu * NCLS + c) * LINE
+    pc = _pcpu_line(cpu, c)
     r = c * LINE
     s = w * STAT_LINE
     loaded = pcpu[_u(pc + PC_LOADED)]
@@ -542,7 +548,7 @@ def free_cpu_cached_iovas(st, w, cpu):
     the magazines stay."""
     n = 0
     for c in range(NCLS):
-        pc = (cpu * NCLS + c) * LINE
+        pc = _pcpu_line(cpu, c)
         cl = _cpu_lock(cpu, c)
         acquire(st.lk, cl, w)
         n += _free_pfns(st, w, st.pcpu[pc + PC_LOADED])

@@ -507,17 +507,22 @@ def _fq_timeout(free, sts, env, w, cpu, dom):
 
 
 @hot(inline="always", inner=True)
+def _expired(fq, mb, now):
+    """Whether the timer of the queue whose meta line starts at mb is armed
+    (1; 2 is being fired) and past its deadline."""
+    return load(fq.meta, mb + M_TIMER_ON) == 1 and now >= load(fq.meta, mb + M_DEADLINE)
+
+
+@hot(inline="always", inner=True)
 def timer_due(env, now):
     """Whether a flush timer has expired: a look at the queues' timer
     words, which only change when a timer is armed or fired."""
     policy = env.cfg[0].flush
-    fq = env.fq
     if policy == FLUSH_BATCHED:
-        return load(fq.meta, M_TIMER_ON) != 0 and now >= load(fq.meta, M_DEADLINE)
+        return _expired(env.fq, 0, now)
     if policy == FLUSH_PERCPU:
         for d in range(env.cfg[0].ndomains):
-            mb = d * LINE
-            if load(fq.meta, mb + M_TIMER_ON) == 1 and now >= load(fq.meta, mb + M_DEADLINE):
+            if _expired(env.fq, d * LINE, now):
                 return True
     return False
 
@@ -528,20 +533,19 @@ def timers(free, sts, env, w, cpu, now):
     policy = env.cfg[0].flush
     fq = env.fq
     if policy == FLUSH_BATCHED:
-        if load(fq.meta, M_TIMER_ON) != 0 and now >= load(fq.meta, M_DEADLINE):
+        if _expired(fq, 0, now):
             acquire(fq.lk, 0, w)
             # the timer may have been consumed by a flush meanwhile
-            if fq.meta[M_TIMER_ON] != 0 and now >= fq.meta[M_DEADLINE]:
+            if _expired(fq, 0, now):
                 fq.meta[M_TIMER_FLUSHES] += 1
                 _batched_flush(free, sts, env, w, cpu)
             release(fq.lk, 0, w)
     elif policy == FLUSH_PERCPU:
         for d in range(env.cfg[0].ndomains):
             mb = d * LINE
-            if load(fq.meta, mb + M_TIMER_ON) != 0 and now >= load(fq.meta, mb + M_DEADLINE):
-                # fq_flush_timeout runs once per expiry: whoever clears timer_on
-                if cas(fq.meta, mb + M_TIMER_ON, 1, 2) == 1:
-                    _fq_timeout(free, sts, env, w, cpu, d)
+            # fq_flush_timeout runs once per expiry: whoever clears timer_on
+            if _expired(fq, mb, now) and cas(fq.meta, mb + M_TIMER_ON, 1, 2) == 1:
+                _fq_timeout(free, sts, env, w, cpu, d)
 
 
 @hot(inner=True)

@@ -220,9 +220,7 @@ def stamp(typingctx):
 
     def codegen(context, builder, signature, args):
         import platform
-        x86 = platform.machine() in ("x86_64", "AMD64", "i686")
-
-        if x86:
+        if platform.machine() in ("x86_64", "AMD64", "i686"):
             fnty = ir.FunctionType(ir.VoidType(), [])
             builder.call(cgutils.get_or_insert_function(builder.module, fnty,
                                                         "llvm.x86.sse2.lfence"), [])
@@ -280,21 +278,23 @@ def _stamp_pairs(out):
         out[i] = stamp() - t0
 
 
+def _median_pair(pairs, tries):
+    out = np.zeros(tries, dtype=np.int64)
+    pairs(out)
+    return float(np.median(out))
+
+
 def clock_read_cost(tries=4096):
     """Cycles one read of the cycle counter adds to an interval it closes:
     the median of back-to-back reads.  On a virtual machine that traps the
     read it is tens of cycles, enough to bias a step timed between two."""
-    out = np.zeros(tries, dtype=np.int64)
-    _clock_pairs(out)
-    return float(np.median(out))
+    return _median_pair(_clock_pairs, tries)
 
 
 def stamp_cost(tries=4096):
     """What `stamp` adds to an interval it closes: the median of
     back-to-back stamps.  Exact to subtract, since nothing overlaps one."""
-    out = np.zeros(tries, dtype=np.int64)
-    _stamp_pairs(out)
-    return float(np.median(out))
+    return _median_pair(_stamp_pairs, tries)
 
 
 def calibrate(seconds=0.05):
