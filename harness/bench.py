@@ -13,6 +13,7 @@ bench as a `Raw`, copies of the counters, which `readout.py` turns into
 figures.
 """
 import contextlib
+import functools
 import multiprocessing as mp
 import time
 from dataclasses import dataclass
@@ -22,14 +23,15 @@ import numpy as np
 import allocators
 from allocators import Params
 from harness import abi, compose, dma, entries, readout
+from harness.entries import compile_notice, compile_record
 from harness.abi import (CTL_ATTACHED, CTL_CMD, CTL_DONE, CTL_ERR, CTL_GEN, CTL_PHASE,
                          CTL_PRODUCERS_LEFT, CTL_T_MEASURE, CTL_T_STOP, LINE, PH_WAIT,
                          STATUS_RAN)
-from harness.arena import Arena
+from harness.arena import Arena, private
 from harness.config import load_profile
 from harness.disturbance import Snapshot
 from harness.errors import UsageError
-from harness.pool import Pool, Watchdog, WorkerDied, allowed_cores, run_in_child
+from harness.pool import Pool, Watchdog, WorkerDied, allowed_cores, run_in_children
 from harness.rogue import rogue_loop
 from hwmodel import iommu
 from hwmodel import locks as lockmod
@@ -132,11 +134,12 @@ class Bench:
                                                     len(dma.FQ_LOCK_CLASSES))]
         for i, (d, p) in enumerate(zip(designs, self.params)):
             with _buildable(d):
-                for k in range(self.ndomains):
-                    specs += compose.specs(d.module(), p, self._prefix(i, k))
+                specs += compose.stacked_specs(d.module(), p, self._prefix(i), self.ndomains)
+        self.specs = specs
         self.arena = Arena(specs)
         self.pool = None
         self.env = None
+        self.stacked = []
         self.states = []
         self.cycles_per_ns = None
         self.clock_read_cycles = 0.0
@@ -154,8 +157,8 @@ class Bench:
                       mag_size=o["mag_size"])
 
     @staticmethod
-    def _prefix(i, k):
-        return "d%d.%d." % (i, k)
+    def _prefix(i):
+        return "d%d." % i
 
     def _fq_classes(self):
         return dma.fq_lock_classes(self.ndomains, self.ncpus_fq)
@@ -170,13 +173,7 @@ class Bench:
             self.clock_read_cycles = clock_read_cost()
             self.stamp_cycles = stamp_cost()
             t0 = time.perf_counter()
-            if self.max_threads > LEAN_PARENT:
-                # numba's compiler leaves some 400 MiB of LLVM's state in the
-                # process that ran it, which 1024 forked workers then map (and
-                # partly copy): compile in a child that fills the on-disk
-                # cache, and load only the machine code here.  A failure there
-                # shows again, with its message, when this process compiles.
-                run_in_child(self._compile)
+            self._compile_ahead()
             self._compile()
             self.timings["compile_s"] = time.perf_counter() - t0
         except BaseException:
@@ -199,35 +196,86 @@ class Bench:
         finally:
             self.arena.unlink()
 
-    def _bind(self):
-        v = self.arena.views
+    def _bind(self, views=None):
+        v = views or self.arena.views
         fq_lk = lockmod.Locks(v["fq.lock.word"], v["fq.lock.qnode"], v["fq.lock.stats"],
                               v["fq.lock.cfg"], v["ctl"])
         self.env = dma.make(v, fq_lk)
         o = self.opts
+        self.stacked = []
         self.states = []
         for i, (d, p) in enumerate(zip(self.designs, self.params)):
             with _buildable(d):
-                self.states.append(tuple(compose.bind(d.module(), p, v, self._prefix(i, k),
-                                                      self.env.ctl, o["lock"], o["spin_bound"])
-                                         for k in range(self.ndomains)))
+                sts, each = compose.bind_stacked(d.module(), p, v, self._prefix(i), self.ndomains,
+                                                 self.env.ctl, o["lock"], o["spin_bound"])
+            self.stacked.append(sts)
+            self.states.append(each)
         self.entries = [entries.of(d.allocator).run for d in self.designs]
 
-    def _compile(self):
-        """Compile (or load) every loop before the workers are forked: a
-        loop called with the abort word set returns at once.  The reset and
-        the check of each design are loaded here too, so that the first
-        point pays for nothing the others do not."""
+    def _uncompiled(self):
+        """The designs whose loops are not in the on-disk cache yet, one
+        per loop: designs of one allocator share it (their flush policy is
+        a run-time value), unless its variants lay their states out apart."""
+        todo, seen = [], set()
+        for i, (entry, sts) in enumerate(zip(self.entries, self.stacked)):
+            key = (self.designs[i].allocator, entry.typeof_pyval(sts))
+            if key not in seen and not entries.cached(entry, (sts, self.env, 0, 0)):
+                todo.append(i)
+            seen.add(key)
+        return todo
+
+    def _compile_ahead(self):
+        """Compile the loops missing from the cache in child processes, as
+        many at once as there are cores, saying so: a new user's first
+        sweep waits for them.  Only the machine code is then loaded here:
+        numba's compiler leaves some 400 MiB of LLVM's state in the process
+        that ran it, which 1024 forked workers would map (and partly copy).
+        A loop compiled alone, for few workers, is compiled here.  A failure
+        in a child shows again, with its message, when this process
+        compiles."""
+        todo = self._uncompiled()
+        if not todo:
+            return
+        names = [self.designs[i].allocator + (":" + self.designs[i].variant
+                                              if self.designs[i].variant else "")
+                 for i in todo]
+        parallel = min(len(todo), len(self.cores))
+        compile_notice(names, parallel)
+        if len(todo) == 1 and self.max_threads <= LEAN_PARENT:
+            t0 = time.perf_counter()
+            self._compile_one(todo[0])
+            took = [time.perf_counter() - t0]
+        else:
+            took = run_in_children([functools.partial(self._compile_alone, i) for i in todo],
+                                   parallel)
+        compile_record(names, took)
+
+    def _compile_alone(self, i):
+        """`_compile_one` in a child, over a private copy of the arena's
+        arrays: children compiling at once would otherwise share, and reset
+        under each other, one set of control words."""
+        self._bind(private(self.specs))
+        self._compile_one(i)
+
+    def _compile_one(self, i):
+        """Compile (or load) design i's loop: called with the abort word set
+        it returns at once.  Its reset and check are loaded too, so that the
+        first point pays for nothing the others do not."""
         ctl = self.env.ctl
-        for i, (entry, sts) in enumerate(zip(self.entries, self.states)):
-            self.reset(i, 1)
-            ctl[lockmod.CTL_ABORT] = 1
-            entry(sts, self.env, 0, 0)
-            ctl[lockmod.CTL_ABORT] = 0
-            problems = self.check(i)
-            if problems:
-                raise RuntimeError("%s: fresh state fails its check: %s"
-                                   % (self.designs[i].name, "; ".join(problems[:3])))
+        self.reset(i, 1)
+        ctl[lockmod.CTL_ABORT] = 1
+        self.entries[i](self.stacked[i], self.env, 0, 0)
+        ctl[lockmod.CTL_ABORT] = 0
+        problems = self.check(i)
+        if problems:
+            raise RuntimeError("%s: fresh state fails its check: %s"
+                               % (self.designs[i].name, "; ".join(problems[:3])))
+
+    def _compile(self):
+        """Every loop compiled or loaded before the workers are forked."""
+        ctl = self.env.ctl
+        for i in range(len(self.designs)):
+            self._compile_one(i)
         if self.opts["rogue_device"]:
             ctl[lockmod.CTL_ABORT] = 1
             rogue_loop(self.env)
@@ -236,7 +284,7 @@ class Bench:
     def start_workers(self):
         if self.pool is None:
             t0 = time.perf_counter()
-            self.pool = Pool(self.max_threads, self.env, self.arena.views["bell"], self.states,
+            self.pool = Pool(self.max_threads, self.env, self.arena.views["bell"], self.stacked,
                              self.entries, self.cores)
             self.timings["fork_s"] += time.perf_counter() - t0
 

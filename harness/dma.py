@@ -31,6 +31,7 @@ import numpy as np
 
 from harness.abi import (CTL_ERR, CTL_ERR_CLAIMANT, CTL_ERR_HOLDER, CTL_ERR_KIND, CTL_ERR_PAGE,
                          ERR_DOUBLE_MAP, ERR_EARLY_REUSE, ERR_NOT_HELD, LINE)
+from harness.compose import pick
 from hwmodel import iommu
 from hwmodel.cpu import (busy_wait_cycles, cas, clz, cycles, fetch_add, hot, inline_into_callers,
                          load, stamp, store, xchg)
@@ -276,7 +277,7 @@ def dma_unmap(free, sts, env, w, cpu, owner, dom, iova, pages, sample):
         _exposure(env, w, end - t1)
         if cfg.check != 0:
             _settle(env, w, dom, iova, pages)
-        free(sts[dom], w, cpu, iova, pages)
+        free(pick(sts, dom), w, cpu, iova, pages)
     if cfg.rogue != 0:
         _publish(env, dom, iova)
     if sample:
@@ -349,7 +350,7 @@ def _batched_flush(free, sts, env, w, cpu):
         _exposure(env, w, end - fq.q[e + 3])
         if env.cfg[0].check != 0:
             _settle(env, w, dom, fq.q[e], fq.q[e + 1])
-        free(sts[dom], w, cpu, fq.q[e], fq.q[e + 1])
+        free(pick(sts, dom), w, cpu, fq.q[e], fq.q[e + 1])
     m[M_COUNT] = 0
     m[M_FLUSHES] += 1
     m[M_FLUSHED_ENTRIES] += n
@@ -426,7 +427,7 @@ def _fq_ring_free(free, sts, env, w, cpu, dom, ring_cpu):
         _exposure(env, w, end - fq.ring[e + 2])
         if env.cfg[0].check != 0:
             _settle(env, w, dom, fq.ring[e], fq.ring[e + 1])
-        free(sts[dom], w, cpu, fq.ring[e], fq.ring[e + 1])
+        free(pick(sts, dom), w, cpu, fq.ring[e], fq.ring[e + 1])
         head = (head + 1) % IOVA_FQ_SIZE
         n += 1
     fq.ring[hdr] = head

@@ -28,6 +28,7 @@ the deadlines of the warm-up and of the window on the cycle counter, and the
 first to see one pass moves the phase on.
 """
 from harness import dma
+from harness.compose import pick
 from harness.abi import (CTL_ATTACHED, CTL_FINISHED, CTL_NACTIVE, CTL_PHASE, CTL_PRODUCERS_LEFT,
                          CTL_ROGUE_READY, CTL_T_MEASURE, CTL_T_STOP, DIAG_SAMPLE, HAND_HEAD,
                          HAND_STRIDE, HAND_TAIL, LINE, MAX_DEPTH, PH_MEASURE, PH_STOP, PH_WAIT,
@@ -134,7 +135,7 @@ def _unmap(free, sts, env, w, cpu, owner, o, ring, sample):
 def _map_and_use(alloc, sts, env, w, cpu, dom, pages, phys, sample, device, t_dev):
     """Map an I/O and let the device use it: (iova or -1, the device's
     next free cycle, when it is done with this I/O: 0 if not modelled)."""
-    iova = dma.dma_map(alloc, sts[dom], env, w, cpu, dom, pages, phys, sample)
+    iova = dma.dma_map(alloc, pick(sts, dom), env, w, cpu, dom, pages, phys, sample)
     if iova < 0:
         return iova, t_dev, 0
     _access(env, w, dom, iova, pages, sample)
@@ -215,7 +216,7 @@ def _service(free, trim, sts, env, w, cpu, now):
     c = env.cnt[w]
     if w == 0 and now >= c.next_trim:
         for d in range(cfg.ndomains):
-            trim(sts[d], w, cfg.ncpus)
+            trim(pick(sts, d), w, cfg.ncpus)
         c.next_trim = now + cfg.trim_cycles
     if diag:
         inv = env.io.stats[w * LINE + iommu.S_INV_WAIT] - inv
@@ -427,7 +428,7 @@ def premapped(alloc, free, trim, sts, env, w, cpu):
     nout = 0
     fails = 0
     while nout < depth:
-        iova = dma.dma_map(alloc, sts[dom], env, w, cpu, dom, big,
+        iova = dma.dma_map(alloc, pick(sts, dom), env, w, cpu, dom, big,
                            w * MAX_DEPTH * PAGES_PER_SLOT + nout * PAGES_PER_SLOT, False)
         if iova < 0:
             fails += 1

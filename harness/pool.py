@@ -249,25 +249,55 @@ class Pool:
         self._watch.close()
 
 
-def run_in_child(fn):
-    """Run fn() in a forked child and wait for it; True if it returned.
-    The child dies with the parent (PR_SET_PDEATHSIG)."""
+def _fork_child(fn):
+    """fn() in a forked child that dies with its parent (PR_SET_PDEATHSIG)
+    and leaves the stop signals to it; its pid."""
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
             _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             fn()
             code = 0
         finally:
             os._exit(code)
+    return pid
+
+
+def run_in_children(fns, parallel=1, poll=0.05):
+    """Run each fn() in a forked child, at most `parallel` at once, and wait
+    for them all: the seconds each took, or None for one that failed.  An
+    exception here (a signal) kills and reaps every child first."""
+    took = [None] * len(fns)
+    waiting = list(enumerate(fns))
+    running = {}                       # pid -> (index, start)
     try:
-        _, status = os.waitpid(pid, 0)
+        while waiting or running:
+            while waiting and len(running) < parallel:
+                k, fn = waiting.pop(0)
+                running[_fork_child(fn)] = (k, time.monotonic())
+            for pid in list(running):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    k, t0 = running.pop(pid)
+                    if os.waitstatus_to_exitcode(status) == 0:
+                        took[k] = time.monotonic() - t0
+            if running:
+                time.sleep(poll)
     except BaseException:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        for pid in running:
+            os.kill(pid, signal.SIGKILL)
+        for pid in running:
+            os.waitpid(pid, 0)
         raise
-    return os.waitstatus_to_exitcode(status) == 0
+    return took
+
+
+def run_in_child(fn):
+    """Run fn() in a forked child and wait for it; True if it returned."""
+    return run_in_children([fn])[0] is not None
 
 
 def _raise_fd_limit(n):

@@ -79,7 +79,8 @@ _this = sys.modules[__name__]
 
 @hot(cache=True)
 def f_map(sts, env, w, dom, pages, phys):
-    return dma.dma_map(_this.spy_alloc, sts[dom], env, w, w, dom, pages, phys, False)
+    return dma.dma_map(_this.spy_alloc, compose.pick(sts, dom), env, w, w, dom, pages, phys,
+                       False)
 
 
 @hot(cache=True)
@@ -118,17 +119,16 @@ def ms(cpn, x):
 
 
 def make_env(flush, cpn, pages=PAGES, inv_page=0, inv_domain=0, rogue=False):
-    """An Env and its per-domain spy states, in shared memory; the ownership
-    check on."""
+    """An Env and its domains' spy states, stacked, in shared memory; the
+    ownership check on."""
     p = Params(pages=pages, nworkers=NCPUS, ncpus=NCPUS, max_live=1024)
     classes = dma.fq_lock_classes(NDOM, NCPUS)
     specs = abi.layout(NCPUS) + dma.layout(NCPUS, NDOM, pages, NCPUS, 64, 4)
     specs += [("fq.lock." + n, np.int64, s)
               for n, s in lockmod.layout(len(classes), NCPUS, len(dma.FQ_LOCK_CLASSES))]
-    for d in range(NDOM):
-        specs += compose.specs(rbtree, p, "d%d." % d)
-        specs += [("d%d.spy.log" % d, np.int64, (1 + MAXLOG * LOGW,)),
-                  ("d%d.spy.meta" % d, np.int64, (LINE,))]
+    specs += compose.stacked_specs(rbtree, p, "rb.", NDOM)
+    specs += [("spy.log", np.int64, (NDOM, 1 + MAXLOG * LOGW)),
+              ("spy.meta", np.int64, (NDOM, LINE))]
     v = shared_arrays(specs)
     lk = lockmod.Locks(v["fq.lock.word"], v["fq.lock.qnode"], v["fq.lock.stats"],
                        v["fq.lock.cfg"], v["ctl"])
@@ -141,13 +141,9 @@ def make_env(flush, cpn, pages=PAGES, inv_page=0, inv_domain=0, rogue=False):
              premapped=0, consumers=0, rogue=rogue, fq_timeout_cycles=ms(cpn, IOVA_FQ_TIMEOUT),
              ncpus=NCPUS, pages=pages, trim_cycles=0, diag=0, outlier_cycles=0, warmup_cycles=0,
              window_cycles=0, phase_every=1)
-    sts = []
-    for d in range(NDOM):
-        meta = v["d%d.spy.meta" % d]
-        meta[0] = d
-        sts.append(Spy(compose.bind(rbtree, p, v, "d%d." % d, v["ctl"]), env.io,
-                       v["d%d.spy.log" % d], meta))
-    return env, tuple(sts)
+    rb, _ = compose.bind_stacked(rbtree, p, v, "rb.", NDOM, v["ctl"])
+    v["spy.meta"][:, 0] = np.arange(NDOM)
+    return env, Spy(rb, compose.shared(env.io, NDOM), v["spy.log"], v["spy.meta"])
 
 
 _phys = iter(range(1000, 1 << 30, 64))
@@ -163,14 +159,14 @@ def map_io(sts, env, w, dom=0, pages=1):
 
 def freed(sts, dom=0):
     """The spy's log: one dict per range given back to the allocator."""
-    log = sts[dom].log
+    log = compose.pick(sts, dom).log
     rows = log[1:1 + min(int(log[0]), MAXLOG) * LOGW].reshape(-1, LOGW)
     keys = ("pfn", "pages", "t", "busy", "left", "cpu")
     return [dict(zip(keys, map(int, r))) for r in rows]
 
 
 def allocated(sts, dom, pfn):
-    return rbtree.find(sts[dom].rb, 0, pfn)[0] == pfn
+    return rbtree.find(compose.pick(sts, dom).rb, 0, pfn)[0] == pfn
 
 
 def owner(env, dom, pfn):

@@ -113,18 +113,72 @@ def test_run_in_child_reports_how_the_child_ended():
     assert not psutil.Process().children()
 
 
+def test_children_run_side_by_side_and_each_reports(tmp_path):
+    def child(k):
+        (tmp_path / ("start%d" % k)).touch()
+        # both must be running at once: each waits for the other's mark
+        end = time.monotonic() + 30
+        while not (tmp_path / ("start%d" % (1 - k))).exists():
+            assert time.monotonic() < end
+            time.sleep(0.01)
+        if k:
+            raise RuntimeError("this one fails")
+
+    took = pool.run_in_children([lambda: child(0), lambda: child(1)], parallel=2)
+    assert took[0] is not None and took[0] >= 0
+    assert took[1] is None
+    assert not psutil.Process().children()
+
+
+def test_children_are_killed_when_the_parent_is_stopped():
+    started = time.monotonic()
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pool.run_in_children([lambda: time.sleep(60)] * 3, parallel=2)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert time.monotonic() - started < 30
+    assert not psutil.Process().children()
+
+
 def test_a_large_sweep_compiles_in_a_child(monkeypatch, no_leaks):
     calls = []
 
-    def counted(fn):
-        calls.append(fn)
-        return pool.run_in_child(fn)
+    def counted(fns, parallel):
+        calls.append(len(fns))
+        return pool.run_in_children(fns, parallel)
 
+    # as if the loop were not in the cache: it is compiled (or loaded) in a
+    # child, which must find the same types as the parent does
+    monkeypatch.setattr(Bench, "_uncompiled", lambda self: list(range(len(self.designs))))
     monkeypatch.setattr(benchmod, "LEAN_PARENT", 1)
-    monkeypatch.setattr(benchmod, "run_in_child", counted)
+    monkeypatch.setattr(benchmod, "run_in_children", counted)
     with Bench(opts(threads=[2], duration=0.05), [designs.resolve("bitmap")]) as sw:
-        assert len(calls) == 1
+        assert calls == [1]
         assert readout.window(sw.window(0, 2))["ops_per_sec"] > 0
     with Bench(opts(threads=[1], duration=0.05), [designs.resolve("bitmap")]):
-        assert len(calls) == 1                   # one worker: the parent compiles
+        assert calls == [1]                      # one worker: the parent compiles
+    with Bench(opts(threads=[1], duration=0.05),
+               [designs.resolve("bitmap"), designs.resolve("direct")]):
+        assert calls == [1, 2]                   # two loops: compiled side by side
     assert not psutil.Process().children(recursive=True)
+
+
+def test_the_loop_does_not_depend_on_the_number_of_domains(no_leaks):
+    """Domains are a run-time size: one compiled loop serves every count."""
+    from harness import entries
+    run = entries.of("bitmap").run
+    for n in (1, 3):
+        with Bench(opts(threads=[2], duration=0.05, domains=n),
+                   [designs.resolve("bitmap")]) as sw:
+            r = readout.window(sw.window(0, 2))
+            assert r["ops_per_sec"] > 0
+            assert not sw.check(0)
+    assert len(run.signatures) == 1, run.signatures
