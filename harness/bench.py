@@ -95,6 +95,16 @@ def _buildable(design):
         raise UsageError("design %s cannot be built: %s" % (design.name, e)) from None
 
 
+def _refuse_impossible(designs, params, sizes):
+    """A design under which some request size drawn can never be placed is
+    refused before anything is built: its figure would count failures."""
+    drawn = [pages for pages, weight in sizes if weight > 0]
+    for d, p in zip(designs, params):
+        why = allocators.refusal(d.module(), p, drawn)
+        if why:
+            raise UsageError("design %s can never map a buffer: %s" % (d.name, why))
+
+
 def size_table(sizes, seed):
     """SIZE_TABLE request sizes with the configured weights, in a fixed
     shuffled order, so that a random index draws from the distribution."""
@@ -124,6 +134,7 @@ class Bench:
         self.ndomains = opts["domains"]
         self.ncpus_fq = n if any(d.flush == "percpu" for d in designs) else 1
         self.params = [self._params(d) for d in designs]
+        _refuse_impossible(designs, self.params, opts["sizes"])
         specs = abi.layout(n)
         specs += dma.layout(n, self.ndomains, opts["pages"], self.ncpus_fq, opts["tlb_entries"],
                             opts["tlb_ways"])
