@@ -12,10 +12,14 @@ import time
 import numpy as np
 import pytest
 
-from harness import arena
+from harness import arena, designs, readout, report
 from harness.arena import Arena, clean_stale
-from tests.test_faults import (SHM, Command, assert_gone, compiled, error_lines,  # noqa: F401
-                               run_cli, segments_of)
+from tests import test_faults
+from tests.test_faults import SHM, Command, assert_gone, error_lines, run_cli, segments_of
+from tests.test_readout import raw
+
+# the loops compiled (or loaded) once, before the timed parts of the tests
+compiled = test_faults.compiled
 
 SHORT = ["--warmup", "0", "--repeats", "1"]
 
@@ -155,3 +159,24 @@ def test_a_stale_segment_under_our_own_pid_is_replaced():
         for path in (a.path, stray):
             if os.path.exists(path):
                 os.unlink(path)
+
+
+def test_which_workers_are_marked_stalled():
+    """Over a 1 s window on 2 cores: a worker left behind by its lock alone
+    is the design's figure; one starved of a CPU or stopped is marked; in
+    an oversubscribed window, only what waiting for a CPU does not explain."""
+    def marked(r, stalls, waits_s):
+        r.longest_stall_s = stalls
+        r.run_delay_ns = [w * 1e9 for w in waits_s]
+        return [s["worker"] for s in readout.stalled(r)]
+
+    assert marked(raw(ops=(100, 4000)), [0.01, 0.01], [0, 0]) == []
+    assert marked(raw(ops=(100, 4000)), [0.01, 0.01], [0.4, 0]) == [0]
+    assert marked(raw(ops=(3000, 4000)), [0.6, 0.01], [0, 0]) == [0]
+    over = raw(threads=4, ops=(0, 4000, 4000, 4000))
+    assert marked(over, [0.9, 0.2, 0.2, 0.2], [0.85, 0.5, 0.5, 0.5]) == []
+    assert marked(over, [0.9, 0.2, 0.2, 0.2], [0.1, 0.5, 0.5, 0.5]) == [0]
+    p = readout.point(designs.resolve("bitmap"), 4, [readout.window(over)], oversubscribed=True)
+    assert p["stalled"] and p["stalled_workers"][0]["window"] == 0
+    table = report.throughput_table([p])
+    assert re.search(r"^4\*\s+\S+ \?", table, re.M) and "? stalled:" in table, table
