@@ -32,6 +32,10 @@ and may export, with these defaults:
     counters(st)         -> {name: count} of the STATS it keeps elsewhere than
                          in the workers' lines (per CPU, say); added to
                          their sum
+    refuse(p, sizes)     -> why no request of one of `sizes` (pages) could
+                         ever be placed, even in a fresh state, or None;
+                         the run is refused up front instead of measuring
+                         failures (None: every size may fit)
 
 `w` is the worker (its statistics line, its lock queue node), `cpu` the
 simulated CPU that per-CPU state is keyed by.  Nothing here does I/O.
@@ -80,7 +84,7 @@ class Params:
 REQUIRED = ("NAME", "LOCK_CLASSES", "STATS", "layout", "locks", "make", "init", "alloc",
             "free", "check", "footprint")
 DEFAULTS = {"TRANSLATES": True, "VARIANTS": (), "LIMIT_IS_MASK": False, "trim": None,
-            "flush_all": None, "counters": None}
+            "flush_all": None, "counters": None, "refuse": None}
 
 
 def _plugin_dirs():
@@ -152,6 +156,12 @@ def contract_problems(mod):
         if getattr(mod, k) is not None and not hasattr(getattr(mod, k), "py_func"):
             problems.append("%s is not compiled (@hot)" % k)
     return problems
+
+
+def refusal(mod, p, sizes):
+    """Why `mod` can never place a request of one of `sizes` pages under
+    Params `p`, or None (also when it does not say)."""
+    return mod.refuse(p, sorted(set(sizes))) if mod.refuse is not None else None
 
 
 def totals(mod, st):

@@ -56,6 +56,26 @@ def init(st, p):
     st.meta[M_BOUNDARY] = p.boundary
 
 
+def fit_refusal(size, start, end, boundary):
+    """Why `size` pages never fit in the empty bits [start, end - 1) (the
+    last bit is never used) without crossing a `boundary`, or None."""
+    if size > boundary:
+        return "a %d-page request is larger than the %d-page segment boundary" % (size, boundary)
+    if start % boundary + size > boundary:
+        start = (start // boundary + 1) * boundary
+    if start + size > end - 1:
+        return "a %d-page request fits nowhere in a %d-page space" % (size, end)
+    return None
+
+
+def refuse(p, sizes):
+    for s in sizes:
+        why = fit_refusal(s, 0, p.pages, p.boundary)
+        if why:
+            return why
+    return None
+
+
 @hot
 def find_next_bit(map_, size, start, want_zero, stats, s):
     """Index of the first bit at or after start that is 1 (or 0 when

@@ -170,6 +170,16 @@ def node_capacity(p):
     return rbtree.node_capacity(p, cache_bound(p))
 
 
+def refuse(p, sizes):
+    """The tree's rule, for the size a request takes there: below the
+    largest cached class, rounded up to a power of two."""
+    for s in sizes:
+        why = rbtree.aligned_refusal(p, s, _rounded(s))
+        if why:
+            return why
+    return None
+
+
 def layout(p):
     _variant(p)
     nmags = mag_capacity(p)

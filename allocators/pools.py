@@ -136,6 +136,26 @@ def _validate(p):
                          % p.boundary)
 
 
+def refuse(p, sizes):
+    """A small request may land in any pool, a large one only in the large
+    pool; entry 0 is reserved, and no range crosses the boundary."""
+    try:
+        _validate(p)
+    except ValueError as e:
+        return str(e)
+    bounds = pool_bounds(p.pages)
+    for s in sizes:
+        pools = bounds if s <= LARGE_ALLOC_PAGES else bounds[-1:]
+        whys = [_bitmap.fit_refusal(s, max(start, 1), end, p.boundary) for start, end in pools]
+        if all(whys):
+            if s <= LARGE_ALLOC_PAGES or "boundary" in whys[-1]:
+                return whys[-1]
+            return ("a %d-page request fits nowhere in the large pool (pages %d..%d), "
+                    "where requests over %d pages go" % (s, bounds[-1][0], p.pages - 1,
+                                                         LARGE_ALLOC_PAGES))
+    return None
+
+
 def layout(p):
     _validate(p)
     return [("map", np.uint64, ((p.pages + 63) // 64,)),

@@ -109,6 +109,26 @@ def layout(p):
     return layout_nodes(p, node_capacity(p))
 
 
+def aligned_refusal(p, size, placed):
+    """Why a range of `placed` pages for a request of `size` never fits in
+    an empty tree, or None: it starts on a multiple of `size` rounded up
+    to a power of two, at p.start_pfn or above, and ends below p.pages
+    (the limit, pages - 1, is inclusive)."""
+    align = 1 << max(0, (size - 1).bit_length())
+    if (p.pages - placed) // align * align < p.start_pfn:
+        return ("a %d-page request, aligned to %d pages from pfn %d up, fits nowhere in "
+                "a %d-page space" % (size, align, p.start_pfn, p.pages))
+    return None
+
+
+def refuse(p, sizes):
+    for s in sizes:
+        why = aligned_refusal(p, s, s)
+        if why:
+            return why
+    return None
+
+
 def locks(p):
     return [0]
 

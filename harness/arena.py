@@ -54,6 +54,15 @@ def _pid_alive(pid):
     return True
 
 
+def _stale(directory, name, pid):
+    """Whether segment `name` of process `pid` is left over: its creator is
+    gone, or it names this process but none of our live arenas (the pid of
+    a run killed long ago, reused by this one)."""
+    if pid == os.getpid():
+        return os.path.join(directory, name) not in _live
+    return not _pid_alive(pid)
+
+
 def clean_stale(directory=SHM_DIR):
     """Unlink segments of our name pattern whose creating process is gone.
     Returns the names removed."""
@@ -64,13 +73,25 @@ def clean_stale(directory=SHM_DIR):
         return removed
     for name in names:
         m = _NAME.match(name)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and _stale(directory, name, int(m.group(1))):
             try:
                 os.unlink(os.path.join(directory, name))
                 removed.append(name)
             except FileNotFoundError:
                 pass
     return removed
+
+
+def other_runs(directory=SHM_DIR):
+    """Pids of the other live processes that hold a segment here: other
+    runs measuring on this machine, whose load the figures share."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    me = os.getpid()
+    pids = {int(m.group(1)) for m in map(_NAME.match, names) if m}
+    return sorted(p for p in pids if p != me and _pid_alive(p))
 
 
 def place(specs):
@@ -125,7 +146,7 @@ class Arena:
                 "run where %s is larger" % (self.directory, avail / 2**20,
                                             self.size / 2**20, self.directory))
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+            fd = self._open()
         except OSError as e:
             raise ArenaError("cannot create %s: %s" % (self.path, e.strerror))
         _live[self.path] = self
@@ -142,6 +163,21 @@ class Arena:
             self.views[name] = np.ndarray(shape, dtype=dtype, buffer=self._map,
                                           offset=self.offsets[name])
         return self
+
+    def _open(self):
+        """The new segment, created here; one already under our name is
+        stale (see _stale) and replaced once."""
+        flags = os.O_CREAT | os.O_EXCL | os.O_RDWR
+        try:
+            return os.open(self.path, flags, 0o600)
+        except FileExistsError:
+            if not _stale(self.directory, self.name, self.owner):
+                raise
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        return os.open(self.path, flags, 0o600)
 
     def __getitem__(self, name):
         return self.views[name]

@@ -15,6 +15,7 @@ figures.
 import contextlib
 import functools
 import multiprocessing as mp
+import sys
 import time
 from dataclasses import dataclass
 
@@ -25,13 +26,14 @@ from allocators import Params
 from harness import abi, compose, dma, entries, readout
 from harness.entries import compile_notice, compile_record
 from harness.abi import (CTL_ATTACHED, CTL_CMD, CTL_DONE, CTL_ERR, CTL_GEN, CTL_PHASE,
-                         CTL_PRODUCERS_LEFT, CTL_T_MEASURE, CTL_T_STOP, LINE, PH_WAIT,
-                         STATUS_RAN)
-from harness.arena import Arena, private
+                         CTL_PRODUCERS_LEFT, CTL_ROGUE_PROBES, CTL_ROGUE_READY, CTL_T_MEASURE,
+                         CTL_T_STOP, LINE, PH_WAIT, STATUS_RAN)
+from harness.arena import Arena, other_runs, private
 from harness.config import load_profile
-from harness.disturbance import Snapshot
+from harness.disturbance import Snapshot, StallWatch
 from harness.errors import UsageError
-from harness.pool import Pool, Watchdog, WorkerDied, allowed_cores, run_in_children
+from harness.pool import (HelperDied, Pool, Watchdog, WorkerDied, allowed_cores,
+                          run_in_children)
 from harness.rogue import rogue_loop
 from hwmodel import iommu
 from hwmodel import locks as lockmod
@@ -42,6 +44,11 @@ GRACE = 10.0                 # seconds after the window for every worker to fini
 LEAN_PARENT = 64             # benches of more workers compile in a child process
 TRIM_PERIOD_MS = 100         # IOVA_DEPOT_DELAY (drivers/iommu/iova.c, 6.7+)
 PHASE_EVERY = 16             # loop iterations between two looks at the clock
+# The parent looks at the workers' live counters this often in a window, to
+# see a worker stopped or starved: a few words read ten times a second cost
+# the workers nothing they would notice, and show a stall of 0.2 s.
+STALL_LOOK_S = 0.1
+ROGUE_STOP_S = 5.0           # for the rogue device to end after the window
 
 
 class PointFailed(Exception):
@@ -68,6 +75,8 @@ class Raw:
     alloc_stats: np.ndarray           # (workers, len(STATS)): summed over domains
     footprint: dict                   # summed over domains
     series: list = None               # --diag: samples of the window, once a second
+    longest_stall_s: list = None      # per worker: the longest stretch without progress
+    concurrent_runs: list = None      # pids of other runs measuring on the machine
     rogue: bool = False
     cores: int = 1                    # cores the workers may run on
     device_modelled: bool = False     # the device's time per I/O is waited for
@@ -95,6 +104,16 @@ def _buildable(design):
         yield
     except ValueError as e:
         raise UsageError("design %s cannot be built: %s" % (design.name, e)) from None
+
+
+def _refuse_impossible(designs, params, sizes):
+    """A design under which some request size drawn can never be placed is
+    refused before anything is built: its figure would count failures."""
+    drawn = [pages for pages, weight in sizes if weight > 0]
+    for d, p in zip(designs, params):
+        why = allocators.refusal(d.module(), p, drawn)
+        if why:
+            raise UsageError("design %s can never map a buffer: %s" % (d.name, why))
 
 
 def size_table(sizes, seed):
@@ -135,6 +154,8 @@ class Bench:
         for i, (d, p) in enumerate(zip(designs, self.params)):
             with _buildable(d):
                 specs += compose.stacked_specs(d.module(), p, self._prefix(i), self.ndomains)
+        # after the layouts: a state that cannot be built at all says so first
+        _refuse_impossible(designs, self.params, opts["sizes"])
         self.specs = specs
         self.arena = Arena(specs)
         self.pool = None
@@ -145,6 +166,7 @@ class Bench:
         self.clock_read_cycles = 0.0
         self.stamp_cycles = 0.0
         self.timings = {"compile_s": 0.0, "fork_s": 0.0}
+        self.runs_warned = set()      # other runs already named on stderr
 
     def _params(self, d):
         o = self.opts
@@ -361,18 +383,19 @@ class Bench:
         self.reset(i, threads)
         ctl = self.env.ctl
         rogue = None
-        series = None
+        rogue_killed = False
+        runs = self._other_runs(set())
         try:
             rogue = self._start_rogue()
+            if rogue is not None:
+                self.pool.watch_helper(rogue, "the rogue device")
             self.pool.start_point(i, threads)
             self._wait_start(d, threads)
             t0, t1 = self._window_times()
             busy = [p.pid for p in self.pool.procs[:threads]] + ([rogue.pid] if rogue else [])
             self.pool.sleep(t0 - time.perf_counter())
             before = Snapshot(busy, self.cores)
-            if self.opts["diag"]:
-                series = self._sample(i, threads, t0, t1)
-            self.pool.sleep(t1 - time.perf_counter())
+            series, stalls = self._watch_window(i, threads, t0, t1)
             disturbed = Snapshot(busy, self.cores).since(before)
             self.pool.wait_for(lambda: ctl[CTL_DONE] >= threads,
                                time.monotonic() + GRACE + 0.01 * threads, poll=0.005)
@@ -386,10 +409,17 @@ class Bench:
                               % (d.name, threads, GRACE)) from None
         finally:
             if rogue is not None:
-                rogue.join(5)
+                if self.pool is not None:
+                    self.pool.unwatch_helper(rogue)
+                rogue.join(ROGUE_STOP_S)
                 if rogue.exitcode is None:
                     rogue.kill()
                     rogue.join()
+                    rogue_killed = True
+        if rogue is not None:
+            failed = self._rogue_failed(rogue, rogue_killed)
+            if failed:
+                raise PointFailed("%s at %s, %d threads" % (failed, d.name, threads))
         if ctl[CTL_ERR]:
             raise PointFailed(readout.ownership_error(ctl, d.name, threads))
         bad = np.flatnonzero(self.env.cnt["status"][:threads] != STATUS_RAN)
@@ -398,6 +428,8 @@ class Bench:
                               % (bad[0], d.name, threads))
         # the counters before the check, whose own lock traffic would count
         raw = self._raw(i, threads, series, disturbed)
+        raw.longest_stall_s = stalls
+        raw.concurrent_runs = sorted(self._other_runs(runs))
         problems = self.check(i)
         if problems:
             raise PointFailed("%s at %d threads: state is not fresh after the run: %s"
@@ -460,19 +492,63 @@ class Bench:
         per_s = self.cycles_per_ns * 1e9
         return (p + (ctl[CTL_T_MEASURE] - c) / per_s, p + (ctl[CTL_T_STOP] - c) / per_s)
 
-    def _sample(self, i, threads, t0, end):
-        """The window, sampled once a second: (t, I/Os so far, the wait of
-        each lock class so far)."""
+    def _watch_window(self, i, threads, t0, end):
+        """Sleep through the window, looking at the workers' live counters
+        every STALL_LOOK_S.  Returns (with --diag, the window sampled once
+        a second: (t, I/Os so far, the wait of each lock class so far);
+        each worker's longest stretch without progress, in s)."""
         cnt = self.env.cnt
-        out = [(0.0, int(cnt["ops_live"][:threads].sum()), self._lock_waits(i))]
+
+        def progress():
+            # an unmap-only worker's progress is its unmaps
+            return cnt["ops_live"][:threads] + cnt["unmaps"][:threads]
+
+        watch = StallWatch(time.perf_counter(), progress())
+        series = None
+        if self.opts["diag"]:
+            series = [(0.0, int(cnt["ops_live"][:threads].sum()), self._lock_waits(i))]
+        next_sample = t0 + 1.0
         while True:
             now = time.perf_counter()
             if now >= end:
-                return out
-            self.pool.sleep(min(1.0, end - now))
+                return series, watch.end()
+            nap = min(STALL_LOOK_S, end - now)
+            if series is not None:
+                nap = min(nap, max(0.0, next_sample - now))
+            self.pool.sleep(nap)
             # the counters stop at the window's end, however late we look
             t = min(time.perf_counter(), end)
-            out.append((t - t0, int(cnt["ops_live"][:threads].sum()), self._lock_waits(i)))
+            watch.see(t, progress())
+            if series is not None and (t >= next_sample or t >= end):
+                series.append((t - t0, int(cnt["ops_live"][:threads].sum()), self._lock_waits(i)))
+                next_sample += 1.0
+
+    def _other_runs(self, seen):
+        """`seen` and the pids of the other runs measuring on this machine
+        now; each is named on stderr the first time it is seen."""
+        out = set(seen)
+        for pid in other_runs():
+            out.add(pid)
+            if pid not in self.runs_warned:
+                self.runs_warned.add(pid)
+                print("iommu-stress: warning: another iommu-stress run (pid %d) is measuring "
+                      "on this machine: figures are shared with it" % pid, file=sys.stderr)
+        return out
+
+    def _rogue_failed(self, rogue, killed):
+        """Why the rogue device's counts cannot be trusted, or None: it
+        died, did not stop, never started, or probed nothing while there
+        were unmapped IOVAs to probe (it never ran in the window)."""
+        ctl = self.env.ctl
+        if killed:
+            return "the rogue device did not stop within %.0f s of the window's end" % ROGUE_STOP_S
+        if rogue.exitcode != 0:
+            return str(HelperDied("the rogue device", rogue.exitcode))
+        if not ctl[CTL_ROGUE_READY]:
+            return "the rogue device never reported ready"
+        if not ctl[CTL_ROGUE_PROBES] and self.env.recent[dma.R_INDEX]:
+            return "the rogue device never reported: no probe in the window"
+        return None
 
     def _lock_waits(self, i):
         """{class name: wait cycles so far} of design i's locks and the queues'."""

@@ -66,3 +66,28 @@ class Snapshot:
         return ([a - b for a, b in zip(self.switches, before.switches)],
                 [a - b for a, b in zip(self.delays, before.delays)],
                 self.steal - before.steal)
+
+
+class StallWatch:
+    """The longest stretch each worker went without progress in a window,
+    from looks at its live counters a few times a second.  Between two
+    looks that saw the same count the worker certainly did nothing; a
+    stretch is counted from the look that first saw a count to the last
+    look that still saw it, so it is never longer than the real one."""
+
+    def __init__(self, t, progress):
+        self.last = progress.copy()
+        self.since = [t] * len(progress)        # when each count was first seen
+        self.prev_t = t                         # the look before this one
+        self.longest = [0.0] * len(progress)
+
+    def see(self, t, progress):
+        for w in (progress != self.last).nonzero()[0]:
+            self.longest[w] = max(self.longest[w], self.prev_t - self.since[w])
+            self.since[w] = t
+        self.last = progress.copy()
+        self.prev_t = t
+
+    def end(self):
+        """The longest stretches, in s, up to the last look."""
+        return [max(lg, self.prev_t - s) for lg, s in zip(self.longest, self.since)]

@@ -83,6 +83,16 @@ class WorkerDied(Exception):
         self.exitcode = exitcode
 
 
+class HelperDied(WorkerDied):
+    """A process the bench started beside the workers (the rogue device)
+    died: the point fails as for a worker."""
+
+    def __init__(self, name, exitcode):
+        Exception.__init__(self, "%s died (%s)" % (name, _describe_exit(exitcode)))
+        self.worker = None
+        self.exitcode = exitcode
+
+
 class Watchdog(Exception):
     """Workers did not finish within the grace period."""
 
@@ -185,12 +195,36 @@ class Pool:
                 return w, p.exitcode
         return None
 
+    def watch_helper(self, proc, name):
+        """Watch helper process `proc` (one started by multiprocessing) as
+        the workers are: waits raise HelperDied if it dies, unless it exits
+        with status 0 (its work done).  `name` says what it was."""
+        self._watch.register(proc.sentinel, selectors.EVENT_READ, (name, proc))
+
+    def unwatch_helper(self, proc):
+        try:
+            self._watch.unregister(proc.sentinel)
+        except (KeyError, ValueError):
+            pass
+
     def _watch_for(self, timeout):
-        """Sleep up to `timeout` s, or raise as soon as a worker dies."""
-        for key, _ in self._watch.select(timeout):
-            p = self.procs[key.data]
-            p.join(1.0)
-            raise WorkerDied(key.data, p.exitcode)
+        """Sleep up to `timeout` s, or raise as soon as a worker (or a
+        watched helper) dies."""
+        end = time.monotonic() + timeout
+        while True:
+            events = self._watch.select(max(0.0, end - time.monotonic()))
+            for key, _ in events:
+                if not isinstance(key.data, tuple):
+                    p = self.procs[key.data]
+                    p.join(1.0)
+                    raise WorkerDied(key.data, p.exitcode)
+                name, p = key.data
+                self.unwatch_helper(p)
+                p.join(1.0)
+                if p.exitcode != 0:
+                    raise HelperDied(name, p.exitcode)
+            if not events or time.monotonic() >= end:
+                return
 
     def wait_for(self, cond, deadline, poll=0.02):
         """Wait until cond() holds; raise if a worker dies or time runs out."""

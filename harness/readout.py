@@ -256,6 +256,63 @@ def disturbance(raw):
             "steal_ns": float(raw.steal_ns)}
 
 
+# A worker that went this share of its window without completing anything
+# is marked stalled: with a core for every busy process no lock convoy or
+# time slice comes near it (they last micro- to milliseconds), and a worker
+# stopped (SIGSTOP) or starved for half the window makes the sum of rates a
+# figure of fewer workers.
+STALL_SHARE = 0.5
+# ... or one that completed under this share of the median mapping worker's
+# I/Os, when it also lost STARVED_LOST_SHARE of the window waiting for a CPU
+# or without progress: the machine took its time.  A worker left behind by an
+# unfair lock (it spins, on its core) is the design's figure and not marked.
+STARVED_SHARE = 0.25
+STARVED_LOST_SHARE = 0.25
+
+
+def stalled(raw):
+    """The workers of a window that were stopped or starved: [{worker,
+    longest_stall_s, ops, median_ops, cpu_wait_s}].  In an oversubscribed
+    window workers wait for a CPU by design: only the part of a stall that
+    waiting does not explain counts there (a stopped worker waits for no
+    CPU), and the comparison with the median is left out."""
+    if not raw.longest_stall_s:
+        return []
+    seconds = window_seconds(raw)
+    ops = worker_ops(raw)
+    med = float(statistics.median(ops)) if len(ops) else 0.0
+    waits = list(raw.run_delay_ns or [])
+    over = raw.threads + (1 if raw.rogue else 0) > raw.cores
+    out = []
+    for w, stall in enumerate(raw.longest_stall_s[:raw.threads]):
+        wait = waits[w] / 1e9 if w < len(waits) else 0.0
+        mine = int(ops[w]) if w < len(ops) else None
+        if over:
+            hit = stall - wait >= STALL_SHARE * seconds
+        else:
+            starved = (mine is not None and len(ops) > 1 and mine < STARVED_SHARE * med
+                       and max(stall, wait) >= STARVED_LOST_SHARE * seconds)
+            hit = stall >= STALL_SHARE * seconds or starved
+        if hit:
+            out.append({"worker": w, "longest_stall_s": round(float(stall), 3), "ops": mine,
+                        "median_ops": med, "cpu_wait_s": round(wait, 3)})
+    return out
+
+
+def stall_warning(point):
+    """The stderr line for a point whose workers stalled, or None."""
+    ws = point.get("stalled_workers") or []
+    if not ws:
+        return None
+    w = max(ws, key=lambda s: s["longest_stall_s"])
+    return ("warning: %s at %d threads: %d worker%s stalled or starved (worker %d: %.1f s of a "
+            "%.1f s window without progress, %s I/Os against a median of %.0f); the figure "
+            "is marked" % (point["design"], point["threads"], len({s["worker"] for s in ws}),
+                           "" if len({s["worker"] for s in ws}) == 1 else "s", w["worker"],
+                           w["longest_stall_s"], point.get("window_s", 0.0),
+                           "-" if w["ops"] is None else w["ops"], w["median_ops"]))
+
+
 def disturbed(w):
     """Whether a window's workers (or its rogue device) lost their core."""
     d = w.get("disturbance") or {}
@@ -290,6 +347,8 @@ def window(raw):
         "clock_reads_per_io": clock_reads_per_io(raw),
     }
     out["disturbance"] = disturbance(raw)
+    out["stalled_workers"] = stalled(raw)
+    out["concurrent_runs"] = list(raw.concurrent_runs or [])
     if raw.rogue:
         out["stale_hits"] = int(raw.ctl[CTL_ROGUE_STALE])
         out["rogue_probes"] = int(raw.ctl[CTL_ROGUE_PROBES])
@@ -318,9 +377,13 @@ def point(design, threads, windows, oversubscribed):
     runs = [w["ops_per_sec"] for w in windows]
     med = statistics.median(runs)
     detail = min(windows, key=lambda w: abs(w["ops_per_sec"] - med))
+    stalls = [dict(s, window=k) for k, w in enumerate(windows)
+              for s in w.get("stalled_workers", [])]
     doc = {"design": design.name, "spec": design.spec, "allocator": design.allocator,
            "variant": design.variant, "flush": design.flush, "threads": threads,
            "ops_per_sec": med, "runs": runs, "oversubscribed": oversubscribed,
-           "disturbed": any(disturbed(w) for w in windows)}
-    doc.update((k, v) for k, v in detail.items() if k != "ops_per_sec")
+           "disturbed": any(disturbed(w) for w in windows), "stalled": bool(stalls),
+           "stalled_workers": stalls,
+           "concurrent_runs": sorted({p for w in windows for p in w.get("concurrent_runs", [])})}
+    doc.update((k, v) for k, v in detail.items() if k not in doc)
     return doc

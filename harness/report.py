@@ -159,6 +159,12 @@ def throughput_table(points, fmt="simple", cores=None):
             if p.get("disturbed"):
                 s += " !"
                 marks.add("!")
+            if p.get("stalled"):
+                s += " ?"
+                marks.add("?")
+            if p.get("concurrent_runs"):
+                s += " &"
+                marks.add("&")
             row.append(s)
             if fig.has_direct:
                 xd = fig.x_direct(p)
@@ -177,11 +183,23 @@ def throughput_table(points, fmt="simple", cores=None):
         notes.append("~ repeats spread over %d%% of the median" % (SPREAD_MARK * 100))
     if "!" in marks:
         notes.append(DISTURBED_NOTE)
+    if "?" in marks:
+        notes.append(STALLED_NOTE)
+    if "&" in marks:
+        notes.append(CONCURRENT_NOTE)
     return out + ("\n" + "\n".join(notes) if notes else "")
 
 
 DISTURBED_NOTE = ("! disturbed: a worker was preempted, or the hypervisor stole time, during a "
                   "window (`report --diag` has the counts); the figure is partly the machine's")
+
+
+STALLED_NOTE = ("? stalled: a worker went half a window without progress (stopped, or "
+                "starved of a CPU; in an oversubscribed point, beyond its wait for a CPU), or "
+                "did under a quarter of the median worker's I/Os while the machine took its "
+                "time (`stalled_workers` in the results); the figure is of fewer workers")
+CONCURRENT_NOTE = ("& another iommu-stress run was measuring on this machine "
+                   "(`concurrent_runs` in the results): the cores were shared with it")
 
 
 def _point_marks(p):

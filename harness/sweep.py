@@ -46,6 +46,8 @@ def run(bench, todo, repeats, results, on_error="stop", prog="iommu-stress"):
                 bar.update(1)
             results.doc["timings"] = dict(bench.timings)
             results.add(pt)
+            if readout.stall_warning(pt):
+                tqdm.write("%s: %s" % (prog, readout.stall_warning(pt)), file=sys.stderr)
         if ok:
             results.finish()
     finally:

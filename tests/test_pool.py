@@ -100,7 +100,7 @@ def test_the_workers_keep_the_window_when_the_parent_is_late(no_leaks):
         sw.pool.sleep = lambda s: on_time(s + 0.5)
         t0 = time.monotonic()
         r = readout.window(sw.window(0, 2))
-        assert time.monotonic() - t0 >= 0.7
+        assert time.monotonic() - t0 >= 0.5        # it woke after the window's end
         assert r["window_s"] == pytest.approx(0.2, rel=1e-6)
         late = (sw.env.cnt["t_end"][:2] - sw.env.ctl[CTL_T_STOP]) / sw.cycles_per_ns / 1e9
         # each worker left its loop at the deadline, not when the parent woke
