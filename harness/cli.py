@@ -1,8 +1,10 @@
 """The `iommu-stress` command."""
 import argparse
+import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 
 from harness import config
@@ -117,11 +119,14 @@ def _options(args, several):
     return opts
 
 
-def _designs(opts):
+def _designs(opts, several=True):
     from harness import designs as designmod
     designs = [designmod.resolve(n) for n in opts["designs"]]
     if len({d.name for d in designs}) != len(designs):
         raise UsageError("--designs: a design is given twice")
+    if opts["premapped"] and not several:
+        # as `direct@premapped`; a sweep keeps direct as its baseline
+        designmod.premapped(designs[0], "%s@premapped" % designs[0].name)
     return designs
 
 
@@ -167,7 +172,7 @@ def cmd_sweep(args, several=True):
     if args.json is not None and not args.json.strip():
         raise UsageError("--json: the path is empty")
     opts = _options(args, several)
-    designs = _designs(opts)
+    designs = _designs(opts, several)
     opts["designs"] = [d.name for d in designs]
     kept, base = _resumed(args, opts)
     done = {(p["design"], p["threads"]) for p in kept}
@@ -177,6 +182,8 @@ def cmd_sweep(args, several=True):
     held = dict(opts, designs=_union(opts["designs"], [p["design"] for p in kept]),
                 threads=sorted(set(opts["threads"]) | {p["threads"] for p in kept}))
     json_path = args.json or args.resume
+    if json_path:
+        results.writable(Path(json_path))
     t_start = time.monotonic()
     clean_stale()
     with Bench(opts, designs) as bench:
@@ -340,14 +347,65 @@ def _on_term(signum, frame):
     raise Terminated()
 
 
+class _OutputLost(Exception):
+    """Standard output cannot be written: closed, or its disk full."""
+
+
+class _Output:
+    """Standard output, whose write errors say that they are its own: an
+    OSError from anywhere else is not taken for one."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise _OutputLost(e.strerror or str(e)) from None
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise _OutputLost(e.strerror or str(e)) from None
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _drop_output(stream):
+    """Points our standard output at /dev/null, so that the interpreter's
+    last flush at exit has nowhere to fail."""
+    if stream is sys.__stdout__:
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, stream.fileno())
+            os.close(null)
+        except (OSError, ValueError):
+            pass
+
+
 def main(argv=None):
     signal.signal(signal.SIGTERM, _on_term)
     # a shell starts background jobs with SIGINT ignored, and Python then
     # leaves it so; an interrupt sent to us must still stop the run cleanly
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    if sys.stdout is None:
+        # started with descriptor 1 closed: every table would vanish
+        print("%s: error: standard output is closed" % PROG, file=sys.stderr)
+        return 2
+    stream = sys.stdout
+    sys.stdout = _Output(stream)
     try:
         args = build_parser().parse_args(argv)
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()
+        return code
     except (UsageError, ArenaError) as e:
         print("%s: error: %s" % (PROG, e), file=sys.stderr)
         return 2
@@ -358,7 +416,14 @@ def main(argv=None):
         print("%s: terminated; results measured so far are kept" % PROG, file=sys.stderr)
         return 143
     except BrokenPipeError:
+        _drop_output(stream)
         return 1
+    except _OutputLost as e:
+        _drop_output(stream)
+        print("%s: error: cannot write standard output: %s" % (PROG, e), file=sys.stderr)
+        return 1
+    finally:
+        sys.stdout = stream
 
 
 if __name__ == "__main__":

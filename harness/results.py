@@ -7,6 +7,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 
@@ -73,6 +74,8 @@ class ResultsFile:
 
     def __init__(self, path, machine_info, options, command, points=(), base=None):
         self.path = Path(path) if path else None
+        if self.path is not None:
+            writable(self.path)
         self.doc = {
             "format": FORMAT,
             "version": VERSION,
@@ -180,6 +183,18 @@ def mixed_keys(doc):
     return keys
 
 
+def writable(path):
+    """Refuses now a path the first point could not be written to, which
+    would otherwise be found only after measuring it."""
+    parent = path.parent
+    why = ("is a directory" if path.is_dir() else
+           "no such directory %s" % parent if not parent.is_dir() else
+           "no permission to write in %s" % parent if not os.access(parent, os.W_OK | os.X_OK)
+           else None)
+    if why:
+        raise UsageError("%s: cannot write results: %s" % (path, why))
+
+
 def load(path):
     """A results document written by us, or a UsageError saying why not."""
     try:
@@ -274,7 +289,7 @@ def _dict(fields=None, rest=None):
         for k, x in v.items():
             c = fields.get(k, rest)
             if c is not None:
-                c(x, "%s%s%s" % (at, ": " if at else "", k))
+                c(x, "%s%s%s" % (at, ": " if at else "", _key(k)))
     return check
 
 
@@ -285,6 +300,12 @@ def _required(keys, check):
             if k not in v:
                 raise _Invalid("%s: no key %r" % (at, k))
     return req
+
+
+def _key(k):
+    """A key as the error names it: as written, or quoted as JSON when it
+    holds anything but letters, digits and underscores."""
+    return k if re.fullmatch(r"\w{1,40}", k, re.ASCII) else _show(k)
 
 
 def _show(v):

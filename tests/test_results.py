@@ -177,9 +177,19 @@ def test_a_failed_rename_leaves_no_temporary(tmp_path, monkeypatch):
 
 
 def test_a_write_into_a_vanished_directory_is_one_error(tmp_path):
+    (tmp_path / "gone").mkdir()
     res = results_file(tmp_path / "gone" / "r.json")
+    (tmp_path / "gone").rmdir()
     with pytest.raises(UsageError, match="gone/r.json: cannot write results"):
         res.add(fake_point("direct", 1))
+
+
+@pytest.mark.parametrize("where, why", [("missing/r.json", "no such directory"),
+                                        (".", "is a directory")])
+def test_an_unwritable_path_is_refused_before_measuring(tmp_path, capsys, where, why):
+    line = one_error_line(capsys, ["run", "--design", "direct", "--threads", "1", *QUICK,
+                                   "--json", str(tmp_path / where)])
+    assert "cannot write results: " + why in line
 
 
 class _Bench:
