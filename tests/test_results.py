@@ -221,3 +221,73 @@ def test_an_existing_file_is_replaced_by_the_first_point(tmp_path):
     res = results_file(f)
     res.add(fake_point("direct", 1))
     assert [p["design"] for p in results.load(f)["points"]] == ["direct"]
+
+
+# ---------------------------------------------------------------- validation
+
+def doc_with(tmp_path, change):
+    """A valid document's text after `change(doc)`."""
+    f = write_doc(tmp_path / "r.json", [fake_point("direct", 1), fake_point("bitmap", 2)])
+    doc = json.loads(f.read_text())
+    change(doc)
+    f.write_text(json.dumps(doc))
+    return f
+
+
+def set_in(path, value):
+    def change(doc):
+        at = doc
+        for k in path[:-1]:
+            at = at[k]
+        at[path[-1]] = value
+    return change
+
+
+@pytest.mark.parametrize("path, value, says", [
+    (("points", 1, "threads"), 0, "point 1: threads: expected an integer in the range 1..1048576, got 0"),
+    (("points", 1, "threads"), "2", 'point 1: threads: expected an integer in the range 1..1048576, got "2"'),
+    (("points", 0, "ops_per_sec"), -1.0, "point 0: ops_per_sec: expected a number in the range 0..1e+18, got -1.0"),
+    (("points", 0, "ops_per_sec"), 10 ** 400, "point 0: ops_per_sec: expected a number in the range 0..1e+18, got an integer of 401 digits"),
+    (("points", 0, "runs"), [1.0, None], "point 0: runs[1]: expected a number in the range"),
+    (("points", 0, "design"), 3, "point 0: design: expected a string, got 3"),
+    (("points", 1), [1, 2], "point 1: expected an object, got [1, 2]"),
+    (("points", 0, "breakdown_ns"), {"total": "x"}, 'point 0: breakdown_ns: total: expected a number'),
+    (("points", 0, "locks"), [{"name": "a", "acquisitions": True}], "point 0: locks[0]: acquisitions: expected a number"),
+    (("points", 0, "options"), {"profile": 1}, "point 0: options: profile: expected a string, got 1"),
+    (("options",), [], "options: expected an object, got []"),
+    (("options", "sizes"), [[1]], "options: sizes[0]: expected a [pages, weight] pair, got [1]"),
+    (("machine", "cores_allowed"), 0, "machine: cores_allowed: expected an integer in the range 1..1048576"),
+    (("failures",), "oops", 'failures: expected a list, got "oops"'),
+    (("complete",), 1, "complete: expected true or false, got 1"),
+])
+def test_a_file_of_wrong_types_is_one_line_naming_point_and_key(tmp_path, capsys, path, value, says):
+    f = doc_with(tmp_path, set_in(path, value))
+    for cmd in (["report", str(f)], ["compare", str(f), str(f)],
+                ["plot", str(f), "-o", str(tmp_path / "r.png")]):
+        assert one_error_line(capsys, cmd).startswith("iommu-stress: error: %s: %s" % (f, says))
+
+
+def test_a_point_without_a_required_key_is_named(tmp_path, capsys):
+    f = doc_with(tmp_path, lambda doc: doc["points"][1].pop("flush"))
+    assert one_error_line(capsys, ["report", str(f)]).endswith("%s: point 1: no key 'flush'" % f)
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_refused(tmp_path, capsys, literal):
+    f = write_doc(tmp_path / "r.json", [fake_point("direct", 1)])
+    f.write_text(f.read_text().replace('"ops_per_sec": 1000000.0', '"ops_per_sec": ' + literal))
+    line = one_error_line(capsys, ["report", str(f)])
+    assert line.endswith("%s: not a results file: %s is not a number JSON knows" % (f, literal))
+
+
+def test_an_oversized_file_is_refused_unread(tmp_path, capsys, monkeypatch):
+    f = write_doc(tmp_path / "r.json", [fake_point("direct", 1)])
+    monkeypatch.setattr(results, "MAX_BYTES", 100)
+    assert "bytes, over the 0 MiB a results file can hold" in one_error_line(capsys, ["report", str(f)])
+
+
+def test_a_mixed_file_reads_back_and_keeps_per_point_options(tmp_path):
+    f = doc_with(tmp_path, set_in(("points", 1, "options"), {"profile": "none"}))
+    doc = results.load(f)
+    assert results.mixed_keys(doc) == ["profile"]
+    assert doc["version"] == results.VERSION
