@@ -220,7 +220,8 @@ def _print_results(doc, args, opts):
     if not doc["points"]:
         return
     fmt = "csv" if getattr(args, "csv", False) else "simple"
-    print(report.throughput_table(doc["points"], fmt=fmt, cores=doc["machine"]["cores_allowed"]))
+    print(report.throughput_table(doc["points"], fmt=fmt,
+                                  cores=doc["machine"].get("cores_allowed")))
     if fmt != "csv":
         for line in report.mixed_lines(doc):
             print(line)

@@ -309,7 +309,9 @@ def _key(k):
 
 
 def _show(v):
-    text = json.dumps(v) if not isinstance(v, int) or abs(v) < 10 ** 30 else "an integer of %d digits" % len(str(abs(v)))
+    if isinstance(v, int) and abs(v) >= 10 ** 30:
+        return "an integer of %d digits" % len(str(abs(v)))
+    text = json.dumps(v)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
