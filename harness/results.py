@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import re
+import stat
 import subprocess
 from pathlib import Path
 
@@ -198,11 +199,16 @@ def writable(path):
 def load(path):
     """A results document written by us, or a UsageError saying why not."""
     try:
-        size = os.stat(path).st_size
-        if size > MAX_BYTES:
-            raise UsageError("%s: not a results file: %d bytes, over the %d MiB a results "
-                             "file can hold" % (path, size, MAX_BYTES >> 20))
-        text = Path(path).read_bytes().decode("utf-8")
+        mode = os.stat(path).st_mode
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            # /dev/zero would never end
+            raise UsageError("%s: not a results file: a device" % path)
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)      # a pipe has no size to check first
+        if len(data) > MAX_BYTES:
+            raise UsageError("%s: not a results file: over the %d MiB a results file can hold"
+                             % (path, MAX_BYTES >> 20))
+        text = data.decode("utf-8")
     except OSError as e:
         raise UsageError("%s: cannot read: %s" % (path, e.strerror or e)) from None
     except UnicodeDecodeError as e:

@@ -283,7 +283,7 @@ def test_nan_and_infinity_are_refused(tmp_path, capsys, literal):
 def test_an_oversized_file_is_refused_unread(tmp_path, capsys, monkeypatch):
     f = write_doc(tmp_path / "r.json", [fake_point("direct", 1)])
     monkeypatch.setattr(results, "MAX_BYTES", 100)
-    assert "bytes, over the 0 MiB a results file can hold" in one_error_line(capsys, ["report", str(f)])
+    assert "over the 0 MiB a results file can hold" in one_error_line(capsys, ["report", str(f)])
 
 
 def test_a_mixed_file_reads_back_and_keeps_per_point_options(tmp_path):
@@ -291,3 +291,8 @@ def test_a_mixed_file_reads_back_and_keeps_per_point_options(tmp_path):
     doc = results.load(f)
     assert results.mixed_keys(doc) == ["profile"]
     assert doc["version"] == results.VERSION
+
+
+def test_a_device_is_not_read_forever(capsys):
+    assert one_error_line(capsys, ["report", "/dev/zero"]).endswith(
+        "/dev/zero: not a results file: a device")
