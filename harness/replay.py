@@ -222,9 +222,10 @@ def _validate(args):
         raise UsageError("--pages: %d out of range 2..%d" % (pages, MAX_PAGES))
     boundary = _int(args.boundary, "--boundary")
     # the state holds it in an int64; the run's --boundary has the same range
-    if not 1 <= boundary <= MAX_BOUNDARY or boundary & (boundary - 1):
-        raise UsageError("--boundary: %d is not a power of two in the range 1..%d"
-                         % (boundary, MAX_BOUNDARY))
+    if boundary < 1 or boundary & (boundary - 1):
+        raise UsageError("--boundary: %d is not a power of two" % boundary)
+    if boundary > MAX_BOUNDARY:
+        raise UsageError("--boundary: %d out of range 1..%d" % (boundary, MAX_BOUNDARY))
     if args.variant and args.variant not in mod.VARIANTS:
         raise UsageError("--variant: %s has no variant %r; valid: %s"
                          % (name, args.variant, ", ".join(mod.VARIANTS) or "none"))
