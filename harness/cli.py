@@ -1,8 +1,10 @@
 """The `iommu-stress` command."""
 import argparse
+import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 
 from harness import config
@@ -69,6 +71,9 @@ def _add_run_options(p, several):
     p.add_argument("--preset", metavar="NAME", help="a seed experiment (configs/presets/)")
     p.add_argument("--resume", metavar="FILE",
                    help="keep the points of this results file, measure the rest (and write there)")
+    p.add_argument("--force-mix", action="store_true",
+                   help="with --resume: add points measured with other options than the file's "
+                        "(each point then keeps its own)")
     p.add_argument("--on-error", choices=("stop", "continue"), default="stop",
                    help="after a failed point: stop (default) or go on with the next")
 
@@ -114,22 +119,49 @@ def _options(args, several):
     return opts
 
 
-def _designs(opts):
+def _designs(opts, several=True):
     from harness import designs as designmod
     designs = [designmod.resolve(n) for n in opts["designs"]]
     if len({d.name for d in designs}) != len(designs):
         raise UsageError("--designs: a design is given twice")
+    if opts["premapped"] and not several:
+        # as `direct@premapped`; a sweep keeps direct as its baseline
+        designmod.premapped(designs[0], "%s@premapped" % designs[0].name)
     return designs
 
 
-def _resumed(args, designs):
-    """Points already measured in the --resume file, kept as they are."""
+def _resumed(args, opts):
+    """The points of the --resume file, all kept as they are, and the file's
+    document when this run mixes other options into it (--force-mix)."""
     from harness import results
     if not args.resume:
-        return []
+        if args.force_mix:
+            raise UsageError("--force-mix: only with --resume FILE")
+        return [], None
     doc = results.load(args.resume)
-    names = {d.name for d in designs}
-    return [p for p in doc["points"] if p["design"] in names]
+    diffs = results.mismatch(doc, opts, results.machine())
+    if diffs and not args.force_mix:
+        raise UsageError("%s was measured with %s, this run asks for %s; give --force-mix to keep "
+                         "both (each point keeps its own options)"
+                         % (args.resume, " and ".join(_flag(k, old) for k, old, _ in diffs[:3]),
+                            " and ".join(_value(new) for _, _, new in diffs[:3])))
+    return doc["points"], doc if diffs else None
+
+
+def _flag(key, value):
+    from harness.results import MACHINE_KEYS
+    name = key.replace("_", "-")
+    return "%s %s" % (name if key in MACHINE_KEYS else "--" + name, _value(value))
+
+
+def _value(v):
+    if v is True or v is False:
+        return "on" if v else "off"
+    if v is None:
+        return "none given"
+    if isinstance(v, list):
+        return ",".join(":".join("%g" % x for x in e) if isinstance(e, list) else str(e) for e in v)
+    return "%g" % v if isinstance(v, float) else str(v)
 
 
 def cmd_sweep(args, several=True):
@@ -140,18 +172,23 @@ def cmd_sweep(args, several=True):
     if args.json is not None and not args.json.strip():
         raise UsageError("--json: the path is empty")
     opts = _options(args, several)
-    designs = _designs(opts)
+    designs = _designs(opts, several)
     opts["designs"] = [d.name for d in designs]
-    kept = _resumed(args, designs)
+    kept, base = _resumed(args, opts)
     done = {(p["design"], p["threads"]) for p in kept}
     todo = [(t, i) for t in opts["threads"] for i, d in enumerate(designs)
             if (d.name, t) not in done]
+    # the file names every design and thread count it holds
+    held = dict(opts, designs=_union(opts["designs"], [p["design"] for p in kept]),
+                threads=sorted(set(opts["threads"]) | {p["threads"] for p in kept}))
     json_path = args.json or args.resume
+    if json_path:
+        results.writable(Path(json_path))
     t_start = time.monotonic()
     clean_stale()
     with Bench(opts, designs) as bench:
-        res = results.ResultsFile(json_path, results.machine(bench.cycles_per_ns), opts,
-                                  " ".join([PROG] + sys.argv[1:]), points=kept)
+        res = results.ResultsFile(json_path, results.machine(bench.cycles_per_ns), held,
+                                  " ".join([PROG] + sys.argv[1:]), points=kept, base=base)
         try:
             ok = sweep.run(bench, todo, opts["repeats"], res, args.on_error, PROG)
         except BaseException:
@@ -166,15 +203,28 @@ def cmd_sweep(args, several=True):
     return 0 if ok else 1
 
 
+def _union(first, more):
+    out = list(first)
+    for x in more:
+        if x not in out:
+            out.append(x)
+    return out
+
+
 def _print_results(doc, args, opts):
-    from harness import report
+    from harness import report, results
+    mixed = results.mixed_keys(doc)
     print(report.header(doc["machine"]) + "; profile %s%s" % (
-        opts["profile"], ", workload %s" % opts["workload"] if opts["workload"] else ""))
+        "mixed" if "profile" in mixed else opts["profile"],
+        ", workload %s" % opts["workload"] if opts["workload"] else ""))
     if not doc["points"]:
         return
     fmt = "csv" if getattr(args, "csv", False) else "simple"
-    print(report.throughput_table(doc["points"], fmt=fmt, cores=doc["machine"]["cores_allowed"]))
+    print(report.throughput_table(doc["points"], fmt=fmt,
+                                  cores=doc["machine"].get("cores_allowed")))
     if fmt != "csv":
+        for line in report.mixed_lines(doc):
+            print(line)
         text = report.exposure_table(doc["points"])
         if text:
             print()
@@ -183,7 +233,9 @@ def _print_results(doc, args, opts):
         from harness import diagnostics
         for p in doc["points"]:
             print()
-            print(diagnostics.render_point(p, doc["machine"], doc["options"], fmt="simple"))
+            print(diagnostics.render_point(p, dict(doc["machine"], **p.get("machine", {})),
+                                           dict(doc["options"], **p.get("options", {})),
+                                           fmt="simple"))
 
 
 def _print_published(doc, extras):
@@ -296,14 +348,65 @@ def _on_term(signum, frame):
     raise Terminated()
 
 
+class _OutputLost(Exception):
+    """Standard output cannot be written: closed, or its disk full."""
+
+
+class _Output:
+    """Standard output, whose write errors say that they are its own: an
+    OSError from anywhere else is not taken for one."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise _OutputLost(e.strerror or str(e)) from None
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise _OutputLost(e.strerror or str(e)) from None
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _drop_output(stream):
+    """Points our standard output at /dev/null, so that the interpreter's
+    last flush at exit has nowhere to fail."""
+    if stream is sys.__stdout__:
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, stream.fileno())
+            os.close(null)
+        except (OSError, ValueError):
+            pass
+
+
 def main(argv=None):
     signal.signal(signal.SIGTERM, _on_term)
     # a shell starts background jobs with SIGINT ignored, and Python then
     # leaves it so; an interrupt sent to us must still stop the run cleanly
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    if sys.stdout is None:
+        # started with descriptor 1 closed: every table would vanish
+        print("%s: error: standard output is closed" % PROG, file=sys.stderr)
+        return 2
+    stream = sys.stdout
+    sys.stdout = _Output(stream)
     try:
         args = build_parser().parse_args(argv)
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()
+        return code
     except (UsageError, ArenaError) as e:
         print("%s: error: %s" % (PROG, e), file=sys.stderr)
         return 2
@@ -314,7 +417,14 @@ def main(argv=None):
         print("%s: terminated; results measured so far are kept" % PROG, file=sys.stderr)
         return 143
     except BrokenPipeError:
+        _drop_output(stream)
         return 1
+    except _OutputLost as e:
+        _drop_output(stream)
+        print("%s: error: cannot write standard output: %s" % (PROG, e), file=sys.stderr)
+        return 1
+    finally:
+        sys.stdout = stream
 
 
 if __name__ == "__main__":

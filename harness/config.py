@@ -4,6 +4,7 @@ Every option has one entry in OPTIONS; a TOML file and the command line set
 the same names.  Errors name the file and line (TOML) or the flag, say what
 was expected, and are raised as UsageError.
 """
+import math
 import re
 import tomllib
 from pathlib import Path
@@ -230,6 +231,15 @@ def _where(path, text, key):
     return "%s:%s" % (path, line) if line else str(path)
 
 
+def _where_in(path, text, table, key):
+    """Where a key of [table] is: the first line setting it after the
+    table's header."""
+    lines = text.split("\n")
+    start = next((i for i, l in enumerate(lines) if l.strip() == "[%s]" % table), 0)
+    line = _line_of("\n".join(lines[start:]), key)
+    return "%s:%d" % (path, start + line) if line else str(path)
+
+
 def load_toml(path, allowed=None):
     """Options from a TOML file, validated; errors name the file and line."""
     text, data = _parse(path)
@@ -288,9 +298,35 @@ def load_preset(name):
     for k in PRESET_EXTRAS:
         opts.pop(k, None)
     pub = extras.get("published", {})
-    if pub and not isinstance(pub, dict):
+    if not isinstance(extras.get("description", ""), str):
+        raise UsageError("%s: description: expected a string" % _where(path, text, "description"))
+    if not isinstance(pub, dict):
         raise UsageError("%s: published: expected a table" % _where(path, text, "published"))
+    for key, value in pub.items():
+        try:
+            _published(key, value)
+        except ValueError as e:
+            raise UsageError("%s: published.%s: expected %s"
+                             % (_where_in(path, text, "published", key), key, e)) from None
     return opts, extras
+
+
+METRICS = ("x_direct", "x_first", "invalidation_share", "footprint", "shape")
+
+
+def _published(key, value):
+    """One entry of a preset's [published] table: what the run prints
+    beside our figures, read only after the run, so checked before it."""
+    if key == "threads":
+        _number(1, MAX_THREADS, integer=True)(value)
+    elif key == "metric":
+        if value not in METRICS:
+            raise ValueError("one of %s, got %r" % (", ".join(METRICS), value))
+    elif (not isinstance(value, list) or len(value) != 3
+          or not isinstance(value[0], (str, int, float)) or isinstance(value[0], bool)
+          or isinstance(value[1], bool) or not isinstance(value[1], (int, float))
+          or not math.isfinite(value[1]) or not isinstance(value[2], str)):
+        raise ValueError("[figure, ratio, unit]: a figure, a finite number and a string")
 
 
 def load_workload(name):
@@ -303,6 +339,12 @@ def load_profile(name):
     path = find_config(name, "profiles")
     text, data = _parse(path)
     for key in data:
+        v = data[key]
+        # TOML has nan and inf; a cost that is not a number of ns would
+        # reach the cycle conversion and fail there
+        if isinstance(v, float) and not math.isfinite(v):
+            raise UsageError("%s: %s: expected a number of ns, got %s"
+                             % (_where(path, text, key), key, v))
         try:
             from_dict(path.stem, {key: data[key]})
         except ValueError as e:

@@ -61,11 +61,7 @@ def resolve(name):
     if at:
         if modifier != "premapped":
             raise UsageError("design %r: unknown modifier @%s; valid: @premapped" % (text, modifier))
-        d = resolve(base)
-        if not d.translates:
-            raise UsageError("design %r: %s maps nothing, so nothing to pre-map"
-                             % (text, d.allocator))
-        return replace(d, name=text, premapped=True)
+        return premapped(resolve(base), text)
     spec = NAMED.get(text, text)
     alloc, _, flush = spec.partition("+")
     alloc, _, variant = alloc.partition(":")
@@ -87,6 +83,16 @@ def resolve(name):
         raise UsageError("design %r: %s has no variant %r; valid: %s"
                          % (text, alloc, variant, ", ".join(mod.VARIANTS)))
     return Design(text, alloc, flush, variant or mod.DEFAULT_VARIANT)
+
+
+def premapped(design, name=None):
+    """The design with the driver's pre-mapped buffer pool (`@premapped`,
+    --premapped), or a UsageError for one that maps nothing."""
+    name = name or design.name
+    if not design.translates:
+        raise UsageError("design %r: %s maps nothing, so nothing to pre-map"
+                         % (name, design.allocator))
+    return replace(design, name=name, premapped=True)
 
 
 def listing():

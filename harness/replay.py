@@ -191,6 +191,9 @@ def _int(text, what):
         raise UsageError("%s: expected an integer, got %r" % (what, text)) from None
 
 
+MAX_BOUNDARY = 1 << 40
+
+
 def add_arguments(parser):
     """The replay subcommand's arguments."""
     parser.add_argument("trace", metavar="TRACE",
@@ -226,8 +229,11 @@ def _validate(args):
     if not 2 <= pages <= MAX_PAGES:
         raise UsageError("--pages: %d out of range 2..%d" % (pages, MAX_PAGES))
     boundary = _int(args.boundary, "--boundary")
+    # the state holds it in an int64; the run's --boundary has the same range
     if boundary < 1 or boundary & (boundary - 1):
         raise UsageError("--boundary: %d is not a power of two" % boundary)
+    if boundary > MAX_BOUNDARY:
+        raise UsageError("--boundary: %d out of range 1..%d" % (boundary, MAX_BOUNDARY))
     if args.variant and args.variant not in mod.VARIANTS:
         raise UsageError("--variant: %s has no variant %r; valid: %s"
                          % (name, args.variant, ", ".join(mod.VARIANTS) or "none"))

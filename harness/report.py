@@ -349,7 +349,8 @@ def describe_sources(sources):
         if cmd:
             lines.append("%scommand: %s%s" % (prefix, cmd, " (started %s)" % s.doc["started"]
                                               if s.doc.get("started") else ""))
-        ol = _options_line(s.options)
+        mixed = results.mixed_keys(s.doc)
+        ol = _options_line({k: v for k, v in s.options.items() if k not in mixed})
         if ol and not several:
             lines.append(ol)
     if several:
@@ -359,10 +360,29 @@ def describe_sources(sources):
     return lines
 
 
+def mixed_lines(doc, prefix=""):
+    """A line per group of points measured with other options (or on
+    another machine) than the file's (--resume --force-mix)."""
+    groups = {}
+    for p in doc["points"]:
+        own = dict(p.get("options") or {}, **(p.get("machine") or {}))
+        if own:
+            groups.setdefault(json.dumps(own, sort_keys=True), (own, []))[1].append(p)
+    lines = []
+    for own, pts in groups.values():
+        theirs = dict(doc.get("options") or {}, **(doc.get("machine") or {}))
+        lines.append("%smixed: %s measured with %s (the file's: %s)" % (
+            prefix, ", ".join("%s at %d" % (p["design"], p["threads"]) for p in pts),
+            ", ".join("%s %s" % (k.replace("_", "-"), json.dumps(v)) for k, v in own.items()),
+            ", ".join("%s %s" % (k.replace("_", "-"), json.dumps(theirs.get(k))) for k in own)))
+    return lines
+
+
 def status_lines(sources):
     lines = []
     for s in sources:
         prefix = s.name + ": " if len(sources) > 1 else ""
+        lines += mixed_lines(s.doc, prefix)
         if not s.doc.get("complete", True):
             n = len(s.doc["points"])
             lines.append("%sinterrupted: %d point%s measured" % (prefix, n, "" if n == 1 else "s"))
@@ -407,7 +427,8 @@ def render_report(sources, fmt="simple", diag=False):
         blocks.append("\n".join(tail))
     if diag:
         for p, src in entries:
-            blocks.append(diagnostics.render_point(p, src.machine, src.options, fmt))
+            blocks.append(diagnostics.render_point(p, dict(src.machine, **p.get("machine", {})),
+                                                   dict(src.options, **p.get("options", {})), fmt))
     return "\n\n".join(blocks) + "\n", []
 
 

@@ -153,3 +153,95 @@ def test_sweep_writes_results_and_cleans_up(tmp_path):
     assert all(p["locks"][0]["name"] == "bitmap" and p["locks"][0]["acquisitions"] > 0
                for p in bitmap)
     assert segments_of(r.pid) == []
+
+
+# ------------------------------------------------- no traceback on any input
+
+QUICK = ["--threads", "1", "--duration", "0.05", "--warmup", "0", "--repeats", "1"]
+HUGE = str(2 ** 70)
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["run", "--design", "direct", "--boundary", HUGE], "--boundary: expected a number in the range 1..1099511627776"),
+    (["run", "--design", "direct", "--pages", HUGE], "--pages: expected a number in the range 1..1099511627776"),
+    (["run", "--design", "direct", "--tlb-entries", HUGE], "--tlb-entries: expected a number in the range"),
+    (["run", "--design", "direct", "--seed", HUGE], "--seed: expected a number in the range 0..2147483648"),
+    (["run", "--design", "direct", "--spin-bound", HUGE], "--spin-bound: expected a number in the range"),
+    (["run", "--design", "direct", "--threads", "1-" + HUGE], "--threads: expected thread counts in the range 1..1024"),
+    (["replay", "tests/data/basic.trace", "--allocator", "bitmap", "--pages", "64", "--boundary", HUGE],
+     "--boundary: %s out of range 1..1099511627776" % HUGE),
+])
+def test_huge_integers_say_the_range(capsys, argv, says):
+    if argv[0] == "run":
+        argv = argv[:3] + QUICK + argv[3:]      # the later --threads wins
+    assert says in one_error_line(capsys, argv)
+
+
+@pytest.mark.parametrize("flag", ["--device-ns", "--hypercall-ns", "--duration", "--warmup",
+                                  "--unmap-fraction"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400"])
+def test_non_finite_flags(capsys, flag, value):
+    line = one_error_line(capsys, ["run", "--design", "direct", *QUICK, "%s=%s" % (flag, value)])
+    assert line.startswith("iommu-stress: error: %s: expected a number in the range" % flag)
+
+
+@pytest.mark.parametrize("kind, key", [("config", "duration"), ("config", "device_ns"),
+                                       ("workload", "unmap_fraction"), ("workload", "hypercall_ns"),
+                                       ("profile", "inv_page_ns"), ("profile", "iotlb_fill_ns")])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_numbers_in_toml_files(capsys, tmp_path, kind, key, value):
+    f = tmp_path / "x.toml"
+    f.write_text("# a comment\n%s = %s\n" % (key, value))
+    line = one_error_line(capsys, ["run", "--design", "direct", *QUICK, "--" + kind, str(f)])
+    assert line.startswith("iommu-stress: error: %s:2: %s: expected a number" % (f, key))
+
+
+PREMAP = "design 'direct@premapped': direct maps nothing, so nothing to pre-map"
+
+
+def test_premapped_direct_is_refused_however_written(capsys, tmp_path):
+    assert one_error_line(capsys, ["run", "--design", "direct@premapped", *QUICK]).endswith(PREMAP)
+    assert one_error_line(capsys, ["run", "--design", "direct", "--premapped", *QUICK]).endswith(PREMAP)
+    f = tmp_path / "c.toml"
+    f.write_text("premapped = true\n")
+    assert one_error_line(capsys, ["diagnose", "--design", "direct", "--config", str(f),
+                                   *QUICK]).endswith(PREMAP)
+
+
+def test_replay_of_pools_on_too_small_a_space_is_one_line(capsys, tmp_path):
+    f = tmp_path / "t.trace"
+    f.write_text("a x 1\nf x\n")
+    line = one_error_line(capsys, ["replay", str(f), "--allocator", "pools", "--pages", "2"])
+    assert "a table of 2 pages has no room for a pool" in line
+
+
+@pytest.mark.parametrize("published, says", [
+    ("direct = 5", "published.direct: expected [figure, ratio, unit]"),
+    ('direct = [1, nan, "IOPS"]', "published.direct: expected [figure, ratio, unit]"),
+    ('direct = [1, "a", "IOPS"]', "published.direct: expected [figure, ratio, unit]"),
+    ('threads = "x"', "published.threads: expected a number in 1..1024"),
+    ('metric = "speed"', "published.metric: expected one of x_direct, x_first"),
+])
+def test_a_preset_is_checked_before_the_run(capsys, tmp_path, published, says):
+    f = tmp_path / "p.toml"
+    f.write_text('designs = ["direct"]\n[published]\n%s\n' % published)
+    assert "%s:3: %s" % (f, says) in one_error_line(capsys, ["sweep", "--preset", str(f)])
+
+
+@pytest.mark.parametrize("argv", [["designs"], ["report", "tests/data/none.json"],
+                                  ["sweep", "--designs", "direct", *QUICK]])
+def test_a_closed_stdout_is_one_line(argv):
+    r = subprocess.run(["bash", "-c", '"$0" -m harness.cli "$@" >&-', sys.executable, *argv],
+                       stderr=subprocess.PIPE, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "iommu-stress: error: standard output is closed"
+
+
+@pytest.mark.parametrize("argv", [["designs"], ["run", "--design", "direct", *QUICK]])
+def test_a_full_stdout_is_one_line(argv):
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "harness.cli", *argv], stdout=full,
+                           stderr=subprocess.PIPE, text=True, timeout=300)
+    assert r.returncode == 1
+    err = [l for l in r.stderr.splitlines() if "points measured" not in l]
+    assert err == ["iommu-stress: error: cannot write standard output: No space left on device"]

@@ -373,3 +373,121 @@ def test_trace_read(data, kw):
         # a file is read with universal newlines
         text = text.replace("\r\n", "\n").replace("\r", "\n")
         check_trace(text, str(path), kw, lambda: trace.read(str(path), **kw))
+
+
+# --- results files ------------------------------------------------------
+# A valid document, mutated: report, compare and plot each either render
+# it (exit 0) or refuse it in one line (exit 2); never a traceback.
+
+def results_document():
+    from tests.test_report import document, point
+    pts = [point("direct", 1, 8e6), point("rbtree", 2, 1.5e6), point("linux-2008", 2, 2.2e6,
+                                                                       disturbed=True)]
+    for p in pts[1:]:
+        p["locks"] = [{"name": "rbtree", "acquisitions": 100, "contentions": 7, "acq_bounces": 3,
+                       "con_bounces": 2, "wait_ns_total": 900.0, "wait_ns_min": 20.0,
+                       "wait_ns_max": 300.0, "timed": 6, "hold_ns_total": 500.0,
+                       "hold_ns_min": 10.0, "hold_ns_max": 80.0}]
+        p["breakdown_ns"] = {"allocate": 200.0, "page_table": 80.0, "invalidation_own": 300.0,
+                             "free": 120.0, "lock_wait": 40.0, "harness": 30.0, "total": 800.0}
+        p["series"] = [{"t": 1.0, "ops_per_sec": 1e6, "top_lock": "rbtree",
+                        "top_lock_wait_ns": 50.0}]
+        p["diag"] = {"timing": "on", "sampled": 100, "outliers": 1, "outlier_ns": 1e5}
+        p["alloc_stats"] = {"allocs": 1000, "hits_1": 900, "misses_1": 100}
+        p["disturbance"] = {"busy_processes": 2, "cores": 2, "preemptions": 3, "preempted": 1,
+                            "steal_ns": 0.0}
+        p["stale_hits"], p["rogue_probes"], p["stale_hits_per_sec"] = 3, 10, 6.0
+    pts[1]["options"] = {"profile": "none"}
+    return document(pts, failures=["bitmap at 4 threads: a worker died"])
+
+
+def _paths(v, at=()):
+    yield at
+    if isinstance(v, dict):
+        for k, x in v.items():
+            yield from _paths(x, at + (k,))
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            yield from _paths(x, at + (i,))
+
+
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.integers(-3, 3),
+              st.floats(allow_nan=False, allow_infinity=False), st.sampled_from([0.0, 5e-324, 1e308]),
+              st.text(TEXT, max_size=6)),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(TEXT, max_size=4), inner,
+                                                                 max_size=3),
+    max_leaves=6)
+
+
+@st.composite
+def mutated_results(draw):
+    """Text of a results document with a few keys dropped, replaced or
+    nested deep, or a number turned NaN, or raw bytes."""
+    import copy
+    import json
+    doc = copy.deepcopy(results_document())
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.binary(max_size=40))
+    for _ in range(draw(st.integers(1, 3))):
+        paths = [p for p in _paths(doc) if p]
+        at = draw(st.sampled_from(paths))
+        parent = doc
+        for k in at[:-1]:
+            parent = parent[k]
+        how = draw(st.sampled_from(["drop", "replace", "replace", "deep"]))
+        if how == "drop":
+            del parent[at[-1]]
+        elif how == "replace":
+            parent[at[-1]] = draw(json_values)
+        else:
+            parent[at[-1]] = json.loads("[" * 50 + "1" + "]" * 50)
+    text = json.dumps(doc)
+    if draw(st.integers(0, 5)) == 0:
+        text = re.sub(r"(?<=: )\d+(\.\d+)?", draw(st.sampled_from(["NaN", "Infinity", "-Infinity",
+                                                                  "1e999", "9" * 5000])),
+                      text, count=1)
+    return text
+
+
+def _quietly(capsys, argv):
+    from harness.cli import main
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code in (0, 2), (code, err)
+    if code == 2:
+        assert len(err) == 1 and err[0].startswith("iommu-stress: error: "), err
+    return code
+
+
+# capsys is read out (and so emptied) after every command
+RESULTS_FUZZ = settings(FUZZ, max_examples=60, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
+
+
+def test_a_valid_results_document_renders(tmp_path, capsys):
+    import json
+    f = write(tmp_path, "r.json", json.dumps(results_document()))
+    for argv in (["report", str(f)], ["report", "--diag", str(f)], ["compare", str(f), str(f)],
+                 ["plot", str(f), "-o", str(tmp_path / "r.png")]):
+        assert _quietly(capsys, argv) == 0, argv
+
+
+@RESULTS_FUZZ
+@given(mutated_results())
+def test_report_and_compare_on_mutated_results(capsys, text):
+    import json
+    with tempfile.TemporaryDirectory() as d:
+        f = write(d, "fuzzed.json", text)
+        good = write(d, "good.json", json.dumps(results_document()))
+        _quietly(capsys, ["report", "--diag", str(f)])
+        _quietly(capsys, ["report", "--format", "csv", str(good), str(f)])
+        _quietly(capsys, ["compare", str(good), str(f)])
+
+
+@settings(RESULTS_FUZZ, max_examples=12)
+@given(mutated_results())
+def test_plot_on_mutated_results(capsys, text):
+    with tempfile.TemporaryDirectory() as d:
+        f = write(d, "fuzzed.json", text)
+        _quietly(capsys, ["plot", str(f), "-o", str(Path(d) / "fuzzed.png")])

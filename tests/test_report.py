@@ -521,5 +521,5 @@ def test_older_versions_read_as_the_current_one(tmp_path):
     # a version 2 breakdown is read as written, its `free` whole
     assert doc["points"][0]["breakdown_ns"] == p["breakdown_ns"]
     assert "acq_bounces" not in doc["points"][0]["locks"][0]
-    with pytest.raises(UsageError, match="version 99, this tool reads versions 1, 2, 3"):
+    with pytest.raises(UsageError, match="version 99, this tool reads versions 1, 2, 3, 4"):
         results.load(write(tmp_path, "v99.json", dict(v1, version=99)))
