@@ -9,13 +9,14 @@ import re
 import tomllib
 from pathlib import Path
 
-from harness.errors import UsageError
+from harness.errors import UsageError, read_input
 from harness.abi import MAX_DEPTH, MAX_DOMAINS, MAX_WORKERS
 from hwmodel.locks import KINDS
 
 MAX_THREADS = MAX_WORKERS
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
+MAX_CONFIG_BYTES = 1 << 20   # a config, workload, profile or preset: a page of TOML is plenty
 
 
 def _threads(v):
@@ -205,12 +206,11 @@ def _line_of(text, key):
 
 def _parse(path):
     path = Path(path)
+    data = read_input(path, MAX_CONFIG_BYTES, "config file")
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise UsageError("%s: cannot read: %s" % (path, e.strerror)) from None
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = path.read_bytes()[:e.start].count(b"\n") + 1
+        line = data[:e.start].count(b"\n") + 1
         raise UsageError("%s:%d: not UTF-8 text" % (path, line)) from None
     try:
         data = tomllib.loads(text)

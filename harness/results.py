@@ -8,7 +8,6 @@ import json
 import os
 import platform
 import re
-import stat
 import subprocess
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numba
 import numpy
 import psutil
 
-from harness.errors import UsageError
+from harness.errors import UsageError, read_input
 
 FORMAT = "iommu-stress-results"
 VERSION = 4
@@ -199,18 +198,7 @@ def writable(path):
 def load(path):
     """A results document written by us, or a UsageError saying why not."""
     try:
-        mode = os.stat(path).st_mode
-        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-            # /dev/zero would never end
-            raise UsageError("%s: not a results file: a device" % path)
-        with open(path, "rb") as f:
-            data = f.read(MAX_BYTES + 1)      # a pipe has no size to check first
-        if len(data) > MAX_BYTES:
-            raise UsageError("%s: not a results file: over the %d MiB a results file can hold"
-                             % (path, MAX_BYTES >> 20))
-        text = data.decode("utf-8")
-    except OSError as e:
-        raise UsageError("%s: cannot read: %s" % (path, e.strerror or e)) from None
+        text = read_input(path, MAX_BYTES, "results file").decode("utf-8")
     except UnicodeDecodeError as e:
         raise UsageError("%s: not a results file: not UTF-8 text (byte %d)"
                          % (path, e.start)) from None

@@ -33,9 +33,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.errors import UsageError
+from harness.errors import UsageError, read_input
 
 VERSION = 1
+MAX_TRACE_BYTES = 1 << 30    # some 50M requests; a larger file is not a trace of ours
 OP_ALLOC = 0
 OP_FREE = 1
 MAX_CPUS = 1024           # simulated CPUs a trace may name: 0..1023
@@ -216,8 +217,7 @@ def read(path, pages=1 << 20, masks=False):
             text = sys.stdin.read()
             name = "<stdin>"
         else:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
+            text = read_input(path, MAX_TRACE_BYTES, "trace").decode("utf-8")
             name = str(path)
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError("cannot read trace %s: %s" % (path, e)) from None

@@ -283,7 +283,7 @@ def test_nan_and_infinity_are_refused(tmp_path, capsys, literal):
 def test_an_oversized_file_is_refused_unread(tmp_path, capsys, monkeypatch):
     f = write_doc(tmp_path / "r.json", [fake_point("direct", 1)])
     monkeypatch.setattr(results, "MAX_BYTES", 100)
-    assert "over the 0 MiB a results file can hold" in one_error_line(capsys, ["report", str(f)])
+    assert "over the 0 MiB one can hold" in one_error_line(capsys, ["report", str(f)])
 
 
 def test_a_mixed_file_reads_back_and_keeps_per_point_options(tmp_path):
@@ -296,3 +296,10 @@ def test_a_mixed_file_reads_back_and_keeps_per_point_options(tmp_path):
 def test_a_device_is_not_read_forever(capsys):
     assert one_error_line(capsys, ["report", "/dev/zero"]).endswith(
         "/dev/zero: not a results file: a device")
+
+
+@pytest.mark.parametrize("cmd, what", [(["replay", "/dev/zero"], "not a trace: a device"),
+                                       (["sweep", "--config", "/dev/zero"], "no such config"),
+                                       (["sweep", "--workload", "/dev/zero"], "no such workload")])
+def test_a_device_as_any_input_file_is_one_line(capsys, cmd, what):
+    assert "/dev/zero: %s" % what in one_error_line(capsys, cmd)
