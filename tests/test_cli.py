@@ -243,5 +243,7 @@ def test_a_full_stdout_is_one_line(argv):
         r = subprocess.run([sys.executable, "-m", "harness.cli", *argv], stdout=full,
                            stderr=subprocess.PIPE, text=True, timeout=300)
     assert r.returncode == 1
-    err = [l for l in r.stderr.splitlines() if "points measured" not in l]
+    assert "Traceback" not in r.stderr
+    # beside a compile's notice, or another run's warning: one error line
+    err = [l for l in r.stderr.splitlines() if "error" in l]
     assert err == ["iommu-stress: error: cannot write standard output: No space left on device"]
