@@ -21,7 +21,7 @@ import numpy as np
 
 import allocators
 from allocators import Params
-from harness import abi, compose, dma, entries, readout
+from harness import abi, compose, dma, entries, readout, signals
 from harness.abi import (CTL_ATTACHED, CTL_CMD, CTL_DONE, CTL_ERR, CTL_GEN, CTL_PHASE,
                          CTL_PRODUCERS_LEFT, CTL_T_MEASURE, CTL_T_STOP, LINE, PH_WAIT,
                          STATUS_RAN)
@@ -29,7 +29,7 @@ from harness.arena import Arena
 from harness.config import load_profile
 from harness.disturbance import Snapshot
 from harness.errors import UsageError
-from harness.pool import Pool, Watchdog, WorkerDied, allowed_cores, run_in_child
+from harness.pool import Pool, Watchdog, WorkerDied, allowed_cores, child_setup, run_in_child
 from harness.rogue import rogue_loop
 from hwmodel import iommu
 from hwmodel import locks as lockmod
@@ -111,8 +111,9 @@ def size_table(sizes, seed):
 
 
 class Bench:
-    def __init__(self, opts, designs):
+    def __init__(self, opts, designs, say=None):
         self.opts = opts
+        self.say = say or (lambda line: None)      # a line as each phase starts
         self.designs = designs
         self.max_threads = max(opts["threads"])
         self.cores = allowed_cores()
@@ -136,6 +137,7 @@ class Bench:
                     specs += compose.specs(d.module(), p, self._prefix(i, k))
         self.arena = Arena(specs)
         self.pool = None
+        self._rogue = None
         self.env = None
         self.states = []
         self.cycles_per_ns = None
@@ -177,8 +179,11 @@ class Bench:
                 # cache, and load only the machine code here.  A failure there
                 # shows again, with its message, when this process compiles.
                 run_in_child(self._compile)
-            self._compile()
+                self._compile(say=False)
+            else:
+                self._compile()
             self.timings["compile_s"] = time.perf_counter() - t0
+            signals.check()
         except BaseException:
             self.close()
             raise
@@ -213,13 +218,15 @@ class Bench:
                                          for k in range(self.ndomains)))
         self.entries = [entries.of(d.allocator).run for d in self.designs]
 
-    def _compile(self):
+    def _compile(self, say=True):
         """Compile (or load) every loop before the workers are forked: a
         loop called with the abort word set returns at once.  The reset and
         the check of each design are loaded here too, so that the first
         point pays for nothing the others do not."""
         ctl = self.env.ctl
         for i, (entry, sts) in enumerate(zip(self.entries, self.states)):
+            if say:
+                self.say("compiling %s" % self.designs[i].name)
             self.reset(i, 1)
             ctl[lockmod.CTL_ABORT] = 1
             entry(sts, self.env, 0, 0)
@@ -235,10 +242,12 @@ class Bench:
 
     def start_workers(self):
         if self.pool is None:
+            self.say("starting %d workers" % self.max_threads)
             t0 = time.perf_counter()
             self.pool = Pool(self.max_threads, self.env, self.arena.views["bell"], self.states,
                              self.entries, self.cores)
             self.timings["fork_s"] += time.perf_counter() - t0
+            signals.check()
 
     def _abandon_pool(self):
         """A window that failed leaves workers in an unknown state: replace them."""
@@ -303,7 +312,9 @@ class Bench:
         if not self.opts["rogue_device"]:
             return None
         p = mp.get_context("fork").Process(target=_rogue_main, args=(self.env,), daemon=True)
-        p.start()
+        with signals.deferred():
+            p.start()
+            self._rogue = p
         return p
 
     def window(self, i, threads):
@@ -314,13 +325,16 @@ class Bench:
         ctl = self.env.ctl
         rogue = None
         series = None
+        where = "%s at %d threads" % (d.name, threads)
         try:
+            self.say("%s: warm-up" % where)
             rogue = self._start_rogue()
             self.pool.start_point(i, threads)
             self._wait_start(d, threads)
             t0, t1 = self._window_times()
             busy = [p.pid for p in self.pool.procs[:threads]] + ([rogue.pid] if rogue else [])
             self.pool.sleep(t0 - time.perf_counter())
+            self.say("%s: measuring" % where)
             before = Snapshot(busy, self.cores)
             if self.opts["diag"]:
                 series = self._sample(i, threads, t0, t1)
@@ -337,11 +351,8 @@ class Bench:
                               "within %.0f s of the window's end"
                               % (d.name, threads, GRACE)) from None
         finally:
-            if rogue is not None:
-                rogue.join(5)
-                if rogue.exitcode is None:
-                    rogue.kill()
-                    rogue.join()
+            self._stop_rogue()
+        signals.check()
         if ctl[CTL_ERR]:
             raise PointFailed(readout.ownership_error(ctl, d.name, threads))
         bad = np.flatnonzero(self.env.cnt["status"][:threads] != STATUS_RAN)
@@ -355,6 +366,19 @@ class Bench:
             raise PointFailed("%s at %d threads: state is not fresh after the run: %s"
                               % (d.name, threads, "; ".join(problems[:3])))
         return raw
+
+    def _stop_rogue(self):
+        """Reap the rogue device: it stops with the window; on the way out
+        of a failed or stopped window it is killed at once."""
+        rogue, self._rogue = self._rogue, None
+        if rogue is None:
+            return
+        with signals.deferred():
+            if self.env.ctl[CTL_PHASE] == abi.PH_STOP:
+                rogue.join(5)
+            if rogue.exitcode is None:
+                rogue.kill()
+                rogue.join()
 
     def _wait_start(self, d, threads):
         ctl = self.env.ctl
@@ -452,7 +476,6 @@ class Bench:
 
 
 def _rogue_main(env):
-    import signal
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    child_setup()
     rogue_loop(env)
 

@@ -5,15 +5,15 @@ import sys
 import time
 
 
-from harness import config
+from harness import config, signals
 from harness.arena import ArenaError
 from harness.errors import UsageError
+from harness.signals import Terminated
 
 PROG = "iommu-stress"
-
-
-class Terminated(Exception):
-    """SIGTERM, turned into an exception so that cleanup runs."""
+STOPPED = {signal.SIGINT: "\n%s: interrupted; results measured so far are kept",
+           signal.SIGTERM: "%s: terminated; results measured so far are kept",
+           signal.SIGHUP: "%s: hung up; results measured so far are kept"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,6 +71,9 @@ def _add_run_options(p, several):
                    help="keep the points of this results file, measure the rest (and write there)")
     p.add_argument("--on-error", choices=("stop", "continue"), default="stop",
                    help="after a failed point: stop (default) or go on with the next")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="say on stderr as each phase starts (compiling, starting workers, "
+                        "warm-up, measuring, writing results)")
 
 
 def _options(args, several):
@@ -149,7 +152,7 @@ def cmd_sweep(args, several=True):
     json_path = args.json or args.resume
     t_start = time.monotonic()
     clean_stale()
-    with Bench(opts, designs) as bench:
+    with Bench(opts, designs, say=_say if args.verbose else None) as bench:
         res = results.ResultsFile(json_path, results.machine(bench.cycles_per_ns), opts,
                                   " ".join([PROG] + sys.argv[1:]), points=kept)
         try:
@@ -164,6 +167,12 @@ def cmd_sweep(args, several=True):
              bench.timings["compile_s"], bench.timings["fork_s"],
              ", %d kept from %s" % (len(kept), args.resume) if kept else ""), file=sys.stderr)
     return 0 if ok else 1
+
+
+def _say(line):
+    """One --verbose line: a phase of the run starts."""
+    from tqdm import tqdm
+    tqdm.write("%s: %s" % (PROG, line), file=sys.stderr)
 
 
 def _print_results(doc, args, opts):
@@ -292,29 +301,48 @@ def build_parser():
     return p
 
 
-def _on_term(signum, frame):
-    raise Terminated()
-
-
-def main(argv=None):
-    signal.signal(signal.SIGTERM, _on_term)
-    # a shell starts background jobs with SIGINT ignored, and Python then
-    # leaves it so; an interrupt sent to us must still stop the run cleanly
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+def _command(argv):
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
     except (UsageError, ArenaError) as e:
         print("%s: error: %s" % (PROG, e), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\n%s: interrupted; results measured so far are kept" % PROG, file=sys.stderr)
-        return 130
-    except Terminated:
-        print("%s: terminated; results measured so far are kept" % PROG, file=sys.stderr)
-        return 143
     except BrokenPipeError:
         return 1
+
+
+def main(argv=None):
+    """The command; returns its exit status.  A signal (see harness/signals.py)
+    is 128 + its number, whatever else was going on.  Called as the
+    command itself (argv None), it returns with the signals blocked: the
+    process is about to exit with that status.  Called with argv (tests),
+    it puts back the caller's handlers."""
+    saved = signals.install()
+    code = None
+    try:
+        try:
+            code = _command(argv)
+            signals.check()
+        except BaseException:
+            # another error on the way out of a stop (a print to a closed
+            # terminal after SIGHUP) is the stop's
+            if signals.pending() is None:
+                raise
+        signum = signals.finish()
+    except (KeyboardInterrupt, Terminated):
+        # a first signal raised on the way out above; none can raise now
+        signum = signals.finish()
+    finally:
+        if argv is not None:
+            signals.restore(saved)
+    if signum is None:
+        return code
+    try:
+        print(STOPPED[signum] % PROG, file=sys.stderr)
+    except OSError:
+        pass
+    return signals.EXIT[signum]
 
 
 if __name__ == "__main__":

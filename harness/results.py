@@ -103,6 +103,12 @@ class ResultsFile:
             os.replace(tmp, self.path)
         except OSError as e:
             raise UsageError("%s: cannot write results: %s" % (self.path, e.strerror)) from None
+        finally:
+            # left only by a write that failed or was cut short
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
 
 
 def load(path):
