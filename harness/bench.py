@@ -165,8 +165,11 @@ class Bench:
     # ------------------------------------------------------------ life
 
     def open(self):
-        self.arena.create()
         try:
+            # a signal here is taken once the segment exists and close()
+            # can remove it
+            with signals.deferred():
+                self.arena.create()
             self._bind()
             self.cycles_per_ns = calibrate()
             self.clock_read_cycles = clock_read_cost()

@@ -7,20 +7,27 @@ process, no segment and no temporary file.
 
 IOMMU_STRESS_SIGNAL_TRIES: random moments per signal, phase and target
 (default 1).  IOMMU_STRESS_SIGNAL_WORKERS: workers of the fork phase
-(default 256; 1024 is the worst case, and slow to fork on two cores)."""
+(default 256; 1024 is the worst case, and slow to fork on two cores).
+IOMMU_STRESS_SIGNAL_COMPILE_S: the moments in the compile phase are drawn
+from its first so many seconds (default 3; compiling takes a minute or
+more)."""
 import json
 import os
 import random
+import re
+import subprocess
+import sys
 import signal
 import time
 
 import psutil
 import pytest
 
-from tests.test_faults import Command, run_cli, segments_of
+from tests.test_faults import ROOT, Command, run_cli, segments_of
 
 TRIES = int(os.environ.get("IOMMU_STRESS_SIGNAL_TRIES", "1"))
 FORK_WORKERS = int(os.environ.get("IOMMU_STRESS_SIGNAL_WORKERS", "256"))
+COMPILE_S = float(os.environ.get("IOMMU_STRESS_SIGNAL_COMPILE_S", "3"))
 EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 LATENCY = 10.0          # 2 s meant; generous on a loaded two-core machine
 TRIGGER_TIMEOUT = 600   # a phase may wait for the loops to compile (minutes)
@@ -31,7 +38,7 @@ RUN = ["sweep", "--designs", "direct", "--repeats", "1", "--verbose"]
 PHASES = {
     "startup": (["--threads", "1", "--warmup", "0", "--duration", "0.2"], None, 0.4),
     # a fresh cache; --threads is 1 (compiled here) or 128 (in a child)
-    "compile": (["--warmup", "0", "--duration", "0.2"], r"compiling direct", 3.0),
+    "compile": (["--warmup", "0", "--duration", "0.2"], r"compiling direct", COMPILE_S),
     "fork": (["--threads", str(FORK_WORKERS), "--warmup", "0", "--duration", "0.2"],
              r"starting \d+ workers", 1.5 * FORK_WORKERS / 256),
     "warm-up": (["--threads", "1,2", "--warmup", "1", "--duration", "0.3"],
@@ -189,3 +196,126 @@ def test_signal_ends_the_run_cleanly(tmp_path, sig, phase):
     hits = sorted({h for _, h, _ in seen})
     print("%s in %s: exit %d every time (%d runs), phases hit %s, worst latency %.2f s"
           % (signal.Signals(sig).name, phase, EXIT[sig], len(seen), ", ".join(hits), worst))
+
+
+SWALLOWED = '''
+import os, signal, sys, time
+from harness import signals
+signals.install()
+
+class Swallows:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)      # the handler raises here, and Python swallows it
+
+t0 = time.monotonic()
+try:
+    obj = Swallows()
+    del obj
+    print("swallowed", flush=True)
+    while time.monotonic() - t0 < 5:
+        pass
+    print("lost")
+except signals.Terminated:
+    print("raised again after %.2f s" % (time.monotonic() - t0))
+'''
+
+DEFERRED = '''
+import os, signal, time
+from harness import signals
+signals.install()
+done = False
+try:
+    with signals.deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
+        done = True
+    print("lost")
+except KeyboardInterrupt:
+    print("taken at the end" if done else "cut short")
+try:
+    try:
+        signals.check()
+    except KeyboardInterrupt:
+        pass            # swallowed silently: the next safe point raises it
+    signals.check()
+    print("lost")
+except KeyboardInterrupt:
+    print("raised at the safe point")
+'''
+
+
+def _python(code):
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_a_stop_python_swallows_is_raised_again():
+    r = _python(SWALLOWED)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == "swallowed", r.stdout
+    m = re.fullmatch(r"raised again after ([\d.]+) s", r.stdout.splitlines()[1])
+    assert m, r.stdout
+    assert float(m.group(1)) < 2.0
+    assert "Exception ignored" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_deferred_section_takes_the_signal_at_its_end():
+    r = _python(DEFERRED)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["taken at the end", "raised at the safe point"], r.stdout
+    assert r.stderr == ""
+
+
+IN_CHILD = '''
+import os, signal, threading, time
+import psutil
+from harness import pool, signals
+signals.install()
+me = psutil.Process()
+
+def stop():
+    time.sleep(0.5)
+    kids = me.children()
+    for kid in kids:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            kid.send_signal(sig)        # the group's signals: its parent stops it
+    time.sleep(0.3)
+    alive = kids and all(k.status() != psutil.STATUS_ZOMBIE for k in kids)
+    print("child alive" if alive else "child gone", flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=stop, daemon=True).start()
+t0 = time.monotonic()
+try:
+    pool.run_in_child(lambda: time.sleep(30))
+    print("returned")
+except signals.Terminated:
+    print("stopped after %.1f s, %d children" % (time.monotonic() - t0, len(me.children())))
+'''
+
+
+def test_a_child_ignores_the_signals_and_its_parent_kills_it():
+    r = _python(IN_CHILD)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "child alive", r.stdout
+    m = re.fullmatch(r"stopped after ([\d.]+) s, 0 children", lines[1])
+    assert m and float(m.group(1)) < 5.0, r.stdout
+    assert "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_results_write_cut_short_leaves_the_old_file(tmp_path, monkeypatch):
+    from harness import results
+    path = tmp_path / "results.json"
+    res = results.ResultsFile(path, {}, {}, "iommu-stress sweep")
+    old = path.read_text()
+
+    def cut(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", cut)
+    with pytest.raises(KeyboardInterrupt):
+        res.add({"design": "direct", "threads": 1, "ops_per_sec": 1.0})
+    assert path.read_text() == old
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
