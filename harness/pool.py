@@ -246,8 +246,11 @@ class Pool:
 
     def close(self, timeout=1.0):
         """Stop every worker; kill the ones that have not exited in
-        `timeout` s.  Not cut short by a signal: one that arrives is taken
-        once every worker is reaped."""
+        `timeout` s, or at once when a signal stops the run.  Not cut short
+        by a signal: one that arrives is taken once every worker is
+        reaped."""
+        if signals.pending() is not None:
+            timeout = 0.0
         with signals.deferred():
             ctl = self.env.ctl
             ctl[CTL_CMD] = CMD_EXIT

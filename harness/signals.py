@@ -88,6 +88,7 @@ def install():
 def restore(saved):
     """Put back what `install` found; a signal still blocked and pending is
     dropped (the caller has its exit status already)."""
+    global _pending, _again, _depth
     handlers, hook, mask = saved
     signal.setitimer(signal.ITIMER_REAL, 0)
     for s in STOP:
@@ -95,6 +96,7 @@ def restore(saved):
     for s, h in handlers.items():
         signal.signal(s, h if h is not None else signal.SIG_DFL)
     sys.unraisablehook = hook
+    _pending, _again, _depth = None, False, 0
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
