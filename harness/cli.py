@@ -315,7 +315,7 @@ def _command(argv):
 def main(argv=None):
     """The command; returns its exit status.  A signal (see harness/signals.py)
     is 128 + its number, whatever else was going on.  Called as the
-    command itself (argv None), it returns with the signals blocked: the
+    command itself (argv None), it returns with the signals ignored: the
     process is about to exit with that status.  Called with argv (tests),
     it puts back the caller's handlers."""
     saved = signals.install()

@@ -132,17 +132,21 @@ def deferred():
 
 
 def finish():
-    """Block the three signals for good: the signal that stopped the run,
-    or one that arrived before this, or None.  A first signal can still
-    raise on the way in; call again then (it cannot raise twice)."""
+    """The run is over: the signal that stopped it, or one that arrived
+    before this, or None.  From here on the three signals are ignored:
+    the exit status is decided, and the interpreter's own exit (which
+    puts back the default actions) must not be cut short.  A first signal
+    can still raise on the way in; call again then (it cannot raise
+    twice)."""
     global _depth
     _depth += 1
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP)
     signal.setitimer(signal.ITIMER_REAL, 0)
-    if _pending is not None:
-        return _pending
     waiting = signal.sigpending()
-    return next((s for s in STOP if s in waiting), None)
+    got = _pending if _pending is not None else next((s for s in STOP if s in waiting), None)
+    for s in STOP:
+        signal.signal(s, signal.SIG_IGN)
+    return got
 
 
 def ignore_in_child():
