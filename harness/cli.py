@@ -342,7 +342,25 @@ def main(argv=None):
         print(STOPPED[signum] % PROG, file=sys.stderr)
     except OSError:
         pass
+    if argv is None:
+        _exit(signals.EXIT[signum])
     return signals.EXIT[signum]
+
+
+def _exit(status):
+    """Exit now with `status`, after the atexit handlers.  Python itself
+    would turn it into death by SIGINT once any KeyboardInterrupt has left
+    code it ran from C during the run, caught or not, and a thread a
+    library started gets that SIGINT whatever the main thread blocks."""
+    import atexit
+    import os
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
 
 
 if __name__ == "__main__":
