@@ -58,13 +58,16 @@ def _on_alarm(signum, frame):
 
 
 def _unraisable(u):
-    """A stop swallowed by Python: not printed, raised again shortly."""
+    """A stop swallowed by Python: not printed, raised again shortly.
+    Once a signal stops the run, the other errors Python cannot raise are
+    left unsaid too: they come from objects the stop cut short halfway
+    through their making (llvmlite's, whose __del__ then fails)."""
     global _again
-    if _pending is not None and isinstance(u.exc_value, (KeyboardInterrupt, Terminated)):
+    if _pending is None:
+        sys.__unraisablehook__(u)
+    elif isinstance(u.exc_value, (KeyboardInterrupt, Terminated)):
         _again = True
         signal.setitimer(signal.ITIMER_REAL, AGAIN_S)
-        return
-    sys.__unraisablehook__(u)
 
 
 def install():
