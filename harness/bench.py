@@ -23,7 +23,7 @@ import numpy as np
 
 import allocators
 from allocators import Params
-from harness import abi, compose, dma, entries, readout
+from harness import abi, compose, dma, entries, readout, signals
 from harness.entries import compile_notice, compile_record
 from harness.abi import (CTL_ATTACHED, CTL_CMD, CTL_DONE, CTL_ERR, CTL_GEN, CTL_PHASE,
                          CTL_PRODUCERS_LEFT, CTL_ROGUE_PROBES, CTL_ROGUE_READY, CTL_T_MEASURE,
@@ -32,7 +32,7 @@ from harness.arena import Arena, other_runs, private
 from harness.config import load_profile
 from harness.disturbance import Snapshot, StallWatch
 from harness.errors import UsageError
-from harness.pool import (HelperDied, Pool, Watchdog, WorkerDied, allowed_cores,
+from harness.pool import (HelperDied, Pool, Watchdog, WorkerDied, allowed_cores, child_setup,
                           run_in_children)
 from harness.rogue import rogue_loop
 from hwmodel import iommu
@@ -132,8 +132,9 @@ def size_table(sizes, seed):
 
 
 class Bench:
-    def __init__(self, opts, designs):
+    def __init__(self, opts, designs, say=None):
         self.opts = opts
+        self.say = say or (lambda line: None)      # a line as each phase starts
         self.designs = designs
         self.max_threads = max(opts["threads"])
         self.cores = allowed_cores()
@@ -159,6 +160,7 @@ class Bench:
         self.specs = specs
         self.arena = Arena(specs)
         self.pool = None
+        self._rogue = None
         self.env = None
         self.stacked = []
         self.states = []
@@ -188,8 +190,11 @@ class Bench:
     # ------------------------------------------------------------ life
 
     def open(self):
-        self.arena.create()
         try:
+            # a signal here is taken once the segment exists and close()
+            # can remove it
+            with signals.deferred():
+                self.arena.create()
             self._bind()
             self.cycles_per_ns = calibrate()
             self.clock_read_cycles = clock_read_cost()
@@ -198,6 +203,7 @@ class Bench:
             self._compile_ahead()
             self._compile()
             self.timings["compile_s"] = time.perf_counter() - t0
+            signals.check()
         except BaseException:
             self.close()
             raise
@@ -297,6 +303,7 @@ class Bench:
         """Every loop compiled or loaded before the workers are forked."""
         ctl = self.env.ctl
         for i in range(len(self.designs)):
+            self.say("compiling %s" % self.designs[i].name)
             self._compile_one(i)
         if self.opts["rogue_device"]:
             ctl[lockmod.CTL_ABORT] = 1
@@ -305,10 +312,12 @@ class Bench:
 
     def start_workers(self):
         if self.pool is None:
+            self.say("starting %d workers" % self.max_threads)
             t0 = time.perf_counter()
             self.pool = Pool(self.max_threads, self.env, self.arena.views["bell"], self.stacked,
                              self.entries, self.cores)
             self.timings["fork_s"] += time.perf_counter() - t0
+            signals.check()
 
     def _abandon_pool(self):
         """A window that failed leaves workers in an unknown state: replace them."""
@@ -373,7 +382,9 @@ class Bench:
         if not self.opts["rogue_device"]:
             return None
         p = mp.get_context("fork").Process(target=_rogue_main, args=(self.env,), daemon=True)
-        p.start()
+        with signals.deferred():
+            p.start()
+            self._rogue = p
         return p
 
     def window(self, i, threads):
@@ -385,7 +396,9 @@ class Bench:
         rogue = None
         rogue_killed = False
         runs = self._other_runs(set())
+        where = "%s at %d threads" % (d.name, threads)
         try:
+            self.say("%s: warm-up" % where)
             rogue = self._start_rogue()
             if rogue is not None:
                 self.pool.watch_helper(rogue, "the rogue device")
@@ -394,6 +407,7 @@ class Bench:
             t0, t1 = self._window_times()
             busy = [p.pid for p in self.pool.procs[:threads]] + ([rogue.pid] if rogue else [])
             self.pool.sleep(t0 - time.perf_counter())
+            self.say("%s: measuring" % where)
             before = Snapshot(busy, self.cores)
             series, stalls = self._watch_window(i, threads, t0, t1)
             disturbed = Snapshot(busy, self.cores).since(before)
@@ -408,14 +422,8 @@ class Bench:
                               "within %.0f s of the window's end"
                               % (d.name, threads, GRACE)) from None
         finally:
-            if rogue is not None:
-                if self.pool is not None:
-                    self.pool.unwatch_helper(rogue)
-                rogue.join(ROGUE_STOP_S)
-                if rogue.exitcode is None:
-                    rogue.kill()
-                    rogue.join()
-                    rogue_killed = True
+            rogue_killed = self._stop_rogue()
+        signals.check()
         if rogue is not None:
             failed = self._rogue_failed(rogue, rogue_killed)
             if failed:
@@ -435,6 +443,24 @@ class Bench:
             raise PointFailed("%s at %d threads: state is not fresh after the run: %s"
                               % (d.name, threads, "; ".join(problems[:3])))
         return raw
+
+    def _stop_rogue(self):
+        """Reap the rogue device: it stops with the window, within
+        ROGUE_STOP_S; on the way out of a failed or stopped window it is
+        killed at once.  Whether it had to be killed."""
+        rogue, self._rogue = self._rogue, None
+        if rogue is None:
+            return False
+        with signals.deferred():
+            if self.pool is not None:
+                self.pool.unwatch_helper(rogue)
+            if self.env.ctl[CTL_PHASE] == abi.PH_STOP:
+                rogue.join(ROGUE_STOP_S)
+            if rogue.exitcode is None:
+                rogue.kill()
+                rogue.join()
+                return True
+        return False
 
     def _wait_start(self, d, threads):
         ctl = self.env.ctl
@@ -576,7 +602,6 @@ class Bench:
 
 
 def _rogue_main(env):
-    import signal
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    child_setup()
     rogue_loop(env)
 

@@ -7,15 +7,15 @@ import time
 from pathlib import Path
 
 
-from harness import config
+from harness import config, signals
 from harness.arena import ArenaError
 from harness.errors import UsageError
+from harness.signals import Terminated
 
 PROG = "iommu-stress"
-
-
-class Terminated(Exception):
-    """SIGTERM, turned into an exception so that cleanup runs."""
+STOPPED = {signal.SIGINT: "\n%s: interrupted; results measured so far are kept",
+           signal.SIGTERM: "%s: terminated; results measured so far are kept",
+           signal.SIGHUP: "%s: hung up; results measured so far are kept"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,6 +76,9 @@ def _add_run_options(p, several):
                         "(each point then keeps its own)")
     p.add_argument("--on-error", choices=("stop", "continue"), default="stop",
                    help="after a failed point: stop (default) or go on with the next")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="say on stderr as each phase starts (compiling, starting workers, "
+                        "warm-up, measuring, writing results)")
 
 
 def _options(args, several):
@@ -186,7 +189,7 @@ def cmd_sweep(args, several=True):
         results.writable(Path(json_path))
     t_start = time.monotonic()
     clean_stale()
-    with Bench(opts, designs) as bench:
+    with Bench(opts, designs, say=_say if args.verbose else None) as bench:
         res = results.ResultsFile(json_path, results.machine(bench.cycles_per_ns), held,
                                   " ".join([PROG] + sys.argv[1:]), points=kept, base=base)
         try:
@@ -209,6 +212,12 @@ def _union(first, more):
         if x not in out:
             out.append(x)
     return out
+
+
+def _say(line):
+    """One --verbose line: a phase of the run starts."""
+    from tqdm import tqdm
+    tqdm.write("%s: %s" % (PROG, line), file=sys.stderr)
 
 
 def _print_results(doc, args, opts):
@@ -344,10 +353,6 @@ def build_parser():
     return p
 
 
-def _on_term(signum, frame):
-    raise Terminated()
-
-
 class _OutputLost(Exception):
     """Standard output cannot be written: closed, or its disk full."""
 
@@ -391,11 +396,7 @@ def _drop_output(stream):
             pass
 
 
-def main(argv=None):
-    signal.signal(signal.SIGTERM, _on_term)
-    # a shell starts background jobs with SIGINT ignored, and Python then
-    # leaves it so; an interrupt sent to us must still stop the run cleanly
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+def _command(argv):
     if sys.stdout is None:
         # started with descriptor 1 closed: every table would vanish
         print("%s: error: standard output is closed" % PROG, file=sys.stderr)
@@ -410,12 +411,6 @@ def main(argv=None):
     except (UsageError, ArenaError) as e:
         print("%s: error: %s" % (PROG, e), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\n%s: interrupted; results measured so far are kept" % PROG, file=sys.stderr)
-        return 130
-    except Terminated:
-        print("%s: terminated; results measured so far are kept" % PROG, file=sys.stderr)
-        return 143
     except BrokenPipeError:
         _drop_output(stream)
         return 1
@@ -425,6 +420,56 @@ def main(argv=None):
         return 1
     finally:
         sys.stdout = stream
+
+
+def main(argv=None):
+    """The command; returns its exit status.  A signal (see harness/signals.py)
+    is 128 + its number, whatever else was going on.  Called as the
+    command itself (argv None), it returns with the signals ignored: the
+    process is about to exit with that status.  Called with argv (tests),
+    it puts back the caller's handlers."""
+    saved = signals.install()
+    code = None
+    try:
+        try:
+            code = _command(argv)
+            signals.check()
+        except BaseException:
+            # another error on the way out of a stop (a print to a closed
+            # terminal after SIGHUP) is the stop's
+            if signals.pending() is None:
+                raise
+        signum = signals.finish()
+    except (KeyboardInterrupt, Terminated):
+        # a first signal raised on the way out above; none can raise now
+        signum = signals.finish()
+    finally:
+        if argv is not None:
+            signals.restore(saved)
+    if signum is None:
+        return code
+    try:
+        print(STOPPED[signum] % PROG, file=sys.stderr)
+    except OSError:
+        pass
+    if argv is None:
+        _exit(signals.EXIT[signum])
+    return signals.EXIT[signum]
+
+
+def _exit(status):
+    """Exit now with `status`, after the atexit handlers.  Python itself
+    would turn it into death by SIGINT once any KeyboardInterrupt has left
+    code it ran from C during the run, caught or not, and a thread a
+    library started gets that SIGINT whatever the main thread blocks."""
+    import atexit
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
 
 
 if __name__ == "__main__":

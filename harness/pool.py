@@ -20,6 +20,7 @@ import selectors
 import signal
 import time
 
+from harness import signals
 from harness.abi import (CMD_EXIT, CMD_RUN, CTL_ATTACHED, CTL_CMD, CTL_DESIGN, CTL_DONE,
                          CTL_GEN, CTL_NACTIVE, CTL_PHASE, LINE, PH_STOP, PH_WAIT, STATUS_ABORTED)
 from hwmodel.cpu import atomic_add, atomic_load
@@ -113,11 +114,23 @@ def _describe_exit(code):
 PARK_TIMEOUT = 5.0
 
 
-def _worker_main(w, core, env, bell, states, entries):
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+def child_setup():
+    """First thing in a process forked by the run (under signals.deferred):
+    it dies with its parent, which alone handles INT, TERM and HUP and
+    stops it.  A signal sent to the whole group (Ctrl-C, a closed
+    terminal) is not the child's to act on: it would die, or print a
+    traceback, and the parent would report a failure that is none.
+    Returns the parent's pid, or exits if the parent is already gone."""
     parent = os.getppid()
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    signals.ignore_in_child()
+    if os.getppid() != parent:
+        os._exit(3)
+    return parent
+
+
+def _worker_main(w, core, env, bell, states, entries):
+    parent = child_setup()
     try:
         os.sched_setaffinity(0, {core})
     except OSError:
@@ -179,9 +192,12 @@ class Pool:
                 core = self.cores[w % len(self.cores)]
                 p = ctx.Process(target=_worker_main, name="iommu-stress-w%d" % w,
                                 args=(w, core, env, bell, states, entries), daemon=True)
-                p.start()
-                self.procs.append(p)
-                self._watch.register(p.sentinel, selectors.EVENT_READ, w)
+                # a signal arriving during the fork is taken once the
+                # worker is forked and known (the child inherits the mask)
+                with signals.deferred():
+                    p.start()
+                    self.procs.append(p)
+                    self._watch.register(p.sentinel, selectors.EVENT_READ, w)
         except BaseException:
             self.close()
             raise
@@ -262,48 +278,59 @@ class Pool:
         ctl[CTL_CMD] = CMD_RUN
         self._ring(nactive)
 
-    def close(self, timeout=2.0):
-        """Stop every worker; kill the ones that do not exit in time."""
-        ctl = self.env.ctl
-        ctl[CTL_CMD] = CMD_EXIT
-        ctl[CTL_ABORT] = 1
-        ctl[CTL_PHASE] = PH_STOP
-        self._ring(len(self.procs))
-        end = time.monotonic() + timeout
-        for p in self.procs:
-            p.join(max(0.0, end - time.monotonic()))
-        for p in self.procs:
-            if p.exitcode is None:
-                p.kill()
-        # SIGKILL cannot be refused; on a loaded machine the process may
-        # need a while to be scheduled and die, and it must be reaped
-        for p in self.procs:
-            p.join()
-        self.procs = []
-        self._watch.close()
+    def close(self, timeout=1.0):
+        """Stop every worker; kill the ones that have not exited in
+        `timeout` s, or at once when a signal stops the run.  Not cut short
+        by a signal: one that arrives is taken once every worker is
+        reaped."""
+        if signals.pending() is not None:
+            timeout = 0.0
+        with signals.deferred():
+            ctl = self.env.ctl
+            ctl[CTL_CMD] = CMD_EXIT
+            ctl[CTL_ABORT] = 1
+            ctl[CTL_PHASE] = PH_STOP
+            self._ring(len(self.procs))
+            left = set(range(len(self.procs)))
+            end = time.monotonic() + timeout
+            while left:
+                wait = end - time.monotonic()
+                if wait <= 0:
+                    break
+                for key, _ in self._watch.select(wait):
+                    self._watch.unregister(key.fileobj)
+                    left.discard(key.data)
+            for w in left:
+                self.procs[w].kill()
+            # SIGKILL cannot be refused; on a loaded machine the process may
+            # need a while to be scheduled and die, and it must be reaped
+            for p in self.procs:
+                p.join()
+            self.procs = []
+            self._watch.close()
 
 
 def _fork_child(fn):
-    """fn() in a forked child that dies with its parent (PR_SET_PDEATHSIG)
-    and leaves the stop signals to it; its pid."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_IGN)
-            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            fn()
-            code = 0
-        finally:
-            os._exit(code)
+    """fn() in a forked child (see child_setup); its pid."""
+    with signals.deferred():
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                child_setup()
+                fn()
+                code = 0
+            finally:
+                os._exit(code)
     return pid
 
 
 def run_in_children(fns, parallel=1, poll=0.05):
     """Run each fn() in a forked child, at most `parallel` at once, and wait
-    for them all: the seconds each took, or None for one that failed.  An
-    exception here (a signal) kills and reaps every child first."""
+    for them all: the seconds each took, or None for one that failed.  The
+    children ignore INT, TERM and HUP and die with the parent; the parent
+    kills and reaps them on any exception, a signal's included, and a child
+    ended while the parent is being stopped is that stop, not a failure."""
     took = [None] * len(fns)
     waiting = list(enumerate(fns))
     running = {}                       # pid -> (index, start)
@@ -321,17 +348,28 @@ def run_in_children(fns, parallel=1, poll=0.05):
             if running:
                 time.sleep(poll)
     except BaseException:
-        for pid in running:
-            os.kill(pid, signal.SIGKILL)
-        for pid in running:
-            os.waitpid(pid, 0)
+        with signals.deferred():
+            for pid in running:
+                _kill_child(pid)
         raise
+    signals.check()
     return took
 
 
 def run_in_child(fn):
     """Run fn() in a forked child and wait for it; True if it returned."""
     return run_in_children([fn])[0] is not None
+
+
+def _kill_child(pid):
+    """Kill and reap child `pid`, unless an interrupted wait reaped it."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return
+    except ChildProcessError:
+        return
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
 
 
 def _raise_fd_limit(n):

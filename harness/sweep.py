@@ -4,14 +4,19 @@ The bench (harness/bench.py) measures windows and hands back raw counters;
 readout (harness/readout.py) turns them into figures; this module only
 decides what to measure, in which order, and where the points go: a results
 file rewritten after every point, so that a sweep cut short keeps what it
-measured.
+measured.  A signal does not cut a write in half: it is taken once the file
+is whole (harness/signals.py).
 """
 import sys
 
 from tqdm import tqdm
 
-from harness import readout
+from harness import readout, signals
 from harness.bench import PointFailed
+
+# tqdm's monitor thread would take the signals the main thread blocks
+# (signals.deferred) and have their handlers run all the same
+tqdm.monitor_interval = 0
 
 __all__ = ["PointFailed", "measure", "run"]
 
@@ -28,6 +33,14 @@ def run(bench, todo, repeats, results, on_error="stop", prog="iommu-stress"):
     results.ResultsFile).  A failed point is recorded and, with on_error
     "stop", ends the sweep.  Returns True if every point was measured."""
     ok = True
+
+    def record(what, *args):
+        signals.check()
+        if results.path is not None:
+            bench.say("writing results")
+        with signals.deferred():
+            what(*args)
+
     bar = tqdm(total=len(todo), unit="point", file=sys.stderr, leave=False,
                disable=not sys.stderr.isatty(), dynamic_ncols=True)
     try:
@@ -37,7 +50,7 @@ def run(bench, todo, repeats, results, on_error="stop", prog="iommu-stress"):
                 pt = measure(bench, i, t, repeats)
             except PointFailed as e:
                 ok = False
-                results.fail(str(e))
+                record(results.fail, str(e))
                 tqdm.write("%s: point failed: %s" % (prog, e), file=sys.stderr)
                 if on_error == "stop":
                     break
@@ -45,11 +58,11 @@ def run(bench, todo, repeats, results, on_error="stop", prog="iommu-stress"):
             finally:
                 bar.update(1)
             results.doc["timings"] = dict(bench.timings)
-            results.add(pt)
+            record(results.add, pt)
             if readout.stall_warning(pt):
                 tqdm.write("%s: %s" % (prog, readout.stall_warning(pt)), file=sys.stderr)
         if ok:
-            results.finish()
+            record(results.finish)
     finally:
         bar.close()
     return ok

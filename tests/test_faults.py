@@ -49,9 +49,10 @@ class Command:
     """`iommu-stress ARGS` in the background: its output lines with the time
     each arrived, and every process it started while it ran."""
 
-    def __init__(self, *args, env=None):
+    def __init__(self, *args, env=None, **popen):
         self.p = subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=ROOT, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  **popen)
         self.pid = self.p.pid
         self.out, self.err = [], []
         self.seen = {}               # pid -> every process it started
