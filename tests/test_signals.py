@@ -310,6 +310,7 @@ def test_a_results_write_cut_short_leaves_the_old_file(tmp_path, monkeypatch):
     from harness import results
     path = tmp_path / "results.json"
     res = results.ResultsFile(path, {}, {}, "iommu-stress sweep")
+    res.add({"design": "direct", "threads": 1, "ops_per_sec": 1.0})     # the first write
     old = path.read_text()
 
     def cut(*args):
@@ -317,6 +318,6 @@ def test_a_results_write_cut_short_leaves_the_old_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", cut)
     with pytest.raises(KeyboardInterrupt):
-        res.add({"design": "direct", "threads": 1, "ops_per_sec": 1.0})
+        res.add({"design": "direct", "threads": 2, "ops_per_sec": 1.0})
     assert path.read_text() == old
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
