@@ -238,15 +238,16 @@ class Bench:
                                                  self.env.ctl, o["lock"], o["spin_bound"])
             self.stacked.append(sts)
             self.states.append(each)
-        self.entries = [entries.of(d.allocator).run for d in self.designs]
+        self.entries = [getattr(entries.of(d.allocator), "run_" + d.flush)
+                        for d in self.designs]
 
     def _uncompiled(self):
         """The designs whose loops are not in the on-disk cache yet, one
-        per loop: designs of one allocator share it (their flush policy is
-        a run-time value), unless its variants lay their states out apart."""
+        per loop: designs of one allocator and flush policy share it, unless
+        its variants lay their states out apart."""
         todo, seen = [], set()
         for i, (entry, sts) in enumerate(zip(self.entries, self.stacked)):
-            key = (self.designs[i].allocator, entry.typeof_pyval(sts))
+            key = (entry, entry.typeof_pyval(sts))
             if key not in seen and not entries.cached(entry, (sts, self.env, 0, 0)):
                 todo.append(i)
             seen.add(key)
@@ -264,9 +265,7 @@ class Bench:
         todo = self._uncompiled()
         if not todo:
             return
-        names = [self.designs[i].allocator + (":" + self.designs[i].variant
-                                              if self.designs[i].variant else "")
-                 for i in todo]
+        names = [self.designs[i].spec.partition("@")[0] for i in todo]
         parallel = min(len(todo), len(self.cores))
         compile_notice(names, parallel)
         if len(todo) == 1 and self.max_threads <= LEAN_PARENT:

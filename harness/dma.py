@@ -28,6 +28,8 @@ claim is a double mapping, which the allocators must never produce.
 from collections import namedtuple
 
 import numpy as np
+from numba import types
+from numba.extending import overload
 
 from harness.abi import (CTL_ERR, CTL_ERR_CLAIMANT, CTL_ERR_HOLDER, CTL_ERR_KIND, CTL_ERR_PAGE,
                          ERR_DOUBLE_MAP, ERR_EARLY_REUSE, ERR_NOT_HELD, LINE)
@@ -38,6 +40,30 @@ from hwmodel.cpu import (busy_wait_cycles, cas, clz, cycles, fetch_add, hot, inl
 from hwmodel.locks import CTL_ABORT, acquire, release
 
 FLUSH_NONE, FLUSH_STRICT, FLUSH_BATCHED, FLUSH_PERCPU = range(4)
+
+
+def by_policy(policy, none, strict, batched, percpu):
+    """The one of the four functions that is flush `policy`'s.  Compiled
+    code only, with the policy a number written in the caller's code or
+    passed down from one (see loop.run_worker): only the function chosen,
+    and what it calls, is then compiled.  A plain `if` on the policy
+    would compile every policy's code into every loop: numba drops no
+    branch on an argument's value."""
+    raise TypeError("by_policy: compiled code only")
+
+
+@overload(by_policy, prefer_literal=True, inline="always")
+def _by_policy(policy, none, strict, batched, percpu):
+    if not isinstance(policy, types.IntegerLiteral):
+        return None
+    k = policy.literal_value
+    if k == FLUSH_STRICT:
+        return lambda policy, none, strict, batched, percpu: strict
+    if k == FLUSH_BATCHED:
+        return lambda policy, none, strict, batched, percpu: batched
+    if k == FLUSH_PERCPU:
+        return lambda policy, none, strict, batched, percpu: percpu
+    return lambda policy, none, strict, batched, percpu: none
 FLUSH_NAMES = ("none", "strict", "batched", "percpu")
 FLUSHES = FLUSH_NAMES[1:]    # what a design of an allocator that translates may use
 
@@ -246,10 +272,13 @@ def dma_map(alloc, st, env, w, cpu, dom, pages, phys, sample):
 
 
 @hot(inner=True)
-def dma_unmap(free, sts, env, w, cpu, owner, dom, iova, pages, sample):
-    """Unmap a range mapped by worker `owner` (not always `w`: cross-CPU)."""
+def dma_unmap(free, sts, env, w, cpu, owner, dom, iova, pages, sample, policy):
+    """Unmap a range mapped by worker `owner` (not always `w`: cross-CPU)
+    under flush `policy` (see run_worker on why it is an argument)."""
     inline_into_callers()
     cfg = env.cfg[0]
+    if policy == FLUSH_NONE:
+        return
     if cfg.translate == 0:
         return
     io = env.io
@@ -258,26 +287,14 @@ def dma_unmap(free, sts, env, w, cpu, owner, dom, iova, pages, sample):
     th = stamp() if sample else 0
     inv0 = io.stats[w * LINE + iommu.S_INV_WAIT] if sample else 0
     fl0 = env.steps[w].flush_cycles if sample else 0
-    tinv = 0
     iommu.clear_ptes(io, dom, iova, pages)
     if cfg.check != 0:
         _release(env, owner, dom, iova, pages)
     # the exposure of this unmap starts here: every unmap reads the clock
     # (a sampled one in order, as it also ends a step)
     t1 = stamp() if sample else cycles()
-    policy = cfg.flush
-    if policy == FLUSH_BATCHED:
-        _batched_add(free, sts, env, w, cpu, dom, iova, pages, t1)
-    elif policy == FLUSH_PERCPU:
-        _fq_queue(free, sts, env, w, cpu, dom, iova, pages, t1)
-    else:
-        end = iommu.invalidate(io, w, dom, iova, pages)
-        if sample:
-            tinv = stamp() - t1
-        _exposure(env, w, end - t1)
-        if cfg.check != 0:
-            _settle(env, w, dom, iova, pages)
-        free(pick(sts, dom), w, cpu, iova, pages)
+    tinv = by_policy(policy, _no_queue, _invalidate_now, _batched_add, _fq_queue)(
+        free, sts, env, w, cpu, dom, iova, pages, t1, sample)
     if cfg.rogue != 0:
         _publish(env, dom, iova)
     if sample:
@@ -298,6 +315,27 @@ def dma_unmap(free, sts, env, w, cpu, owner, dom, iova, pages, sample):
             if tinv > 0:
                 s.inv_submit_cycles += tinv - inv
             s.unmaps += 1
+
+
+# --- strict: invalidate, wait, free -----------------------------------------
+
+@hot(inner=True)
+def _invalidate_now(free, sts, env, w, cpu, dom, iova, pages, t1, sample):
+    """The strict unmap's invalidation and free; with `sample`, the cycles
+    of the invalidation's submission and wait (else 0)."""
+    inline_into_callers()
+    end = iommu.invalidate(env.io, w, dom, iova, pages)
+    tinv = stamp() - t1 if sample else 0
+    _exposure(env, w, end - t1)
+    if env.cfg[0].check != 0:
+        _settle(env, w, dom, iova, pages)
+    free(pick(sts, dom), w, cpu, iova, pages)
+    return tinv
+
+
+@hot(inline="always", inner=True)
+def _no_queue(free, sts, env, w, cpu, dom, iova, pages, t1, sample):
+    return 0
 
 
 # --- the work of a full queue, timed in full under --diag --------------------
@@ -357,7 +395,7 @@ def _batched_flush(free, sts, env, w, cpu):
 
 
 @hot(inner=True)
-def _batched_add(free, sts, env, w, cpu, dom, iova, pages, t):
+def _batched_add(free, sts, env, w, cpu, dom, iova, pages, t, sample):
     inline_into_callers()
     fq = env.fq
     m = fq.meta
@@ -376,6 +414,7 @@ def _batched_add(free, sts, env, w, cpu, dom, iova, pages, t):
         store(m, M_TIMER_ON, 1)
     m[M_COUNT] += 1
     release(fq.lk, 0, w)
+    return 0
 
 
 # --- percpu: flush queues per CPU and domain (2017+) ------------------------
@@ -446,7 +485,7 @@ def _fq_ready(env, dom, b, hdr):
 
 
 @hot(inner=True)
-def _fq_queue(free, sts, env, w, cpu, dom, iova, pages, t):
+def _fq_queue(free, sts, env, w, cpu, dom, iova, pages, t, sample):
     """queue_iova."""
     inline_into_callers()
     fq = env.fq
@@ -483,6 +522,7 @@ def _fq_queue(free, sts, env, w, cpu, dom, iova, pages, t):
         # the deadline first: a timer seen on must never carry an old one
         store(fq.meta, mb + M_DEADLINE, cycles() + env.cfg[0].fq_timeout_cycles)
         xchg(fq.meta, mb + M_TIMER_ON, 1)
+    return 0
 
 
 @hot(inner=True)
@@ -515,53 +555,89 @@ def _expired(fq, mb, now):
 
 
 @hot(inline="always", inner=True)
-def timer_due(env, now):
+def timer_due(env, now, policy):
     """Whether a flush timer has expired: a look at the queues' timer
     words, which only change when a timer is armed or fired."""
-    policy = env.cfg[0].flush
-    if policy == FLUSH_BATCHED:
-        return _expired(env.fq, 0, now)
-    if policy == FLUSH_PERCPU:
-        for d in range(env.cfg[0].ndomains):
-            if _expired(env.fq, d * LINE, now):
-                return True
+    return by_policy(policy, _never_due, _never_due, _batched_due, _percpu_due)(env, now)
+
+
+@hot(inline="always", inner=True)
+def _never_due(env, now):
+    return False
+
+
+@hot(inline="always", inner=True)
+def _batched_due(env, now):
+    return _expired(env.fq, 0, now)
+
+
+@hot(inline="always", inner=True)
+def _percpu_due(env, now):
+    for d in range(env.cfg[0].ndomains):
+        if _expired(env.fq, d * LINE, now):
+            return True
     return False
 
 
 @hot(inner=True)
-def timers(free, sts, env, w, cpu, now):
+def timers(free, sts, env, w, cpu, now, policy):
     """Fire the flush timers whose deadline has passed (any worker may)."""
-    policy = env.cfg[0].flush
+    by_policy(policy, _no_timers, _no_timers, _batched_timers, _percpu_timers)(
+        free, sts, env, w, cpu, now)
+
+
+@hot(inline="always", inner=True)
+def _no_timers(free, sts, env, w, cpu, now):
+    pass
+
+
+@hot(inline="always", inner=True)
+def _batched_timers(free, sts, env, w, cpu, now):
     fq = env.fq
-    if policy == FLUSH_BATCHED:
+    if _expired(fq, 0, now):
+        acquire(fq.lk, 0, w)
+        # the timer may have been consumed by a flush meanwhile
         if _expired(fq, 0, now):
-            acquire(fq.lk, 0, w)
-            # the timer may have been consumed by a flush meanwhile
-            if _expired(fq, 0, now):
-                fq.meta[M_TIMER_FLUSHES] += 1
-                _batched_flush(free, sts, env, w, cpu)
-            release(fq.lk, 0, w)
-    elif policy == FLUSH_PERCPU:
-        for d in range(env.cfg[0].ndomains):
-            mb = d * LINE
-            # fq_flush_timeout runs once per expiry: whoever clears timer_on
-            if _expired(fq, mb, now) and cas(fq.meta, mb + M_TIMER_ON, 1, 2) == 1:
-                _fq_timeout(free, sts, env, w, cpu, d)
+            fq.meta[M_TIMER_FLUSHES] += 1
+            _batched_flush(free, sts, env, w, cpu)
+        release(fq.lk, 0, w)
+
+
+@hot(inline="always", inner=True)
+def _percpu_timers(free, sts, env, w, cpu, now):
+    fq = env.fq
+    for d in range(env.cfg[0].ndomains):
+        mb = d * LINE
+        # fq_flush_timeout runs once per expiry: whoever clears timer_on
+        if _expired(fq, mb, now) and cas(fq.meta, mb + M_TIMER_ON, 1, 2) == 1:
+            _fq_timeout(free, sts, env, w, cpu, d)
 
 
 @hot(inner=True)
-def drain(free, sts, env, w, cpu):
+def drain(free, sts, env, w, cpu, policy):
     """At the end of a window: flush and free everything still queued, as
     the timers would."""
-    policy = env.cfg[0].flush
+    by_policy(policy, _no_drain, _no_drain, _batched_drain, _percpu_drain)(
+        free, sts, env, w, cpu)
+
+
+@hot(inline="always", inner=True)
+def _no_drain(free, sts, env, w, cpu):
+    pass
+
+
+@hot(inline="always", inner=True)
+def _batched_drain(free, sts, env, w, cpu):
     fq = env.fq
-    if policy == FLUSH_BATCHED:
-        acquire(fq.lk, 0, w)
-        _batched_flush(free, sts, env, w, cpu)
-        release(fq.lk, 0, w)
-    elif policy == FLUSH_PERCPU:
-        for d in range(env.cfg[0].ndomains):
-            _fq_flush_all(free, sts, env, w, cpu, d)
+    acquire(fq.lk, 0, w)
+    _batched_flush(free, sts, env, w, cpu)
+    release(fq.lk, 0, w)
+
+
+@hot(inline="always", inner=True)
+def _percpu_drain(free, sts, env, w, cpu):
+    for d in range(env.cfg[0].ndomains):
+        _fq_flush_all(free, sts, env, w, cpu, d)
 
 
 def init(env):

@@ -122,12 +122,12 @@ def _access(env, w, dom, iova, pages, sample):
 
 
 @hot(inner=True)
-def _unmap(free, sts, env, w, cpu, owner, o, ring, sample):
+def _unmap(free, sts, env, w, cpu, owner, o, ring, sample, policy):
     """Wait for the device, then unmap the mapping at ring[o]."""
     inline_into_callers()
     _device_done(env, w, ring[o + RING_T_DONE])
     dma.dma_unmap(free, sts, env, w, cpu, owner, ring[o + RING_DOMAIN], ring[o + RING_IOVA],
-                  ring[o + RING_PAGES], sample)
+                  ring[o + RING_PAGES], sample, policy)
     env.cnt[w].unmaps += 1
 
 
@@ -203,7 +203,7 @@ def clock(ctl, now):
 
 
 @hot(inner=True)
-def _service(free, trim, sts, env, w, cpu, now):
+def _service(free, trim, sts, env, w, cpu, now, policy):
     """What any worker does besides I/O, when the tick finds some due: fire
     expired flush timers and, on worker 0, the allocator's trim.  With
     --diag its time is the breakdown's `timers`, less the invalidations
@@ -212,7 +212,7 @@ def _service(free, trim, sts, env, w, cpu, now):
     cfg = env.cfg[0]
     diag = cfg.diag != 0
     inv = env.io.stats[w * LINE + iommu.S_INV_WAIT] if diag else 0
-    dma.timers(free, sts, env, w, cpu, now)
+    dma.timers(free, sts, env, w, cpu, now, policy)
     c = env.cnt[w]
     if w == 0 and now >= c.next_trim:
         for d in range(cfg.ndomains):
@@ -224,7 +224,7 @@ def _service(free, trim, sts, env, w, cpu, now):
 
 
 @hot(inner=True)
-def tick(free, trim, sts, env, w, cpu, ops, seen):
+def tick(free, trim, sts, env, w, cpu, ops, seen, policy):
     """One look at the clock: the phase now (PH_STOP ends the loop), the
     window's edges noted with the I/O count and cycle they were seen at,
     then the timers and the trim if one is due.  Returns the phase.
@@ -244,15 +244,15 @@ def tick(free, trim, sts, env, w, cpu, ops, seen):
             c.ops_end = ops
             c.t_end = now
             return ph
-    if dma.timer_due(env, now) or (w == 0 and now >= c.next_trim):
-        _service(free, trim, sts, env, w, cpu, now)
+    if dma.timer_due(env, now, policy) or (w == 0 and now >= c.next_trim):
+        _service(free, trim, sts, env, w, cpu, now, policy)
     return ph
 
 
 # ------------------------------------------------------------------- modes
 
 @hot(inner=True)
-def local_ring(alloc, free, trim, sts, env, w, cpu):
+def local_ring(alloc, free, trim, sts, env, w, cpu, policy):
     """Map, let the device use it, unmap the oldest once `depth` are out.
     Returns (I/Os, failed allocations); the ring is empty again."""
     cfg = env.cfg[0]
@@ -274,7 +274,7 @@ def local_ring(alloc, free, trim, sts, env, w, cpu):
     it = 0
     while True:
         if it & mask == 0:
-            seen = tick(free, trim, sts, env, w, cpu, ops, seen)
+            seen = tick(free, trim, sts, env, w, cpu, ops, seen, policy)
             if seen >= PH_STOP:
                 break
         it += 1
@@ -289,7 +289,7 @@ def local_ring(alloc, free, trim, sts, env, w, cpu):
         if iova < 0:
             fails += 1
             if nout > 0:
-                _unmap(free, sts, env, w, cpu, w, rb + head * RING_WORDS, ring, False)
+                _unmap(free, sts, env, w, cpu, w, rb + head * RING_WORDS, ring, False, policy)
                 head = head + 1 if head + 1 < depth else 0
                 nout -= 1
             else:
@@ -299,11 +299,11 @@ def local_ring(alloc, free, trim, sts, env, w, cpu):
         ops += 1
         nout += 1
         if nout >= depth:
-            _unmap(free, sts, env, w, cpu, w, rb + head * RING_WORDS, ring, sample)
+            _unmap(free, sts, env, w, cpu, w, rb + head * RING_WORDS, ring, sample, policy)
             head = head + 1 if head + 1 < depth else 0
             nout -= 1
     while nout > 0:
-        _unmap(free, sts, env, w, cpu, w, rb + head * RING_WORDS, ring, False)
+        _unmap(free, sts, env, w, cpu, w, rb + head * RING_WORDS, ring, False, policy)
         head = head + 1 if head + 1 < depth else 0
         nout -= 1
     return ops, fails
@@ -315,7 +315,7 @@ def _hand_base(w):
 
 
 @hot(inner=True)
-def handoff_producer(alloc, free, trim, sts, env, w, cpu):
+def handoff_producer(alloc, free, trim, sts, env, w, cpu, policy):
     """Map, let the device use it, and hand the mapping to this worker's
     unmap worker; wait when `depth` are handed and not yet unmapped."""
     cfg = env.cfg[0]
@@ -336,7 +336,7 @@ def handoff_producer(alloc, free, trim, sts, env, w, cpu):
     it = 0
     while True:
         if it & mask == 0:
-            seen = tick(free, trim, sts, env, w, cpu, ops, seen)
+            seen = tick(free, trim, sts, env, w, cpu, ops, seen, policy)
             if seen >= PH_STOP:
                 break
         it += 1
@@ -367,7 +367,7 @@ def handoff_producer(alloc, free, trim, sts, env, w, cpu):
 
 
 @hot(inner=True)
-def _serve(free, sts, env, w, cpu, k, first, stride):
+def _serve(free, sts, env, w, cpu, k, first, stride, policy):
     """One pass over the hand-off rings this unmap worker serves: at most
     one unmap from each.  True if it found work."""
     hand = env.hand
@@ -376,14 +376,15 @@ def _serve(free, sts, env, w, cpu, k, first, stride):
         hb = _hand_base(p)
         head = hand[hb + HAND_HEAD]
         if head != load(hand, hb + HAND_TAIL):
-            _unmap(free, sts, env, w, cpu, p, hb + (head % MAX_DEPTH) * RING_WORDS, hand, False)
+            _unmap(free, sts, env, w, cpu, p, hb + (head % MAX_DEPTH) * RING_WORDS, hand, False,
+                   policy)
             store(hand, hb + HAND_HEAD, head + 1)
             busy = True
     return busy
 
 
 @hot(inner=True)
-def unmap_worker(free, trim, sts, env, w, cpu, first):
+def unmap_worker(free, trim, sts, env, w, cpu, first, policy):
     """A worker that only unmaps: it serves the hand-off rings of the
     mapping workers k, k + n, k + 2n, ... (n unmap workers) until they
     have all stopped and their rings are empty."""
@@ -396,14 +397,14 @@ def unmap_worker(free, trim, sts, env, w, cpu, first):
     it = 0
     while True:
         if it & mask == 0:
-            seen = tick(free, trim, sts, env, w, cpu, 0, seen)
+            seen = tick(free, trim, sts, env, w, cpu, 0, seen, policy)
         it += 1
-        if _serve(free, sts, env, w, cpu, k, first, stride):
+        if _serve(free, sts, env, w, cpu, k, first, stride, policy):
             continue
         # one more pass once the producers are gone: one may have handed
         # a mapping over just before it left
         if load(ctl, CTL_PRODUCERS_LEFT) == 0 and \
-                not _serve(free, sts, env, w, cpu, k, first, stride):
+                not _serve(free, sts, env, w, cpu, k, first, stride, policy):
             return
         if load(ctl, CTL_ABORT) != 0:
             return
@@ -411,7 +412,7 @@ def unmap_worker(free, trim, sts, env, w, cpu, first):
 
 
 @hot(inner=True)
-def premapped(alloc, free, trim, sts, env, w, cpu):
+def premapped(alloc, free, trim, sts, env, w, cpu, policy):
     """The driver's pool: `depth` buffers of the largest size mapped once,
     then recycled; only the device's use of them is measured.  Returns
     (I/Os, failed allocations); the pool is unmapped again."""
@@ -443,7 +444,7 @@ def premapped(alloc, free, trim, sts, env, w, cpu):
     k = 0
     while True:
         if it & mask == 0:
-            seen = tick(free, trim, sts, env, w, cpu, ops, seen)
+            seen = tick(free, trim, sts, env, w, cpu, ops, seen, policy)
             if seen >= PH_STOP:
                 break
         it += 1
@@ -458,7 +459,7 @@ def premapped(alloc, free, trim, sts, env, w, cpu):
             _device_done(env, w, t_dev)
         ops += 1
     for i in range(nout):
-        _unmap(free, sts, env, w, cpu, w, rb + i * RING_WORDS, ring, False)
+        _unmap(free, sts, env, w, cpu, w, rb + i * RING_WORDS, ring, False, policy)
     return ops, fails
 
 
@@ -471,17 +472,23 @@ def no_trim(st, w, ncpus):
 
 
 @hot(inner=True)
-def _finish(free, sts, env, w, cpu):
+def _finish(free, sts, env, w, cpu, policy):
     """The last worker out flushes what the queues still hold."""
     ctl = env.ctl
     if fetch_add(ctl, CTL_FINISHED, 1) == ctl[CTL_NACTIVE] - 1:
-        dma.drain(free, sts, env, w, cpu)
+        dma.drain(free, sts, env, w, cpu, policy)
 
 
 @hot(inner=True)
-def run_worker(alloc, free, trim, sts, env, w, cpu):
+def run_worker(alloc, free, trim, sts, env, w, cpu, policy):
     """One worker's part of a point: the start line, the loop of its mode,
-    what it holds given back, the queues drained by the last one out."""
+    what it holds given back, the queues drained by the last one out.
+
+    `policy`, the flush policy (dma.FLUSH_*), is passed down as an argument,
+    not read from the run's configuration: an entry that passes a constant
+    gets a loop compiled for that policy alone (numba drops the branches
+    of the others before compiling them), a third of the compile a new
+    user waits for, and of the machine code."""
     c = env.cnt[w]
     if not attach(env):
         c.status = STATUS_ABORTED
@@ -491,14 +498,14 @@ def run_worker(alloc, free, trim, sts, env, w, cpu):
     ops = 0
     fails = 0
     if w >= first_consumer:
-        unmap_worker(free, trim, sts, env, w, cpu, first_consumer)
+        unmap_worker(free, trim, sts, env, w, cpu, first_consumer, policy)
     elif cfg.premapped != 0:
-        ops, fails = premapped(alloc, free, trim, sts, env, w, cpu)
+        ops, fails = premapped(alloc, free, trim, sts, env, w, cpu, policy)
     elif cfg.consumers > 0:
-        ops, fails = handoff_producer(alloc, free, trim, sts, env, w, cpu)
+        ops, fails = handoff_producer(alloc, free, trim, sts, env, w, cpu, policy)
     else:
-        ops, fails = local_ring(alloc, free, trim, sts, env, w, cpu)
+        ops, fails = local_ring(alloc, free, trim, sts, env, w, cpu, policy)
     c.ops = ops
     c.fails = fails
-    _finish(free, sts, env, w, cpu)
+    _finish(free, sts, env, w, cpu, policy)
     c.status = STATUS_RAN

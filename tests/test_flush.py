@@ -15,6 +15,7 @@ from collections import namedtuple
 
 import numpy as np
 import pytest
+from numba import literally
 
 from allocators import Params, rbtree
 from harness import abi, compose, designs, dma, readout
@@ -83,19 +84,35 @@ def f_map(sts, env, w, dom, pages, phys):
                        False)
 
 
-@hot(cache=True)
 def f_unmap(sts, env, w, dom, iova, pages):
-    dma.dma_unmap(_this.spy_free, sts, env, w, w, w, dom, iova, pages, False)
+    _f_unmap(sts, env, w, dom, iova, pages, int(env.cfg[0]["flush"]))
 
 
-@hot(cache=True)
 def f_timers(sts, env, w, t):
-    dma.timers(_this.spy_free, sts, env, w, w, t)
+    _f_timers(sts, env, w, t, int(env.cfg[0]["flush"]))
+
+
+def f_drain(sts, env, w):
+    _f_drain(sts, env, w, int(env.cfg[0]["flush"]))
+
+
+# the flush policy compiled in as the loop has it (dma.by_policy)
+@hot(cache=True)
+def _f_unmap(sts, env, w, dom, iova, pages, policy):
+    literally(policy)
+    dma.dma_unmap(_this.spy_free, sts, env, w, w, w, dom, iova, pages, False, policy)
 
 
 @hot(cache=True)
-def f_drain(sts, env, w):
-    dma.drain(_this.spy_free, sts, env, w, w)
+def _f_timers(sts, env, w, t, policy):
+    literally(policy)
+    dma.timers(_this.spy_free, sts, env, w, w, t, policy)
+
+
+@hot(cache=True)
+def _f_drain(sts, env, w, policy):
+    literally(policy)
+    dma.drain(_this.spy_free, sts, env, w, w, policy)
 
 
 @hot(cache=True)

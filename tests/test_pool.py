@@ -174,7 +174,7 @@ def test_a_large_sweep_compiles_in_a_child(monkeypatch, no_leaks):
 def test_the_loop_does_not_depend_on_the_number_of_domains(no_leaks):
     """Domains are a run-time size: one compiled loop serves every count."""
     from harness import entries
-    run = entries.of("bitmap").run
+    run = entries.of("bitmap").run_strict
     for n in (1, 3):
         with Bench(opts(threads=[2], duration=0.05, domains=n),
                    [designs.resolve("bitmap")]) as sw:
