@@ -23,7 +23,7 @@ import numpy as np
 
 import allocators
 from allocators import Params
-from harness import abi, compose, dma, entries, readout, signals
+from harness import abi, compose, dma, entries, loop, readout, signals
 from harness.entries import compile_notice, compile_record
 from harness.abi import (CTL_ATTACHED, CTL_CMD, CTL_DONE, CTL_ERR, CTL_GEN, CTL_PHASE,
                          CTL_PRODUCERS_LEFT, CTL_ROGUE_PROBES, CTL_ROGUE_READY, CTL_T_MEASURE,
@@ -238,18 +238,36 @@ class Bench:
                                                  self.env.ctl, o["lock"], o["spin_bound"])
             self.stacked.append(sts)
             self.states.append(each)
-        self.entries = [getattr(entries.of(d.allocator), "run_" + d.flush)
+        # per design, its loop of each mode (loop.MODE_*)
+        self.entries = [tuple(getattr(entries.of(d.allocator), entries.entry_name(d.flush, k))
+                              for k in range(len(loop.MODES)))
                         for d in self.designs]
 
+    def mode(self, i, threads):
+        """The loop.MODE_* of design i's workers at `threads` workers."""
+        o = self.opts
+        if o["premapped"] or self.designs[i].premapped:
+            return loop.MODE_PREMAPPED
+        if consumers(threads, o["unmap_fraction"]):
+            return loop.MODE_HANDOFF
+        return loop.MODE_RING
+
+    def _loops(self):
+        """(design, mode) of every loop the run's points need."""
+        return sorted({(i, self.mode(i, t)) for i in range(len(self.designs))
+                       for t in self.opts["threads"]})
+
     def _uncompiled(self):
-        """The designs whose loops are not in the on-disk cache yet, one
-        per loop: designs of one allocator and flush policy share it, unless
-        its variants lay their states out apart."""
+        """The loops the run needs that are not in the on-disk cache yet:
+        (design, mode), one per loop (designs of one allocator and flush
+        policy share theirs, unless its variants lay their states out
+        apart)."""
         todo, seen = [], set()
-        for i, (entry, sts) in enumerate(zip(self.entries, self.stacked)):
+        for i, k in self._loops():
+            entry, sts = self.entries[i][k], self.stacked[i]
             key = (entry, entry.typeof_pyval(sts))
             if key not in seen and not entries.cached(entry, (sts, self.env, 0, 0)):
-                todo.append(i)
+                todo.append((i, k))
             seen.add(key)
         return todo
 
@@ -265,33 +283,34 @@ class Bench:
         todo = self._uncompiled()
         if not todo:
             return
-        names = [self.designs[i].spec.partition("@")[0] for i in todo]
+        names = ["%s (%s)" % (self.designs[i].spec.partition("@")[0], loop.MODES[k])
+                 for i, k in todo]
         parallel = min(len(todo), len(self.cores))
         compile_notice(names, parallel)
         if len(todo) == 1 and self.max_threads <= LEAN_PARENT:
             t0 = time.perf_counter()
-            self._compile_one(todo[0])
+            self._compile_one(*todo[0])
             took = [time.perf_counter() - t0]
         else:
-            took = run_in_children([functools.partial(self._compile_alone, i) for i in todo],
-                                   parallel)
+            took = run_in_children([functools.partial(self._compile_alone, i, k)
+                                    for i, k in todo], parallel)
         compile_record(names, took)
 
-    def _compile_alone(self, i):
+    def _compile_alone(self, i, k):
         """`_compile_one` in a child, over a private copy of the arena's
         arrays: children compiling at once would otherwise share, and reset
         under each other, one set of control words."""
         self._bind(private(self.specs))
-        self._compile_one(i)
+        self._compile_one(i, k)
 
-    def _compile_one(self, i):
-        """Compile (or load) design i's loop: called with the abort word set
-        it returns at once.  Its reset and check are loaded too, so that the
-        first point pays for nothing the others do not."""
+    def _compile_one(self, i, k):
+        """Compile (or load) design i's loop of mode k: called with the
+        abort word set it returns at once.  Its reset and check are loaded
+        too, so that the first point pays for nothing the others do not."""
         ctl = self.env.ctl
         self.reset(i, 1)
         ctl[lockmod.CTL_ABORT] = 1
-        self.entries[i](self.stacked[i], self.env, 0, 0)
+        self.entries[i][k](self.stacked[i], self.env, 0, 0)
         ctl[lockmod.CTL_ABORT] = 0
         problems = self.check(i)
         if problems:
@@ -301,9 +320,9 @@ class Bench:
     def _compile(self):
         """Every loop compiled or loaded before the workers are forked."""
         ctl = self.env.ctl
-        for i in range(len(self.designs)):
+        for i, k in self._loops():
             self.say("compiling %s" % self.designs[i].name)
-            self._compile_one(i)
+            self._compile_one(i, k)
         if self.opts["rogue_device"]:
             ctl[lockmod.CTL_ABORT] = 1
             rogue_loop(self.env)
@@ -401,7 +420,7 @@ class Bench:
             rogue = self._start_rogue()
             if rogue is not None:
                 self.pool.watch_helper(rogue, "the rogue device")
-            self.pool.start_point(i, threads)
+            self.pool.start_point(i, self.mode(i, threads), threads)
             self._wait_start(d, threads)
             t0, t1 = self._window_times()
             busy = [p.pid for p in self.pool.procs[:threads]] + ([rogue.pid] if rogue else [])

@@ -28,42 +28,16 @@ claim is a double mapping, which the allocators must never produce.
 from collections import namedtuple
 
 import numpy as np
-from numba import types
-from numba.extending import overload
 
 from harness.abi import (CTL_ERR, CTL_ERR_CLAIMANT, CTL_ERR_HOLDER, CTL_ERR_KIND, CTL_ERR_PAGE,
                          ERR_DOUBLE_MAP, ERR_EARLY_REUSE, ERR_NOT_HELD, LINE)
 from harness.compose import pick
 from hwmodel import iommu
-from hwmodel.cpu import (busy_wait_cycles, cas, clz, cycles, fetch_add, hot, inline_into_callers,
-                         load, stamp, store, xchg)
+from hwmodel.cpu import (busy_wait_cycles, cas, chosen, clz, cycles, fetch_add, hot,
+                         inline_into_callers, load, stamp, store, xchg)
 from hwmodel.locks import CTL_ABORT, acquire, release
 
 FLUSH_NONE, FLUSH_STRICT, FLUSH_BATCHED, FLUSH_PERCPU = range(4)
-
-
-def by_policy(policy, none, strict, batched, percpu):
-    """The one of the four functions that is flush `policy`'s.  Compiled
-    code only, with the policy a number written in the caller's code or
-    passed down from one (see loop.run_worker): only the function chosen,
-    and what it calls, is then compiled.  A plain `if` on the policy
-    would compile every policy's code into every loop: numba drops no
-    branch on an argument's value."""
-    raise TypeError("by_policy: compiled code only")
-
-
-@overload(by_policy, prefer_literal=True, inline="always")
-def _by_policy(policy, none, strict, batched, percpu):
-    if not isinstance(policy, types.IntegerLiteral):
-        return None
-    k = policy.literal_value
-    if k == FLUSH_STRICT:
-        return lambda policy, none, strict, batched, percpu: strict
-    if k == FLUSH_BATCHED:
-        return lambda policy, none, strict, batched, percpu: batched
-    if k == FLUSH_PERCPU:
-        return lambda policy, none, strict, batched, percpu: percpu
-    return lambda policy, none, strict, batched, percpu: none
 FLUSH_NAMES = ("none", "strict", "batched", "percpu")
 FLUSHES = FLUSH_NAMES[1:]    # what a design of an allocator that translates may use
 
@@ -293,7 +267,7 @@ def dma_unmap(free, sts, env, w, cpu, owner, dom, iova, pages, sample, policy):
     # the exposure of this unmap starts here: every unmap reads the clock
     # (a sampled one in order, as it also ends a step)
     t1 = stamp() if sample else cycles()
-    tinv = by_policy(policy, _no_queue, _invalidate_now, _batched_add, _fq_queue)(
+    tinv = chosen(policy, _no_queue, _invalidate_now, _batched_add, _fq_queue)(
         free, sts, env, w, cpu, dom, iova, pages, t1, sample)
     if cfg.rogue != 0:
         _publish(env, dom, iova)
@@ -558,7 +532,7 @@ def _expired(fq, mb, now):
 def timer_due(env, now, policy):
     """Whether a flush timer has expired: a look at the queues' timer
     words, which only change when a timer is armed or fired."""
-    return by_policy(policy, _never_due, _never_due, _batched_due, _percpu_due)(env, now)
+    return chosen(policy, _never_due, _never_due, _batched_due, _percpu_due)(env, now)
 
 
 @hot(inline="always", inner=True)
@@ -582,7 +556,7 @@ def _percpu_due(env, now):
 @hot(inner=True)
 def timers(free, sts, env, w, cpu, now, policy):
     """Fire the flush timers whose deadline has passed (any worker may)."""
-    by_policy(policy, _no_timers, _no_timers, _batched_timers, _percpu_timers)(
+    chosen(policy, _no_timers, _no_timers, _batched_timers, _percpu_timers)(
         free, sts, env, w, cpu, now)
 
 
@@ -617,7 +591,7 @@ def _percpu_timers(free, sts, env, w, cpu, now):
 def drain(free, sts, env, w, cpu, policy):
     """At the end of a window: flush and free everything still queued, as
     the timers would."""
-    by_policy(policy, _no_drain, _no_drain, _batched_drain, _percpu_drain)(
+    chosen(policy, _no_drain, _no_drain, _batched_drain, _percpu_drain)(
         free, sts, env, w, cpu)
 
 

@@ -19,7 +19,7 @@ import sys
 import numba
 
 import allocators
-from harness import dma
+from harness import dma, loop
 from harness.errors import UsageError
 from hwmodel import cache_base
 
@@ -29,29 +29,7 @@ from harness import loop, replay as rp
 from hwmodel.cpu import hot
 
 
-# one loop per flush policy (dma.FLUSH_*, written as numbers: numba
-# compiles a callee for a number written in the call, not for a module's
-# constant): each compiled when a run first needs it, for its policy alone
-# (see loop.run_worker)
-@hot(cache=True)
-def run_none(sts, env, w, cpu):
-    loop.run_worker(m.alloc, m.free, {trim}, sts, env, w, cpu, {none})
-
-
-@hot(cache=True)
-def run_strict(sts, env, w, cpu):
-    loop.run_worker(m.alloc, m.free, {trim}, sts, env, w, cpu, {strict})
-
-
-@hot(cache=True)
-def run_batched(sts, env, w, cpu):
-    loop.run_worker(m.alloc, m.free, {trim}, sts, env, w, cpu, {batched})
-
-
-@hot(cache=True)
-def run_percpu(sts, env, w, cpu):
-    loop.run_worker(m.alloc, m.free, {trim}, sts, env, w, cpu, {percpu})
-
+{runs}
 
 @hot(cache=True)
 def replay(st, op, slot, pages, limit, cpu, result, held):
@@ -152,10 +130,30 @@ def compile_record(names, took):
             os.unlink(tmp)
 
 
+# One loop per flush policy and mode of the workers, with both written as
+# numbers: numba compiles a callee for a number written in the call (not
+# for a module's constant), and the loop chooses its code by them
+# (loop.run_worker).  Each is compiled when a run first needs it.
+_RUN = '''@hot(cache=True)
+def {entry}(sts, env, w, cpu):
+    loop.run_worker(m.alloc, m.free, {trim}, sts, env, w, cpu, {policy}, {mode})
+'''
+
+
+def entry_name(flush, mode):
+    """The generated entry of a flush policy's name and a loop.MODE_*."""
+    return "run_%s_%s" % (flush, loop.MODES[mode])
+
+
+def _runs(trim):
+    return "\n\n".join(_RUN.format(entry=entry_name(f, k), trim=trim, policy=p, mode=k)
+                       for p, f in enumerate(dma.FLUSH_NAMES) for k in range(len(loop.MODES)))
+
+
 def of(name):
-    """The generated module of allocator `name`: `run_<flush>(sts, env, w,
-    cpu)`, a worker's whole point under that flush policy, and `replay(st,
-    op, slot, ...)`, a trace."""
+    """The generated module of allocator `name`: `run_<flush>_<mode>(sts,
+    env, w, cpu)`, a worker's whole point under that flush policy and mode
+    (entry_name), and `replay(st, op, slot, ...)`, a trace."""
     if name not in _modules:
         usable_cache()
         mod = allocators.module(name)
@@ -163,10 +161,7 @@ def of(name):
         # dispatchers reached as attributes of a module: one held in a
         # global of its own would be compiled in as an address, uncacheable
         trim = "m.trim" if mod.trim is not None else "loop.no_trim"
-        _write_once(path, _TEMPLATE.format(name=name, trim=trim, none=dma.FLUSH_NONE,
-                                           strict=dma.FLUSH_STRICT,
-                                           batched=dma.FLUSH_BATCHED,
-                                           percpu=dma.FLUSH_PERCPU))
+        _write_once(path, _TEMPLATE.format(name=name, runs=_runs(trim)))
         spec = importlib.util.spec_from_file_location("iommu_stress_entries_" + name, path)
         mod = importlib.util.module_from_spec(spec)
         # numba caches only functions whose module it can find by name

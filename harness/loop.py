@@ -35,10 +35,14 @@ from harness.abi import (CTL_ATTACHED, CTL_FINISHED, CTL_NACTIVE, CTL_PHASE, CTL
                          PH_WARMUP, RING_DOMAIN, RING_IOVA, RING_PAGES, RING_STRIDE, RING_T_DONE,
                          RING_WORDS, SIZE_TABLE, STATUS_ABORTED, STATUS_RAN)
 from hwmodel import iommu
-from hwmodel.cpu import (cas, cycles, fetch_add, hot, inline_into_callers, load, out_of_line,
-                         pause, sched_yield, stamp, store)
+from hwmodel.cpu import (cas, chosen, cycles, fetch_add, hot, inline_into_callers, load,
+                         out_of_line, pause, sched_yield, stamp, store)
 from hwmodel.locks import CTL_ABORT
 
+# the modes of a point's workers: every one a local ring; every one
+# premapped; producers handing off to unmap workers
+MODE_RING, MODE_PREMAPPED, MODE_HANDOFF = range(3)
+MODES = ("ring", "premapped", "handoff")
 SPIN_BEFORE_YIELD = 200
 PAGES_PER_SLOT = 64          # physical pages apart: each ring slot its own buffer
 
@@ -479,32 +483,42 @@ def _finish(free, sts, env, w, cpu, policy):
         dma.drain(free, sts, env, w, cpu, policy)
 
 
+@hot(inline="always", inner=True)
+def _ring_mode(alloc, free, trim, sts, env, w, cpu, policy, first):
+    return local_ring(alloc, free, trim, sts, env, w, cpu, policy)
+
+
+@hot(inline="always", inner=True)
+def _premapped_mode(alloc, free, trim, sts, env, w, cpu, policy, first):
+    return premapped(alloc, free, trim, sts, env, w, cpu, policy)
+
+
+@hot(inline="always", inner=True)
+def _handoff_mode(alloc, free, trim, sts, env, w, cpu, policy, first):
+    if w >= first:
+        unmap_worker(free, trim, sts, env, w, cpu, first, policy)
+        return 0, 0
+    return handoff_producer(alloc, free, trim, sts, env, w, cpu, policy)
+
+
 @hot(inner=True)
-def run_worker(alloc, free, trim, sts, env, w, cpu, policy):
+def run_worker(alloc, free, trim, sts, env, w, cpu, policy, mode):
     """One worker's part of a point: the start line, the loop of its mode,
     what it holds given back, the queues drained by the last one out.
 
-    `policy`, the flush policy (dma.FLUSH_*), is passed down as an argument,
-    not read from the run's configuration: an entry that passes a constant
-    gets a loop compiled for that policy alone (numba drops the branches
-    of the others before compiling them), a third of the compile a new
-    user waits for, and of the machine code."""
+    `policy`, the flush policy (dma.FLUSH_*), and `mode`, the point's
+    workers' modes (MODE_*), are passed down as arguments, not read from
+    the run's configuration: each generated entry writes them as numbers,
+    and gets a loop compiled for them alone (hwmodel.cpu.chosen), a third
+    of the compile a new user waits for, and of the machine code."""
     c = env.cnt[w]
     if not attach(env):
         c.status = STATUS_ABORTED
         return
     cfg = env.cfg[0]
     first_consumer = env.ctl[CTL_NACTIVE] - cfg.consumers
-    ops = 0
-    fails = 0
-    if w >= first_consumer:
-        unmap_worker(free, trim, sts, env, w, cpu, first_consumer, policy)
-    elif cfg.premapped != 0:
-        ops, fails = premapped(alloc, free, trim, sts, env, w, cpu, policy)
-    elif cfg.consumers > 0:
-        ops, fails = handoff_producer(alloc, free, trim, sts, env, w, cpu, policy)
-    else:
-        ops, fails = local_ring(alloc, free, trim, sts, env, w, cpu, policy)
+    ops, fails = chosen(mode, _ring_mode, _premapped_mode, _handoff_mode)(
+        alloc, free, trim, sts, env, w, cpu, policy, first_consumer)
     c.ops = ops
     c.fails = fails
     _finish(free, sts, env, w, cpu, policy)

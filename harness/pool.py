@@ -31,6 +31,7 @@ _SYS_FUTEX = {"x86_64": 202, "aarch64": 98}.get(platform.machine())
 FUTEX_WAIT_BITSET, FUTEX_WAKE_BITSET = 9, 10      # include/uapi/linux/futex.h
 FUTEX_BITSET_MATCH_ANY = 0xFFFFFFFF
 PR_SET_PDEATHSIG = 1
+MODES_MAX = 8                # a design's entries, one per mode: CTL_DESIGN packs both
 
 
 class _Timespec(ctypes.Structure):
@@ -154,9 +155,9 @@ def _worker_main(w, core, env, bell, states, entries):
         if ctl[CTL_CMD] == CMD_EXIT:
             os._exit(0)
         env.cnt[w]["core"] = core
-        d = int(ctl[CTL_DESIGN])
+        d, mode = divmod(int(ctl[CTL_DESIGN]), MODES_MAX)
         try:
-            entries[d](states[d], env, w, w)
+            entries[d][mode](states[d], env, w, w)
         except Exception:
             # a lock wait that saw the abort word raises out of the loop
             env.cnt[w]["status"] = STATUS_ABORTED
@@ -265,16 +266,17 @@ class Pool:
         atomic_add(self.env.ctl, CTL_GEN, 1)
         futex_wake(self.env.ctl, CTL_GEN, _groups_below(n))
 
-    def start_point(self, design_index, nactive):
-        """Run the loop of design `design_index` on workers 0..nactive-1;
-        each adds one to CTL_DONE when it is parked again."""
+    def start_point(self, design_index, mode, nactive):
+        """Run the loop of design `design_index` in `mode` (its index in
+        the design's entries) on workers 0..nactive-1; each adds one to
+        CTL_DONE when it is parked again."""
         ctl = self.env.ctl
         ctl[CTL_PHASE] = PH_WAIT
         ctl[CTL_ABORT] = 0
         ctl[CTL_ATTACHED] = 0
         ctl[CTL_DONE] = 0
         ctl[CTL_NACTIVE] = nactive
-        ctl[CTL_DESIGN] = design_index
+        ctl[CTL_DESIGN] = design_index * MODES_MAX + mode
         ctl[CTL_CMD] = CMD_RUN
         self._ring(nactive)
 

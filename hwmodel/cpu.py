@@ -12,7 +12,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 
 def hot(fn=None, inner=False, **kw):
@@ -52,6 +52,23 @@ def inline_into_callers(typingctx):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def chosen(k, *fns):
+    """fns[k]: the function a number written in compiled code chooses
+    (passed down as an argument, it stays one).  Only the function chosen,
+    and what it calls, is compiled for that caller: numba compiles both
+    arms of an `if` on an argument's value, so choosing with one would put
+    every choice's code into every loop.  Compiled code only."""
+    raise TypeError("chosen: compiled code only")
+
+
+@overload(chosen, prefer_literal=True)
+def _chosen(k, *fns):
+    if not isinstance(k, types.IntegerLiteral):
+        return None
+    i = k.literal_value
+    return lambda k, *fns: fns[i]
 
 
 @intrinsic

@@ -28,7 +28,7 @@ from harness.dma import (EXP_BUCKETS, EXP_WORDS, E_COUNT, E_MAX, E_SUM, FLUSH_NA
                          HIGH_WATER_MARK, IOVA_FQ_SIZE, IOVA_FQ_TIMEOUT, M_COUNT, M_DEADLINE,
                          M_FINISH_CNT, M_FLUSHED_ENTRIES, M_FLUSHES, M_START_CNT,
                          M_TIMER_FLUSHES, M_TIMER_ON, PENDING, bucket_upper)
-from harness.loop import attach, clock
+from harness.loop import MODES, attach, clock
 from harness.rogue import rogue_loop
 from hwmodel import iommu
 from hwmodel import locks as lockmod
@@ -96,7 +96,7 @@ def f_drain(sts, env, w):
     _f_drain(sts, env, w, int(env.cfg[0]["flush"]))
 
 
-# the flush policy compiled in as the loop has it (dma.by_policy)
+# the flush policy compiled in, as the loop has it (hwmodel.cpu.chosen)
 @hot(cache=True)
 def _f_unmap(sts, env, w, dom, iova, pages, policy):
     literally(policy)
@@ -656,9 +656,9 @@ def _publisher(sts, env, w, cpu):
 
 
 class _PublisherBench(Bench):
-    def _bind(self):
-        super()._bind()
-        self.entries = [_publisher] * len(self.designs)
+    def _bind(self, views=None):
+        super()._bind(views)
+        self.entries = [(_publisher,) * len(MODES)] * len(self.designs)
 
 
 def test_rogue_device_waits_for_its_window():

@@ -157,7 +157,7 @@ def test_a_large_sweep_compiles_in_a_child(monkeypatch, no_leaks):
 
     # as if the loop were not in the cache: it is compiled (or loaded) in a
     # child, which must find the same types as the parent does
-    monkeypatch.setattr(Bench, "_uncompiled", lambda self: list(range(len(self.designs))))
+    monkeypatch.setattr(Bench, "_uncompiled", lambda self: self._loops())
     monkeypatch.setattr(benchmod, "LEAN_PARENT", 1)
     monkeypatch.setattr(benchmod, "run_in_children", counted)
     with Bench(opts(threads=[2], duration=0.05), [designs.resolve("bitmap")]) as sw:
@@ -174,7 +174,7 @@ def test_a_large_sweep_compiles_in_a_child(monkeypatch, no_leaks):
 def test_the_loop_does_not_depend_on_the_number_of_domains(no_leaks):
     """Domains are a run-time size: one compiled loop serves every count."""
     from harness import entries
-    run = entries.of("bitmap").run_strict
+    run = entries.of("bitmap").run_strict_ring
     for n in (1, 3):
         with Bench(opts(threads=[2], duration=0.05, domains=n),
                    [designs.resolve("bitmap")]) as sw:
