@@ -7,11 +7,12 @@ name says otherwise: the kernel's spinlocks are built from x86 `lock`-prefixed
 instructions, which are full barriers anyway.
 """
 import time
+import warnings
 
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.core import cgutils
+from numba.core import cgutils, errors
 from numba.extending import intrinsic, overload
 
 
@@ -61,6 +62,13 @@ def chosen(k, *fns):
     arms of an `if` on an argument's value, so choosing with one would put
     every choice's code into every loop.  Compiled code only."""
     raise TypeError("chosen: compiled code only")
+
+
+# a function handed back from compiled code is numba's "first-class
+# function type", which it calls experimental and warns of at every compile
+# of a loop; `chosen` hands back one known when compiling, nothing more
+warnings.filterwarnings("ignore", category=errors.NumbaExperimentalFeatureWarning,
+                        message="First-class function type")
 
 
 @overload(chosen, prefer_literal=True)
