@@ -41,7 +41,6 @@ from hwmodel.cpu import calibrate, clock_read_cost, read_cycles, stamp_cost
 
 ATTACH_TIMEOUT = 60.0        # seconds for the active workers to reach the start line
 GRACE = 10.0                 # seconds after the window for every worker to finish
-LEAN_PARENT = 64             # benches of more workers compile in a child process
 TRIM_PERIOD_MS = 100         # IOVA_DEPOT_DELAY (drivers/iommu/iova.c, 6.7+)
 PHASE_EVERY = 16             # loop iterations between two looks at the clock
 # The parent looks at the workers' live counters this often in a window, to
@@ -274,12 +273,14 @@ class Bench:
     def _compile_ahead(self):
         """Compile the loops missing from the cache in child processes, as
         many at once as there are cores, saying so: a new user's first
-        sweep waits for them.  Only the machine code is then loaded here:
-        numba's compiler leaves some 400 MiB of LLVM's state in the process
-        that ran it, which 1024 forked workers would map (and partly copy).
-        A loop compiled alone, for few workers, is compiled here.  A failure
-        in a child shows again, with its message, when this process
-        compiles."""
+        sweep waits for them.  Only the machine code is then loaded here,
+        for two reasons.  A signal that stops the run mid-compile lands in
+        this process, which only waits, and the children are killed: one
+        raised through numba's compiler can leave LLVM's objects half made,
+        and crash the interpreter on its way out.  And numba's compiler
+        leaves some 400 MiB of LLVM's state in the process that ran it,
+        which 1024 forked workers would map (and partly copy).  A failure in
+        a child shows again, with its message, when this process loads."""
         todo = self._uncompiled()
         if not todo:
             return
@@ -287,13 +288,8 @@ class Bench:
                  for i, k in todo]
         parallel = min(len(todo), len(self.cores))
         compile_notice(names, parallel)
-        if len(todo) == 1 and self.max_threads <= LEAN_PARENT:
-            t0 = time.perf_counter()
-            self._compile_one(*todo[0])
-            took = [time.perf_counter() - t0]
-        else:
-            took = run_in_children([functools.partial(self._compile_alone, i, k)
-                                    for i, k in todo], parallel)
+        took = run_in_children([functools.partial(self._compile_alone, i, k) for i, k in todo],
+                               parallel)
         compile_record(names, took)
 
     def _compile_alone(self, i, k):
@@ -318,14 +314,18 @@ class Bench:
                                % (self.designs[i].name, "; ".join(problems[:3])))
 
     def _compile(self):
-        """Every loop compiled or loaded before the workers are forked."""
+        """Every loop loaded (or, a child having failed, compiled) before
+        the workers are forked; a signal waits for the end of a loop's load,
+        a second or so, not to cut numba short."""
         ctl = self.env.ctl
         for i, k in self._loops():
             self.say("compiling %s" % self.designs[i].name)
-            self._compile_one(i, k)
+            with signals.deferred():
+                self._compile_one(i, k)
         if self.opts["rogue_device"]:
-            ctl[lockmod.CTL_ABORT] = 1
-            rogue_loop(self.env)
+            with signals.deferred():
+                ctl[lockmod.CTL_ABORT] = 1
+                rogue_loop(self.env)
         ctl[:] = 0
 
     def start_workers(self):

@@ -14,6 +14,7 @@ from harness import bench as benchmod
 from harness import designs, pool, readout
 from harness.abi import CTL_T_STOP
 from harness.bench import Bench, PointFailed
+from harness.loop import MODE_HANDOFF, MODE_RING
 from harness.config import defaults
 
 
@@ -148,26 +149,29 @@ def test_children_are_killed_when_the_parent_is_stopped():
     assert not psutil.Process().children()
 
 
-def test_a_large_sweep_compiles_in_a_child(monkeypatch, no_leaks):
+def test_loops_missing_from_the_cache_compile_in_children(no_leaks, monkeypatch):
     calls = []
 
     def counted(fns, parallel):
-        calls.append(len(fns))
+        calls.append((len(fns), parallel))
         return pool.run_in_children(fns, parallel)
 
-    # as if the loop were not in the cache: it is compiled (or loaded) in a
-    # child, which must find the same types as the parent does
+    # as if the loops were not in the cache: each is compiled (or loaded)
+    # in a child, which must find the same types as the parent does
     monkeypatch.setattr(Bench, "_uncompiled", lambda self: self._loops())
-    monkeypatch.setattr(benchmod, "LEAN_PARENT", 1)
     monkeypatch.setattr(benchmod, "run_in_children", counted)
     with Bench(opts(threads=[2], duration=0.05), [designs.resolve("bitmap")]) as sw:
-        assert calls == [1]
+        assert calls == [(1, 1)]
         assert readout.window(sw.window(0, 2))["ops_per_sec"] > 0
-    with Bench(opts(threads=[1], duration=0.05), [designs.resolve("bitmap")]):
-        assert calls == [1]                      # one worker: the parent compiles
+    cores = len(pool.allowed_cores())
     with Bench(opts(threads=[1], duration=0.05),
                [designs.resolve("bitmap"), designs.resolve("direct")]):
-        assert calls == [1, 2]                   # two loops: compiled side by side
+        assert calls[1:] == [(2, min(2, cores))]          # side by side
+    # a sweep whose points need two modes of a design: two loops
+    with Bench(opts(threads=[1, 2], duration=0.05, unmap_fraction=0.5),
+               [designs.resolve("bitmap")]) as sw:
+        assert calls[2:] == [(2, min(2, cores))]
+        assert sw._loops() == [(0, MODE_RING), (0, MODE_HANDOFF)]
     assert not psutil.Process().children(recursive=True)
 
 

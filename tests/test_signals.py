@@ -37,7 +37,7 @@ RUN = ["sweep", "--designs", "direct", "--repeats", "1", "--verbose"]
 # handlers are in place), seconds after it over which the moment is drawn)
 PHASES = {
     "startup": (["--threads", "1", "--warmup", "0", "--duration", "0.2"], None, 0.4),
-    # a fresh cache; --threads is 1 (compiled here) or 128 (in a child)
+    # a fresh cache; --threads is 1 or 128 (the loop compiles in a child)
     "compile": (["--warmup", "0", "--duration", "0.2"], r"compiling direct", COMPILE_S),
     "fork": (["--threads", str(FORK_WORKERS), "--warmup", "0", "--duration", "0.2"],
              r"starting \d+ workers", 1.5 * FORK_WORKERS / 256),
