@@ -32,8 +32,8 @@ and may export, with these defaults:
     counters(st)         -> {name: count} of the STATS it keeps elsewhere than
                          in the workers' lines (per CPU, say); added to
                          their sum
-    refuse(p, sizes)     -> why no request of one of `sizes` (pages) could
-                         ever be placed, even in a fresh state, or None;
+    refuse(p, size)      -> why no request of `size` pages could ever be
+                         placed, even in a fresh state, or None;
                          the run is refused up front instead of measuring
                          failures (None: every size may fit)
 
@@ -161,7 +161,9 @@ def contract_problems(mod):
 def refusal(mod, p, sizes):
     """Why `mod` can never place a request of one of `sizes` pages under
     Params `p`, or None (also when it does not say)."""
-    return mod.refuse(p, sorted(set(sizes))) if mod.refuse is not None else None
+    if mod.refuse is None:
+        return None
+    return next(filter(None, (mod.refuse(p, s) for s in sorted(set(sizes)))), None)
 
 
 def totals(mod, st):

@@ -68,12 +68,8 @@ def fit_refusal(size, start, end, boundary):
     return None
 
 
-def refuse(p, sizes):
-    for s in sizes:
-        why = fit_refusal(s, 0, p.pages, p.boundary)
-        if why:
-            return why
-    return None
+def refuse(p, size):
+    return fit_refusal(size, 0, p.pages, p.boundary)
 
 
 @hot

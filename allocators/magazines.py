@@ -170,14 +170,10 @@ def node_capacity(p):
     return rbtree.node_capacity(p, cache_bound(p))
 
 
-def refuse(p, sizes):
+def refuse(p, size):
     """The tree's rule, for the size a request takes there: below the
     largest cached class, rounded up to a power of two."""
-    for s in sizes:
-        why = rbtree.aligned_refusal(p, s, _rounded(s))
-        if why:
-            return why
-    return None
+    return rbtree.aligned_refusal(p, size, _rounded(size))
 
 
 def layout(p):

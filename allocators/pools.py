@@ -136,7 +136,7 @@ def _validate(p):
                          % p.boundary)
 
 
-def refuse(p, sizes):
+def refuse(p, size):
     """A small request may land in any pool, a large one only in the large
     pool; entry 0 is reserved, and no range crosses the boundary."""
     try:
@@ -144,16 +144,14 @@ def refuse(p, sizes):
     except ValueError as e:
         return str(e)
     bounds = pool_bounds(p.pages)
-    for s in sizes:
-        pools = bounds if s <= LARGE_ALLOC_PAGES else bounds[-1:]
-        whys = [_bitmap.fit_refusal(s, max(start, 1), end, p.boundary) for start, end in pools]
-        if all(whys):
-            if s <= LARGE_ALLOC_PAGES or "boundary" in whys[-1]:
-                return whys[-1]
-            return ("a %d-page request fits nowhere in the large pool (pages %d..%d), "
-                    "where requests over %d pages go" % (s, bounds[-1][0], p.pages - 1,
-                                                         LARGE_ALLOC_PAGES))
-    return None
+    pools = bounds if size <= LARGE_ALLOC_PAGES else bounds[-1:]
+    whys = [_bitmap.fit_refusal(size, max(start, 1), end, p.boundary) for start, end in pools]
+    if not all(whys):
+        return None
+    if size <= LARGE_ALLOC_PAGES or "boundary" in whys[-1]:
+        return whys[-1]
+    return ("a %d-page request fits nowhere in the large pool (pages %d..%d), where requests "
+            "over %d pages go" % (size, bounds[-1][0], p.pages - 1, LARGE_ALLOC_PAGES))
 
 
 def layout(p):

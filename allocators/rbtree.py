@@ -121,12 +121,8 @@ def aligned_refusal(p, size, placed):
     return None
 
 
-def refuse(p, sizes):
-    for s in sizes:
-        why = aligned_refusal(p, s, s)
-        if why:
-            return why
-    return None
+def refuse(p, size):
+    return aligned_refusal(p, size, size)
 
 
 def locks(p):
