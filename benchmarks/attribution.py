@@ -1,6 +1,8 @@
 """Where an I/O's time goes, design by design: the share of a mapping
 worker's wall time per I/O that the named steps of `--diag`'s breakdown
-account for, at each worker count, and what is left (the harness's loop).
+account for, at each worker count; among them the harness's own loop,
+timed between the steps (beside it, `direct`'s whole I/O: the same loop
+with no steps), and what is left unnamed.
 
     python benchmarks/attribution.py [--designs LIST] [--threads 1,2]
                                      [--duration 0.5] [--profile vtd-2015]
@@ -18,7 +20,7 @@ from harness.diagnostics import attributed
 from harness.report import header
 from harness.results import machine
 
-DEFAULT = ("bitmap,pools,rbtree,magazines,linux-2008,peleg-2015,linux-6.7,fujita-bitmap,"
+DEFAULT = ("direct,bitmap,pools,rbtree,magazines,linux-2008,peleg-2015,linux-6.7,fujita-bitmap,"
            "power-pools")
 
 
@@ -42,11 +44,11 @@ def main():
                 b = p["breakdown_ns"]
                 rows.append([n, "%d%s" % (t, "!" if p["disturbed"] else ""),
                              "%.1f" % b["total"], "%.1f%%" % (100 * attributed(b)),
-                             "%.1f" % b["harness"]])
+                             "%.1f" % b.get("loop", 0.0), "%.1f" % b.get("unnamed", 0.0)])
         cpn = bench.cycles_per_ns
     print(header(machine(cpn)) + "; profile " + args.profile)
-    print(tabulate(rows, headers=["design", "threads", "ns per I/O", "named steps",
-                                  "harness ns"], disable_numparse=True))
+    print(tabulate(rows, headers=["design", "threads", "ns per I/O", "named steps", "loop ns",
+                                  "unnamed ns"], disable_numparse=True))
     print("one window of %.1f s each, --diag; ! a worker was preempted in the window"
           % args.duration)
 

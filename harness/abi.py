@@ -187,6 +187,11 @@ STEPS = _line([
     ("outlier_cycles", np.int64),     # their time
     ("inv_submit_cycles", np.int64),  # strict: submitting an invalidation and polling
                                       # for it, beyond the wait the unit's model sets
+    ("ios", np.int64),                # sampled I/Os of the local ring timed whole, from
+    ("io_cycles", np.int64),          # before the map to after the unmap, less a full
+                                      # queue's flush, invalidation and device waits
+    ("io_outliers", np.int64),        # scratch: `outliers` when the timed I/O began
+    ("io_waits", np.int64),           # scratch: those waits when it began
 ])
 
 # ------------------------------------------------------------------- rings

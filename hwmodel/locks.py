@@ -28,9 +28,12 @@ what each figure means.
 
 A replay's locks are `Quiet`: the same words, but no acquisition count, no
 last holder, no timed hold, since the kernel keeps none of these and a
-replay reads none of them.  Being a type of its own, the choice is made
-when the code is compiled (`counted`), so it costs the lock nothing at run
-time (docs/performance.md has what the counts cost a replay).
+replay reads none of them; and their kind is `ttas`, fixed when the code
+is compiled, as the kernel's spinlock is fixed when it is built.  Being a
+type of its own, both choices are made when the code is compiled
+(`counted`), so they cost the lock nothing at run time: the kind's
+branches and the load of the kind were an eighth of a one-page magazine
+hit (docs/performance.md).
 """
 from collections import namedtuple
 
@@ -67,6 +70,9 @@ S_HOLD = 7           # cycles, acquisition to release, timed ones
 S_HOLD_MIN = 8
 S_HOLD_MAX = 9
 S_TIMED = 10         # acquisitions whose hold was timed
+
+QUIET_KIND = "ttas"       # the one kind of a Quiet lock
+QUIET = KINDS.index(QUIET_KIND)
 
 # Layout of Locks.cfg.
 C_KIND = 0
@@ -108,6 +114,8 @@ def init(lk, kind, classes, spin_bound=1000, timing=0):
     `classes[i]` is the class of lock i; `timing`: 0 off, n (a power of
     two) to time one acquisition in n (True: every one)."""
     timing = int(timing)
+    if not counted(lk) and kind != QUIET_KIND:
+        raise ValueError("a Quiet lock is %s, not %s" % (QUIET_KIND, kind))
     if timing < 0 or timing & (timing - 1):
         raise ValueError("lock timing %d: 0, or a power of two" % timing)
     lk.word[:] = 0
@@ -304,10 +312,16 @@ def _hold_account(lk, b, w, t0):
 
 
 @hot(inline="always")
+def _kind(lk):
+    """The lock's kind: a Quiet lock's is a constant of its type."""
+    return lk.cfg[C_KIND] if counted(lk) else QUIET
+
+
+@hot(inline="always")
 def acquire(lk, i, w):
     """spin_lock: take lock i as worker w."""
     b = i * STRIDE
-    kind = lk.cfg[C_KIND]
+    kind = _kind(lk)
     if kind == TTAS:
         token = _trylock_ttas(lk, b)
     elif kind == TAS:
@@ -336,7 +350,7 @@ def release(lk, i, w):
     b = i * STRIDE
     if counted(lk) and lk.cfg[C_TIMING] != 0:
         _hold_end(lk, b, w)
-    kind = lk.cfg[C_KIND]
+    kind = _kind(lk)
     if kind <= TTAS:                       # TAS or TTAS
         store(lk.word, b + W_STATE, 0)
     elif kind == TICKET:

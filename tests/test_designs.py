@@ -35,3 +35,15 @@ def test_designs_under_load_with_check(names, no_leaks):
                 assert acq > 0
                 assert all(l["contentions"] <= l["acquisitions"] for l in w["locks"])
     assert not psutil.Process().children(recursive=True)
+
+
+def test_diag_times_the_loop_between_the_steps(no_leaks):
+    """--diag times a sampled I/O whole as well as step by step: the
+    harness's loop is a part of its own, measured, not what is left."""
+    o = defaults()
+    o.update(threads=[1], duration=0.2, warmup=0.0, repeats=1, diag=True, profile="none")
+    with Bench(o, [designs.resolve("bitmap")]) as bench:
+        b = sweep.measure(bench, 0, 1, 1)["breakdown_ns"]
+    assert 0 < b["loop"] < b["total"]
+    assert 0 < b["tick"] < b["loop"]
+    assert b["allocate"] > 0 and b["unnamed"] >= 0

@@ -33,23 +33,25 @@ def _child(lk, counter, w, rounds):
     hammer(lk, counter, w, rounds)
 
 
-def _make(arena, kind, timing):
+def _make(arena, kind, timing, kind_of_set=locks.Locks):
     v = arena.views
-    lk = locks.Locks(v["word"], v["qnode"], v["stats"], v["cfg"], v["ctl"])
+    lk = kind_of_set(v["word"], v["qnode"], v["stats"], v["cfg"], v["ctl"])
     locks.init(lk, kind, [0], spin_bound=50, timing=timing)
     return lk
 
 
-@pytest.mark.parametrize("kind", locks.KINDS)
-def test_lock_counts_exactly(kind, no_leaks):
+def _hammered(kind, kind_of_set=locks.Locks):
+    """WORKERS processes through lock 0, ROUNDS times each: the counter
+    the lock guards (exact if it excludes), and the lock's statistics."""
+    timing = kind in ("ticket", "mcs")
     specs = [(n, np.int64, s) for n, s in locks.layout(1, WORKERS, 1)]
     specs += [("ctl", np.int64, (16,)), ("counter", np.int64, (32,))]
     with Arena(specs) as arena:
-        lk = _make(arena, kind, timing=(kind in ("ticket", "mcs")))
+        lk = _make(arena, kind, timing, kind_of_set)
         counter = arena["counter"]
         hammer(lk, counter, 0, 1)           # compile before forking
         counter[:] = 0
-        locks.init(lk, kind, [0], spin_bound=50, timing=(kind in ("ticket", "mcs")))
+        locks.init(lk, kind, [0], spin_bound=50, timing=timing)
         ctx = mp.get_context("fork")
         procs = [ctx.Process(target=_child, args=(lk, counter, w, ROUNDS)) for w in range(WORKERS)]
         for p in procs:
@@ -57,27 +59,39 @@ def test_lock_counts_exactly(kind, no_leaks):
         for p in procs:
             p.join(120)
         assert all(p.exitcode == 0 for p in procs)
-        assert counter[0] == WORKERS * ROUNDS
-        (st,) = locks.class_stats(lk)
-        assert st["acquisitions"] == WORKERS * ROUNDS
-        assert 0 <= st["contentions"] <= st["acquisitions"]
-        assert st["acq_bounces"] >= WORKERS - 1  # everyone held it at least once
-        assert st["con_bounces"] <= st["contentions"]
-        assert st["con_bounces"] <= st["acq_bounces"]
-        if st["contentions"]:
-            assert st["wait_total"] > 0 and st["wait_max"] >= st["wait_min"] > 0
-        if kind in ("ticket", "mcs"):
-            assert st["timed"] == WORKERS * ROUNDS
-            assert st["hold_total"] > 0 and st["hold_max"] >= st["hold_min"] > 0
-        else:
-            assert st["timed"] == st["hold_total"] == st["hold_max"] == 0
-        # the lock is free again
-        if kind in ("tas", "ttas"):
-            assert lk.word[locks.W_STATE] == 0
-        elif kind == "ticket":
-            assert lk.word[locks.W_STATE] == lk.word[locks.W_OWNER] == WORKERS * ROUNDS + 0
-        else:
-            assert lk.word[locks.W_STATE] == 0
+        return int(counter[0]), locks.class_stats(lk)[0], lk.word.copy()
+
+
+@pytest.mark.parametrize("kind", locks.KINDS)
+def test_lock_counts_exactly(kind, no_leaks):
+    count, st, word = _hammered(kind)
+    assert count == WORKERS * ROUNDS
+    assert st["acquisitions"] == WORKERS * ROUNDS
+    assert 0 <= st["contentions"] <= st["acquisitions"]
+    assert st["acq_bounces"] >= WORKERS - 1  # everyone held it at least once
+    assert st["con_bounces"] <= st["contentions"]
+    assert st["con_bounces"] <= st["acq_bounces"]
+    if st["contentions"]:
+        assert st["wait_total"] > 0 and st["wait_max"] >= st["wait_min"] > 0
+    if kind in ("ticket", "mcs"):
+        assert st["timed"] == WORKERS * ROUNDS
+        assert st["hold_total"] > 0 and st["hold_max"] >= st["hold_min"] > 0
+    else:
+        assert st["timed"] == st["hold_total"] == st["hold_max"] == 0
+    # the lock is free again
+    if kind == "ticket":
+        assert word[locks.W_STATE] == word[locks.W_OWNER] == WORKERS * ROUNDS
+    else:
+        assert word[locks.W_STATE] == 0
+
+
+def test_quiet_lock_excludes_exactly(no_leaks):
+    """A replay's lock is as real as a run's: its kind fixed when compiled,
+    it still excludes 64 processes, and counts nothing while it does."""
+    count, st, word = _hammered(locks.QUIET_KIND, locks.Quiet)
+    assert count == WORKERS * ROUNDS
+    assert st["acquisitions"] == st["acq_bounces"] == st["timed"] == 0
+    assert word[locks.W_STATE] == 0
 
 
 @njit(cache=True)
@@ -103,12 +117,11 @@ def _private_locks(nworkers, kind, timing=0, kind_of_set=locks.Locks):
     return lk
 
 
-@pytest.mark.parametrize("kind", locks.KINDS)
-def test_quiet_locks_lock_but_count_nothing(kind):
+def test_quiet_locks_lock_but_count_nothing():
     """A replay's locks: taken and dropped as any, no statistics kept,
     even with the timing flag; the same code counts with Locks."""
-    quiet = _private_locks(2, kind, timing=1, kind_of_set=locks.Quiet)
-    loud = _private_locks(2, kind, timing=1)
+    quiet = _private_locks(2, locks.QUIET_KIND, timing=1, kind_of_set=locks.Quiet)
+    loud = _private_locks(2, locks.QUIET_KIND, timing=1)
     for w in (0, 1, 0):
         _take_and_drop(quiet, 0, w)
         _take_and_drop(loud, 0, w)
@@ -119,6 +132,14 @@ def test_quiet_locks_lock_but_count_nothing(kind):
     # free again: the state word is back where it started
     assert quiet.word[locks.W_STATE] == loud.word[locks.W_STATE]
     assert not locks.counted(quiet) and locks.counted(loud)
+
+
+@pytest.mark.parametrize("kind", [k for k in locks.KINDS if k != locks.QUIET_KIND])
+def test_a_quiet_lock_has_one_kind(kind):
+    """Its kind is compiled in: another would be taken as that one, so it
+    is refused, not quietly changed."""
+    with pytest.raises(ValueError, match="a Quiet lock is ttas, not %s" % kind):
+        _private_locks(1, kind, kind_of_set=locks.Quiet)
 
 
 def test_lock_timing_must_be_a_power_of_two():
