@@ -29,7 +29,7 @@ FLAGS = [
     ("--duration", "duration", dict(metavar="SECONDS", help="measurement window per repeat")),
     ("--warmup", "warmup", dict(metavar="SECONDS", help="run before each window")),
     ("--repeats", "repeats", dict(metavar="N", help="windows per point (median reported)")),
-    ("--lock", "lock", dict(metavar="KIND", help="tas, ttas, ticket or mcs")),
+    ("--lock", "lock", dict(metavar="KIND", help="qspinlock (the kernel's), tas, ttas, ticket or mcs")),
     ("--spin-bound", "spin_bound", dict(metavar="N", help="spins before a lock waiter yields")),
     ("--depth", "depth", dict(metavar="K", help="mappings in flight per worker")),
     ("--sizes", "sizes", dict(metavar="DIST", help='request pages with weights: "1:0.9,64:0.1"')),

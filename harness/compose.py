@@ -32,7 +32,7 @@ def specs(mod, p, prefix):
     return out
 
 
-def bind(mod, p, views, prefix, ctl, lock_kind="ttas", spin_bound=1000,
+def bind(mod, p, views, prefix, ctl, lock_kind="qspinlock", spin_bound=1000,
          timing=False, counted=True):
     """The allocator's State over `views`, initialised empty; its locks
     keep statistics unless `counted` is False (hwmodel.locks.Quiet)."""
@@ -47,7 +47,7 @@ def bind(mod, p, views, prefix, ctl, lock_kind="ttas", spin_bound=1000,
     return st
 
 
-def private(mod, p, lock_kind="ttas", timing=False, counted=True):
+def private(mod, p, lock_kind="qspinlock", timing=False, counted=True):
     """A State in ordinary process memory, for replay and tests."""
     views = arena.private(specs(mod, p, ""))
     ctl = np.zeros(16, dtype=np.int64)
@@ -102,7 +102,7 @@ def shared(x, ndomains):
     return type(x)(*(shared(f, ndomains) for f in x))
 
 
-def bind_stacked(mod, p, views, prefix, ndomains, ctl, lock_kind="ttas", spin_bound=1000):
+def bind_stacked(mod, p, views, prefix, ndomains, ctl, lock_kind="qspinlock", spin_bound=1000):
     """(the stacked State of `ndomains` instances, the tuple of each
     domain's own State), every instance initialised empty."""
     typed = {name[len(prefix):]: _typed(views[name], dtype, shape)

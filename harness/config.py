@@ -164,7 +164,7 @@ OPTIONS = {
     "duration": (_number(0.01, 3600.0), 1.0, "seconds of each measurement window"),
     "warmup": (_number(0.0, 600.0), 0.2, "seconds run before each window"),
     "repeats": (_number(1, 100, integer=True), 3, "windows per point; the median is reported"),
-    "lock": (_choice(KINDS), "ttas", "lock kind"),
+    "lock": (_choice(KINDS), "qspinlock", "lock kind (qspinlock: the kernel's own)"),
     "spin_bound": (_number(1, 10**9, integer=True), 1000, "spins before a waiter yields"),
     "depth": (_number(1, MAX_DEPTH, integer=True), 32, "mappings in flight per worker"),
     "sizes": (_sizes, [(1, 1.0)], "request sizes in pages with weights"),

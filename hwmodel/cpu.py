@@ -157,7 +157,72 @@ def _rmw(op):
 
 
 fetch_add = _rmw("add")   # returns the old value
+fetch_or = _rmw("or")     # returns the old value
 xchg = _rmw("xchg")       # returns the old value
+
+
+# Parts of a word.  The kernel's qspinlock is one 32-bit word whose bytes
+# are written apart: the holder releases with a store to the locked byte
+# alone, a queue's tail is swapped as a 16-bit half, while other CPUs run
+# atomics on the whole word.  x86 keeps such mixed-size accesses coherent,
+# and the kernel counts on it: a byte store there is a plain `mov`, where a
+# whole-word atomic would be a locked instruction.  Little-endian: byte 0
+# is the word's lowest.
+
+def _part_ptr(context, builder, aryty, ary, idx, byte, bits):
+    ptr = _element_ptr(context, builder, aryty, ary, idx)
+    raw = builder.bitcast(ptr, ir.IntType(8).as_pointer())
+    raw = builder.gep(raw, [byte])
+    return builder.bitcast(raw, ir.IntType(bits).as_pointer())
+
+
+def _store_part(bits):
+    @intrinsic
+    def store_part(typingctx, ary, idx, byte, val):
+        """Atomic store, release ordering, of `bits` bits at byte `byte`
+        of ary[idx]; the rest of the word is untouched."""
+        if not _check_int64_array(ary):
+            return None
+        sig = types.void(ary, types.intp, types.intp, types.int64)
+
+        def codegen(context, builder, signature, args):
+            a, i, o, v = args
+            i = context.cast(builder, i, signature.args[1], types.intp)
+            o = context.cast(builder, o, signature.args[2], types.intp)
+            v = context.cast(builder, v, signature.args[3], types.int64)
+            ptr = _part_ptr(context, builder, signature.args[0], a, i, o, bits)
+            builder.store_atomic(builder.trunc(v, ir.IntType(bits)), ptr, "release", bits // 8)
+            return context.get_dummy_value()
+
+        return sig, codegen
+    return store_part
+
+
+def _xchg_part(bits):
+    @intrinsic
+    def xchg_part(typingctx, ary, idx, byte, val):
+        """Atomic exchange of `bits` bits at byte `byte` of ary[idx]: the
+        old part, zero-extended."""
+        if not _check_int64_array(ary):
+            return None
+        sig = types.int64(ary, types.intp, types.intp, types.int64)
+
+        def codegen(context, builder, signature, args):
+            a, i, o, v = args
+            i = context.cast(builder, i, signature.args[1], types.intp)
+            o = context.cast(builder, o, signature.args[2], types.intp)
+            v = context.cast(builder, v, signature.args[3], types.int64)
+            ptr = _part_ptr(context, builder, signature.args[0], a, i, o, bits)
+            old = builder.atomic_rmw("xchg", ptr, builder.trunc(v, ir.IntType(bits)), "seq_cst")
+            return builder.zext(old, ir.IntType(64))
+
+        return sig, codegen
+    return xchg_part
+
+
+store8 = _store_part(8)
+store16 = _store_part(16)
+xchg16 = _xchg_part(16)
 
 
 @intrinsic

@@ -1,4 +1,6 @@
-"""Spinlocks on shared words: tas, ttas (with backoff), ticket, mcs.
+"""Spinlocks on shared words: tas, ttas (with backoff), ticket, mcs, and
+qspinlock, the kernel's own (x86's spinlock since Linux 4.2), the default
+of every design, since every one models Linux code (`--lock` chooses).
 
 Every lock instance owns one 128-byte block of `Locks.word`, two 64-byte
 cache lines that the adjacent-line prefetcher pairs: the lock word's line,
@@ -10,7 +12,7 @@ guards does), and keeping them off the lock word's line means that the
 holder's writes never disturb the waiters.  The contention statistics,
 written only on the slow path, are kept per lock class and per worker, one
 line per (class, worker), so that counting adds no sharing of its own.  The
-kind is a runtime value: one compiled allocator serves all four, at the
+kind is a runtime value: one compiled allocator serves all five, at the
 cost of one well-predicted branch.
 
 Userspace cannot disable preemption as `spin_lock` does, so a waiter spins
@@ -28,8 +30,9 @@ what each figure means.
 
 A replay's locks are `Quiet`: the same words, but no acquisition count, no
 last holder, no timed hold, since the kernel keeps none of these and a
-replay reads none of them; and their kind is `ttas`, fixed when the code
-is compiled, as the kernel's spinlock is fixed when it is built.  Being a
+replay reads none of them; and their kind is the kernel's, `qspinlock`,
+fixed when the code is compiled, as the kernel's spinlock is fixed when it
+is built.  Being a
 type of its own, both choices are made when the code is compiled
 (`counted`), so they cost the lock nothing at run time: the kind's
 branches and the load of the kind were an eighth of a one-page magazine
@@ -40,12 +43,12 @@ from collections import namedtuple
 import numpy as np
 from numba.extending import overload
 
-from hwmodel.cpu import (cas, cycles, fetch_add, hot, load, out_of_line, pause, sched_yield,
-                         store, uidx, xchg)
+from hwmodel.cpu import (cas, cycles, fetch_add, fetch_or, hot, load, out_of_line, pause,
+                         sched_yield, store, store8, store16, uidx, xchg, xchg16)
 
 LINE = 16                      # int64 words per 128-byte line
-KINDS = ("tas", "ttas", "ticket", "mcs")
-TAS, TTAS, TICKET, MCS = range(4)
+KINDS = ("tas", "ttas", "ticket", "mcs", "qspinlock")
+TAS, TTAS, TICKET, MCS, QSPIN = range(5)
 
 # Layout of a lock's block in Locks.word: the lock word's 64-byte line,
 # which waiters read, then the holder's.
@@ -71,7 +74,7 @@ S_HOLD_MIN = 8
 S_HOLD_MAX = 9
 S_TIMED = 10         # acquisitions whose hold was timed
 
-QUIET_KIND = "ttas"       # the one kind of a Quiet lock
+QUIET_KIND = "qspinlock"  # the one kind of a Quiet lock: the kernel's
 QUIET = KINDS.index(QUIET_KIND)
 
 # Layout of Locks.cfg.
@@ -131,6 +134,9 @@ def init(lk, kind, classes, spin_bound=1000, timing=0):
     lk.cfg[C_TIMING] = timing
     lk.cfg[C_NCLASSES] = nclasses
     lk.cfg[C_NWORKERS] = nworkers_classes // nclasses
+    if kind == "qspinlock" and lk.cfg[C_NWORKERS] > Q_TAIL_CPU_MAX:
+        raise ValueError("a qspinlock's tail names at most %d CPUs, not %d"
+                         % (Q_TAIL_CPU_MAX, lk.cfg[C_NWORKERS]))
     # min fields start high so that the first sample wins
     st = lk.stats.reshape(-1, LINE)
     st[:, S_WAIT_MIN] = np.iinfo(np.int64).max
@@ -248,6 +254,139 @@ def _release_mcs(lk, b, cls, w):
     store(lk.qnode, _qnode(lk, cls, nxt - 1), 0)
 
 
+# ------------------------------------------------------------- qspinlock
+#
+# kernel/locking/qspinlock.c and include/asm-generic/qspinlock_types.h, for
+# NR_CPUS < 16K: the lock is a 32-bit word of the locked byte (bits 0-7),
+# the pending byte (bit 8) and the tail (bits 16-31: the queue's last
+# waiter as CPU + 1 and the index of its per-CPU node).  The first
+# contender sets pending and spins on the word; the next ones queue as in
+# an MCS lock, each spinning on its own node, and the queue's head spins on
+# the word until owner and pending are gone.  A worker is a CPU here.
+
+Q_LOCKED_VAL = 1                  # _Q_LOCKED_VAL
+Q_LOCKED_MASK = 0xFF              # _Q_LOCKED_MASK
+Q_PENDING_VAL = 1 << 8            # _Q_PENDING_VAL
+Q_PENDING_MASK = 0xFF << 8        # _Q_PENDING_MASK
+Q_LOCKED_PENDING_MASK = 0xFFFF    # _Q_LOCKED_PENDING_MASK
+Q_TAIL_IDX_OFFSET = 16            # _Q_TAIL_IDX_OFFSET
+Q_TAIL_CPU_OFFSET = 18            # _Q_TAIL_CPU_OFFSET
+Q_TAIL_CPU_MAX = (1 << 14) - 1    # CPUs the tail can name (_Q_TAIL_CPU_BITS)
+Q_TAIL_MASK = 0xFFFF << 16        # _Q_TAIL_MASK
+Q_PENDING_BYTE = 1                # byte offsets in the word: lock->pending
+Q_TAIL_BYTE = 2                   # lock->tail
+Q_PENDING_LOOPS = 1 << 9          # _Q_PENDING_LOOPS (arch/x86/include/asm/qspinlock.h)
+MAX_NODES = 4                     # per CPU: task, softirq, hardirq, NMI
+# A worker's nodes (qnodes[], one 64-byte line in the kernel): node k's
+# `locked` and `next` words at 2k and 2k + 1 of its first line, and the
+# nesting count (qnodes[0].mcs.count) after them.
+QN_COUNT = 2 * MAX_NODES
+
+
+@hot(inline="always")
+def _trylock_qspin(lk, b):
+    """queued_spin_lock's fast path, one cmpxchg: 0, or the word it found."""
+    return cas(lk.word, b + W_STATE, 0, Q_LOCKED_VAL)
+
+
+@hot(inline="always")
+def _release_qspin(lk, b):
+    """queued_spin_unlock: a release store to the locked byte alone."""
+    store8(lk.word, b + W_STATE, 0, 0)
+
+
+@hot(inline="always")
+def _queued_trylock(word, i):
+    """queued_spin_trylock: a read first, the cmpxchg only if it is free."""
+    return load(word, i) == 0 and cas(word, i, 0, Q_LOCKED_VAL) == 0
+
+
+@hot(inline="always")
+def _qspin_nodes(lk, w):
+    return _qnode(lk, 0, w)
+
+
+@hot
+def _wait_qspin(lk, b, w, val):
+    """queued_spin_lock_slowpath, from the word the fast path found."""
+    word = lk.word
+    i = b + W_STATE
+    spins = 0
+    # wait, a bounded while, for a pending -> locked hand-over in progress
+    if val == Q_PENDING_VAL:
+        cnt = Q_PENDING_LOOPS
+        while True:
+            val = load(word, i)
+            if val != Q_PENDING_VAL or cnt == 0:
+                break
+            cnt -= 1
+            spins = _relax(lk, spins)
+    if val & ~Q_LOCKED_MASK == 0:
+        # trylock or pending: x86's queued_fetch_set_pending_acquire, a
+        # `lock bts` on the pending bit, then a read of the rest
+        val = (fetch_or(word, i, Q_PENDING_VAL) & Q_PENDING_VAL) | \
+            (load(word, i) & ~Q_PENDING_MASK)
+        if val & ~Q_LOCKED_MASK == 0:
+            # pending is ours: wait for the owner, then take the lock and
+            # clear pending in one 16-bit store (clear_pending_set_locked)
+            if val & Q_LOCKED_MASK:
+                while load(word, i) & Q_LOCKED_MASK:
+                    spins = _relax(lk, spins)
+            store16(word, i, 0, Q_LOCKED_VAL)
+            return
+        if val & Q_PENDING_MASK == 0:
+            store8(word, i, Q_PENDING_BYTE, 0)        # clear_pending: undo ours
+    _queue_qspin(lk, word, i, w, spins)
+
+
+@hot
+def _queue_qspin(lk, word, i, w, spins):
+    """The MCS queue of the slow path: take a node, publish it as the tail,
+    wait behind the previous one, then at the head for owner and pending
+    to leave; take the lock and hand the head on to the next node."""
+    q = lk.qnode
+    base = _qspin_nodes(lk, w)
+    idx = q[base + QN_COUNT]
+    q[base + QN_COUNT] = idx + 1
+    if idx >= MAX_NODES:
+        # nesting deeper than the nodes: spin on the lock word itself
+        while not _queued_trylock(word, i):
+            spins = _relax(lk, spins)
+        q[base + QN_COUNT] = idx
+        return
+    node = base + 2 * idx
+    tail = ((w + 1) << Q_TAIL_CPU_OFFSET) | (idx << Q_TAIL_IDX_OFFSET)
+    store(q, node, 0)                   # locked: 0 until the hand-over
+    store(q, node + 1, 0)               # next: none
+    if _queued_trylock(word, i):
+        q[base + QN_COUNT] = idx
+        return
+    old = xchg16(word, i, Q_TAIL_BYTE, tail >> Q_TAIL_IDX_OFFSET) << Q_TAIL_IDX_OFFSET
+    nxt = 0
+    if old & Q_TAIL_MASK:
+        cpu = (old >> Q_TAIL_CPU_OFFSET) - 1
+        prev = _qspin_nodes(lk, cpu) + 2 * ((old >> Q_TAIL_IDX_OFFSET) & (MAX_NODES - 1))
+        store(q, prev + 1, node + 1)    # link behind it (next: node + 1)
+        while load(q, node) == 0:       # arch_mcs_spin_lock_contended
+            spins = _relax(lk, spins)
+        nxt = load(q, node + 1)
+    while True:                         # the head: owner and pending away
+        val = load(word, i)
+        if val & Q_LOCKED_PENDING_MASK == 0:
+            break
+        spins = _relax(lk, spins)
+    if val & Q_TAIL_MASK == tail and cas(word, i, val, Q_LOCKED_VAL) == val:
+        q[base + QN_COUNT] = idx        # alone in the queue: tail cleared too
+        return
+    store8(word, i, 0, Q_LOCKED_VAL)    # set_locked
+    while nxt == 0:
+        nxt = load(q, node + 1)
+        if nxt == 0:
+            spins = _relax(lk, spins)
+    store(q, nxt - 1, 1)                # arch_mcs_spin_unlock_contended
+    q[base + QN_COUNT] = idx
+
+
 @hot
 def _contended(lk, b, cls, w, kind, token):
     """The slow path of an acquisition whose first attempt failed: wait,
@@ -262,6 +401,8 @@ def _contended(lk, b, cls, w, kind, token):
         _wait_ttas(lk, b)
     elif kind == TICKET:
         _wait_ticket(lk, b, token - 1)
+    elif kind == QSPIN:
+        _wait_qspin(lk, b, w, token)
     else:
         _wait_mcs(lk, cls, w, token)
     wait = cycles() - t0
@@ -328,6 +469,8 @@ def acquire(lk, i, w):
         token = _trylock_tas(lk, b)
     elif kind == TICKET:
         token = _trylock_ticket(lk, b)
+    elif kind == QSPIN:
+        token = _trylock_qspin(lk, b)
     else:
         token = _trylock_mcs(lk, b, lk.word[uidx(b + W_CLASS)], w)
     if token != 0:
@@ -355,6 +498,8 @@ def release(lk, i, w):
         store(lk.word, b + W_STATE, 0)
     elif kind == TICKET:
         store(lk.word, b + W_OWNER, lk.word[uidx(b + W_OWNER)] + 1)
+    elif kind == QSPIN:
+        _release_qspin(lk, b)
     else:
         _release_mcs(lk, b, lk.word[uidx(b + W_CLASS)], w)
 

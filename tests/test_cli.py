@@ -54,7 +54,7 @@ def test_unknown_design_lists_the_valid_ones(capsys):
 
 def test_unknown_lock_lists_the_valid_ones(capsys):
     line = one_error_line(capsys, ["sweep", "--lock", "rcu"])
-    assert "tas, ttas, ticket, mcs" in line
+    assert "tas, ttas, ticket, mcs, qspinlock" in line
 
 
 @pytest.mark.parametrize("threads", ["0", "2000", "1-2048"])

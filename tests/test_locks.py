@@ -138,7 +138,7 @@ def test_quiet_locks_lock_but_count_nothing():
 def test_a_quiet_lock_has_one_kind(kind):
     """Its kind is compiled in: another would be taken as that one, so it
     is refused, not quietly changed."""
-    with pytest.raises(ValueError, match="a Quiet lock is ttas, not %s" % kind):
+    with pytest.raises(ValueError, match="a Quiet lock is qspinlock, not %s" % kind):
         _private_locks(1, kind, kind_of_set=locks.Quiet)
 
 
@@ -210,6 +210,58 @@ def test_contended_records_a_wait(kind, no_leaks):
         assert st["contentions"] == 1
         assert st["con_bounces"] == 1 and st["acq_bounces"] == 1
         assert st["wait_total"] == st["wait_min"] == st["wait_max"] >= held // 2
+
+
+def _word_becomes(lk, value, timeout=30.0):
+    end = time.monotonic() + timeout
+    while lk.word[locks.W_STATE] != value:
+        assert time.monotonic() < end, "lock word %#x, expected %#x" % (
+            lk.word[locks.W_STATE], value)
+        time.sleep(0.001)
+
+
+def test_qspinlock_goes_through_the_kernels_states(no_leaks):
+    """Held by worker 0, the first contender takes the pending bit and
+    spins on the word (0,1,1); the second queues: the tail names worker 2
+    and its node 0 (n,1,1).  On release the pending one takes the lock
+    (n,0,1), the queue's head next, clearing the tail as the last one
+    (0,0,1), and the word is free again (kernel/locking/qspinlock.c)."""
+    specs = [(n, np.int64, s) for n, s in locks.layout(1, 3, 1)]
+    specs += [("ctl", np.int64, (16,)), ("flag", np.int64, (16,))]
+    with Arena(specs) as arena:
+        lk = _make(arena, "qspinlock", timing=0)
+        flag = arena["flag"]
+        _take(lk, 0, 0)                      # compile before forking
+        _drop(lk, 0, 0)
+        _announce_and_take(lk, flag, 0)
+        locks.init(lk, "qspinlock", [0], spin_bound=1 << 30)   # spin, never yield
+        _take(lk, 0, 0)
+        assert lk.word[locks.W_STATE] == locks.Q_LOCKED_VAL
+        ctx = mp.get_context("fork")
+        first = ctx.Process(target=_announce_and_take, args=(lk, flag, 1))
+        first.start()
+        _word_becomes(lk, locks.Q_PENDING_VAL | locks.Q_LOCKED_VAL)
+        second = ctx.Process(target=_announce_and_take, args=(lk, flag, 2))
+        second.start()
+        tail = (2 + 1) << locks.Q_TAIL_CPU_OFFSET
+        _word_becomes(lk, tail | locks.Q_PENDING_VAL | locks.Q_LOCKED_VAL)
+        _drop(lk, 0, 0)
+        for p in (first, second):
+            p.join(60)
+            assert p.exitcode == 0
+        assert lk.word[locks.W_STATE] == 0
+        (st,) = locks.class_stats(lk)
+        assert st["acquisitions"] == 3 and st["contentions"] == 2
+        # each worker's nodes are free again
+        q = lk.qnode.reshape(3, locks.LINE)
+        assert (q[:, locks.QN_COUNT] == 0).all()
+
+
+def test_qspinlock_tail_names_a_bounded_number_of_cpus():
+    v = {n: np.zeros(s, dtype=np.int64) for n, s in locks.layout(1, 1 << 14, 1)}
+    lk = locks.Locks(v["word"], v["qnode"], v["stats"], v["cfg"], np.zeros(16, np.int64))
+    with pytest.raises(ValueError, match="names at most 16383 CPUs, not 16384"):
+        locks.init(lk, "qspinlock", [0])
 
 
 def test_abort_ends_a_wait():

@@ -374,7 +374,7 @@ def run_processes(mod, p, lock_kind, n, trim, limit):
     return st, live
 
 
-@pytest.mark.parametrize("lock_kind", ["ttas", "mcs"])
+@pytest.mark.parametrize("lock_kind", ["ttas", "mcs", "qspinlock"])
 def test_processes_on_shared_state(lock_kind):
     """Three processes, one CPU each, on shared state in a space tight
     enough that the tree fails and the caches are flushed: no range handed

@@ -362,7 +362,7 @@ def test_lock_handover_every_kind(kind):
     assert pools.alloc(st, 0, 0, 10, 0) == -1
     pools.free(st, 0, 0, 48, 10)
     pools.free(st, 0, 0, 1, 40)
-    if kind in ("tas", "ttas"):
+    if kind in ("tas", "ttas", "qspinlock"):
         assert locks_free(st)
     assert pools.alloc(st, 0, 0, 1, 0) == 1
     assert pools.check(st, p, [(1, 1)]) == []
@@ -562,7 +562,7 @@ def _child(st, w, cpu, seed, count):
     return 0
 
 
-@pytest.mark.parametrize("kind", ["ttas", "mcs"])
+@pytest.mark.parametrize("kind", ["ttas", "mcs", "qspinlock"])
 def test_concurrent_workers_leave_a_fresh_table(kind):
     nworkers = 4
     p = Params(pages=GIB_PAGES, nworkers=nworkers)
@@ -598,7 +598,7 @@ def test_concurrent_workers_leave_a_fresh_table(kind):
     assert len(codes) == len(pids), "workers did not finish: a lock never came back"
     assert list(codes.values()) == [0] * nworkers
     assert pools.check(st, p, []) == []
-    if kind == "ttas":
+    if kind in ("ttas", "qspinlock"):
         assert locks_free(st)
     assert sum(stat(st, "spills", w) for w in range(nworkers)) > 0
     allocs = sum(stat(st, "allocs", w) for w in range(nworkers))

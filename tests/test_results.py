@@ -82,7 +82,7 @@ def test_resume_measures_nothing_it_holds(tmp_path):
 
 @pytest.mark.parametrize("flag, value, named", [
     ("--profile", "none", "--profile vtd-2015, this run asks for none"),
-    ("--lock", "tas", "--lock ttas, this run asks for tas"),
+    ("--lock", "tas", "--lock qspinlock, this run asks for tas"),
     ("--seed", "7", "--seed 1, this run asks for 7"),
     ("--sizes", "1:0.5,2:0.5", "--sizes 1:1, this run asks for 1:0.5,2:0.5"),
     ("--check", None, "--check off, this run asks for on"),
@@ -128,14 +128,14 @@ def test_force_mix_keeps_both_and_says_so(tmp_path, capsys):
     old, new = doc["points"]
     assert "options" not in old
     assert new["options"] == {"lock": "tas", "profile": "none"}
-    assert doc["options"]["profile"] == "vtd-2015" and doc["options"]["lock"] == "ttas"
+    assert doc["options"]["profile"] == "vtd-2015" and doc["options"]["lock"] == "qspinlock"
     assert "profile mixed" in r.stdout.splitlines()[0]
     assert main(["report", str(f)]) == 0
     out = capsys.readouterr().out
     assert 'mixed: direct at 2 measured with lock "tas", profile "none" (the file\'s: lock ' \
-           '"ttas", profile "vtd-2015")' in out
+           '"qspinlock", profile "vtd-2015")' in out
     # the options line no longer claims one profile for all
-    assert "profile vtd-2015" not in out and "lock ttas" not in out
+    assert "profile vtd-2015" not in out and "lock qspinlock" not in out
     assert segments_of(r.pid) == []
 
 
