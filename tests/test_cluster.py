@@ -4,7 +4,6 @@ sweep's order with their machines, machines of two kinds refused unless
 asked for, each machine apart, a point measured again after its worker is
 killed in the middle of it, --resume, Ctrl-C, and the one-line errors."""
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -13,7 +12,7 @@ import time
 
 import psutil
 import pytest
-from distributed import Client, LocalCluster
+from distributed import Client
 
 from harness import cli, cluster as clustermod, config, results
 from harness.cli import main
@@ -24,18 +23,45 @@ QUICK = ["--duration", "0.05", "--warmup", "0", "--repeats", "1"]
 OTHER = json.dumps({"cpu_model": "Other CPU 9", "cores_allowed": 64})
 
 
-@pytest.fixture(scope="module")
-def dask():
-    """(scheduler address, a client of ours) of two machines on this one."""
+# The LocalCluster lives in a process of its own: multiprocessing's
+# resource tracker, which its nannies start, would otherwise stay a child
+# of the test process for good, and other tests assert that a run leaves
+# no child behind.  It ends when its standard input closes.
+LOCAL_CLUSTER = """
+import logging, sys
+from distributed import LocalCluster
+if __name__ == "__main__":
     lc = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       resources={"machine": 1}, dashboard_address=None,
                       silence_logs=logging.CRITICAL)
-    client = Client(lc)
+    print(lc.scheduler_address, flush=True)
+    sys.stdin.read()
+    lc.close()
+"""
+
+
+@pytest.fixture(scope="module")
+def dask(tmp_path_factory):
+    """(scheduler address, a client of ours) of two machines on this one."""
+    script = tmp_path_factory.mktemp("cluster") / "local_cluster.py"
+    script.write_text(LOCAL_CLUSTER)
+    lc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True)
+    client = None
     try:
-        yield lc.scheduler_address, client
+        addr = lc.stdout.readline().strip()
+        assert addr.startswith("tcp://"), "the local cluster did not start"
+        client = Client(addr)
+        yield addr, client
     finally:
-        client.close()
-        lc.close()
+        if client is not None:
+            client.close()
+        lc.stdin.close()
+        try:
+            lc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            lc.kill()
+            lc.wait()
 
 
 @pytest.fixture
