@@ -74,6 +74,15 @@ def _add_run_options(p, several):
     p.add_argument("--force-mix", action="store_true",
                    help="with --resume: add points measured with other options than the file's "
                         "(each point then keeps its own)")
+    if several:
+        p.add_argument("--cluster", metavar="tcp://HOST:PORT",
+                       help="run the points on a Dask cluster: this scheduler's workers that "
+                            "offer the resource machine=1, one point per machine at a time")
+        p.add_argument("--each-machine", action="store_true",
+                       help="with --cluster: the whole sweep on every machine, a table for each")
+        p.add_argument("--allow-mixed", action="store_true",
+                       help="with --cluster: spread the points over machines of more than one "
+                            "kind (CPU, cores, memory, kernel, versions) all the same")
     p.add_argument("--on-error", choices=("stop", "continue"), default="stop",
                    help="after a failed point: stop (default) or go on with the next")
     p.add_argument("-v", "--verbose", action="store_true",
@@ -133,16 +142,18 @@ def _designs(opts, several=True):
     return designs
 
 
-def _resumed(args, opts):
+def _resumed(args, opts, machine_info):
     """The points of the --resume file, all kept as they are, and the file's
-    document when this run mixes other options into it (--force-mix)."""
+    document when this run mixes other options into it (--force-mix).
+    `machine_info` is where this run measures (None: each machine of a
+    cluster, whose points name their own)."""
     from harness import results
     if not args.resume:
         if args.force_mix:
             raise UsageError("--force-mix: only with --resume FILE")
         return [], None
     doc = results.load(args.resume)
-    diffs = results.mismatch(doc, opts, results.machine())
+    diffs = results.mismatch(doc, opts, machine_info)
     if diffs and not args.force_mix:
         raise UsageError("%s was measured with %s, this run asks for %s; give --force-mix to keep "
                          "both (each point keeps its own options)"
@@ -177,7 +188,13 @@ def cmd_sweep(args, several=True):
     opts = _options(args, several)
     designs = _designs(opts, several)
     opts["designs"] = [d.name for d in designs]
-    kept, base = _resumed(args, opts)
+    if getattr(args, "cluster", None):
+        from harness import cluster
+        return cluster.command(args, opts)
+    for flag in ("each_machine", "allow_mixed"):
+        if getattr(args, flag, False):
+            raise UsageError("--%s: only with --cluster" % flag.replace("_", "-"))
+    kept, base = _resumed(args, opts, results.machine())
     done = {(p["design"], p["threads"]) for p in kept}
     todo = [(t, i) for t in opts["threads"] for i, d in enumerate(designs)
             if (d.name, t) not in done]
@@ -223,21 +240,31 @@ def _say(line):
 def _print_results(doc, args, opts):
     from harness import report, results
     mixed = results.mixed_keys(doc)
-    print(report.header(doc["machine"]) + "; profile %s%s" % (
-        "mixed" if "profile" in mixed else opts["profile"],
-        ", workload %s" % opts["workload"] if opts["workload"] else ""))
+    each = (doc.get("cluster") or {}).get("mode") == "each-machine"
+    print((report.header(doc["machine"]) if not each else "machines: each table's own")
+          + "; profile %s%s" % ("mixed" if "profile" in mixed else opts["profile"],
+                                ", workload %s" % opts["workload"] if opts["workload"] else ""))
     if not doc["points"]:
         return
     fmt = "csv" if getattr(args, "csv", False) else "simple"
-    print(report.throughput_table(doc["points"], fmt=fmt,
-                                  cores=doc["machine"].get("cores_allowed")))
-    if fmt != "csv":
-        for line in report.mixed_lines(doc):
-            print(line)
-        text = report.exposure_table(doc["points"])
+    source = report.Source("", doc)
+    groups = report.by_machine([(p, source) for p in doc["points"]])
+    if fmt == "csv":
+        print(report.csv_by_machine(groups))
+        groups = []
+    for name, host, es in groups:
+        pts = [p for p, _ in es]
+        if name is not None:
+            print()
+            print(report.host_header(name, host))
+        print(report.throughput_table(pts, fmt=fmt, cores=host.get("cores_allowed")))
+        text = report.exposure_table(pts)
         if text:
             print()
             print(text)
+    if fmt != "csv":
+        for line in report.cluster_lines(doc) + report.mixed_lines(doc):
+            print(line)
     if opts["diag"]:
         from harness import diagnostics
         for p in doc["points"]:

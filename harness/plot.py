@@ -273,6 +273,9 @@ def figure(sources):
     designs = [(d, report._is_direct(next(p for p in points if p["design"] == d)))
                for d in report._designs(points)]
     colors = _colors(designs)
+    groups = report.by_machine(entries)
+    if len(groups) > 1:
+        return _by_machine(Figure, groups, colors)
     second = _second_panel(points)
     if second:
         fig = Figure(figsize=(14, 6.2), layout="constrained")
@@ -290,6 +293,21 @@ def figure(sources):
     elif second == "exposure":
         _exposure_panel(ax2, points, colors)
     fig.suptitle("IOVA allocation and invalidation designs: " + _title(sources), fontsize=12)
+    return fig
+
+
+def _by_machine(Figure, groups, colors):
+    """A sweep on each machine of a cluster: a throughput panel per
+    machine, side by side on one scale, for comparing the hardware."""
+    fig = Figure(figsize=(1 + 5.5 * len(groups), 6.2), layout="constrained")
+    axes = fig.subplots(1, len(groups), sharey=True, squeeze=False)[0]
+    for ax, (name, host, es) in zip(axes, groups):
+        handles = _throughput_panel(ax, [p for p, _ in es], colors, host.get("cores_allowed"))
+        ax.set_title("%s: %s, %s cores allowed" % (name, host.get("cpu_model") or "unknown CPU",
+                                                   host.get("cores_allowed", "?")), fontsize=10)
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2,
+                  fontsize=8.5, frameon=False)
+    fig.suptitle("IOVA allocation and invalidation designs, machine by machine", fontsize=12)
     return fig
 
 

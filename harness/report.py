@@ -272,28 +272,89 @@ def load_sources(paths):
     return [Source(str(p), results.load(p)) for p in paths]
 
 
+def machine_name(point, doc):
+    """The machine a point is kept apart by: its own in a file measured on
+    each machine of a cluster (`--each-machine`), else None (one table)."""
+    if (doc.get("cluster") or {}).get("mode") == "each-machine":
+        return (point.get("host") or {}).get("name")
+    return None
+
+
 def merge(sources):
     """The points of several files as [(point, source)], in the order
     measured; when a (design, threads) occurs in more than one file the
-    later file wins.  Returns (entries, notes)."""
+    later file wins (of one machine, in files measured on each machine
+    of a cluster).  Returns (entries, notes)."""
     by = {}
     replaced = {}
     for src in sources:
         for p in src.doc["points"]:
-            key = (p["design"], p["threads"])
+            key = (machine_name(p, src.doc), p["design"], p["threads"])
             if key in by and by[key][1] is not src:
                 replaced.setdefault((by[key][1].name, src.name), []).append(key)
             by[key] = (p, src)
     notes = []
     for (old, new), keys in replaced.items():
         per = {}
-        for d, t in keys:
-            per.setdefault(d, []).append(t)
-        what = "; ".join("%s at %s threads" % (d, ", ".join(str(t) for t in sorted(ts)))
-                         for d, ts in per.items())
+        for m, d, t in keys:
+            per.setdefault((m, d), []).append(t)
+        what = "; ".join("%s at %s threads%s" % (d, ", ".join(str(t) for t in sorted(ts)),
+                                                 " on %s" % m if m is not None else "")
+                         for (m, d), ts in per.items())
         notes.append("note: %d point%s in both %s and %s: the later file's kept (%s)"
                      % (len(keys), "" if len(keys) == 1 else "s", old, new, what))
     return list(by.values()), notes
+
+
+def by_machine(entries):
+    """Entries [(point, source)] grouped by machine_name: [(name, the
+    machine's description, entries)], machines in the order first met;
+    one group named None when the points make one table."""
+    groups = {}
+    for p, src in entries:
+        name = machine_name(p, src.doc)
+        if name not in groups:
+            groups[name] = (p.get("host") if name is not None else src.machine, [])
+        groups[name][1].append((p, src))
+    return [(name, host, es) for name, (host, es) in groups.items()]
+
+
+def host_header(name, host):
+    """The line above one machine's table."""
+    mem = host.get("memory_bytes")
+    return "machine %s: %s, %s cores allowed, %s memory, kernel %s, python %s, numba %s, " \
+           "commit %s" % (name, host.get("cpu_model"), host.get("cores_allowed", "?"),
+                          "%.0f GiB" % (mem / 2**30) if isinstance(mem, (int, float)) else "?",
+                          host.get("kernel"), host.get("python"), host.get("numba"),
+                          host.get("commit"))
+
+
+def cluster_lines(doc, prefix=""):
+    """Where a cluster's points ran: a line naming the machines and their
+    share, and, when machines of more than one kind measured one table
+    (--allow-mixed), a line saying which."""
+    cl = doc.get("cluster")
+    hosts = {}
+    for p in doc["points"]:
+        h = p.get("host")
+        if h:
+            hosts.setdefault(h["name"], [h, 0])[1] += 1
+    if not cl or not hosts:
+        return []
+    lines = ["%scluster: %s, %s %d machine%s (%s)" % (
+        prefix, cl.get("scheduler"), "each point on each of" if cl.get("mode") == "each-machine"
+        else "points spread over", len(hosts), "" if len(hosts) == 1 else "s",
+        ", ".join("%s: %d point%s" % (n, c, "" if c == 1 else "s") for n, (_, c) in hosts.items()))]
+    if cl.get("mode") != "each-machine":
+        from harness.cluster import same_kind
+        first_name, (first, _) = next(iter(hosts.items()))
+        odd = [(n, same_kind(first, h)) for n, (h, _) in hosts.items() if same_kind(first, h)]
+        if odd:
+            lines.append("%smixed machines: %s differ%s from %s in %s; the table's figures are "
+                         "not of one kind of machine" % (
+                             prefix, ", ".join(n for n, _ in odd), "s" if len(odd) == 1 else "",
+                             first_name, ", ".join(sorted({k for _, ks in odd for k in ks}))))
+    return lines
 
 
 def _options_line(opts):
@@ -342,6 +403,9 @@ def describe_sources(sources):
             machines.append((key, s.machine, [s.name]))
     several = len(sources) > 1
     for _, m, names in machines:
+        if not m.get("cpu_model") and all((s.doc.get("cluster") or {}).get("mode") ==
+                                          "each-machine" for s in sources if s.name in names):
+            continue          # each machine's own heads its table
         lines.append(header(m) + (" (%s)" % ", ".join(names) if len(machines) > 1 else ""))
     for s in sources:
         prefix = s.name + ": " if several else ""
@@ -382,6 +446,7 @@ def status_lines(sources):
     lines = []
     for s in sources:
         prefix = s.name + ": " if len(sources) > 1 else ""
+        lines += cluster_lines(s.doc, prefix)
         lines += mixed_lines(s.doc, prefix)
         if not s.doc.get("complete", True):
             n = len(s.doc["points"])
@@ -400,6 +465,20 @@ def _cores(sources):
     return ", ".join(str(c) for c in vals) or None
 
 
+def csv_by_machine(groups):
+    """The csv table; of several machines, one table with a first column
+    naming each row's machine."""
+    if len(groups) == 1 and groups[0][0] is None:
+        return throughput_table([p for p, _ in groups[0][2]], "csv")
+    lines = []
+    for name, _, es in groups:
+        head, *rows = throughput_table([p for p, _ in es], "csv").split("\n")
+        if not lines:
+            lines.append("machine," + head)
+        lines += ["%s,%s" % (name, r) for r in rows]
+    return "\n".join(lines)
+
+
 def render_report(sources, fmt="simple", diag=False):
     """(stdout text, stderr lines).  In csv the table alone goes to stdout,
     so that a script can read it; what a person needs goes to stderr."""
@@ -413,13 +492,18 @@ def render_report(sources, fmt="simple", diag=False):
     if fmt == "csv":
         if not points:
             raise UsageError("%s: no points measured" % ", ".join(s.name for s in sources))
-        return throughput_table(points, "csv") + "\n", info + merge_notes + status
+        return csv_by_machine(by_machine(entries)) + "\n", info + merge_notes + status
     blocks = ["\n".join(info)]
     if points:
-        blocks.append(throughput_table(points, fmt, cores=_cores(sources)))
-        ex = exposure_table(points, fmt)
-        if ex:
-            blocks.append(ex)
+        groups = by_machine(entries)
+        for name, host, es in groups:
+            pts = [p for p, _ in es]
+            cores = _cores(sources) if name is None else host.get("cores_allowed")
+            table = throughput_table(pts, fmt, cores=cores)
+            blocks.append(table if name is None else host_header(name, host) + "\n" + table)
+            ex = exposure_table(pts, fmt)
+            if ex:
+                blocks.append(ex)
     else:
         blocks.append("no points measured")
     tail = merge_notes + status
@@ -543,6 +627,12 @@ def add_compare_arguments(p):
 
 def cmd_compare(args):
     a, b = load_sources([args.a, args.b])
+    for s in (a, b):
+        names = {machine_name(p, s.doc) for p in s.doc["points"]}
+        if len(names) > 1:
+            raise UsageError("%s holds %d machines (--each-machine): compare takes two files of "
+                             "one machine each; report shows the machines side by side"
+                             % (s.name, len(names)))
     out, err = render_compare(a, b, args.format)
     sys.stdout.write(out)
     for line in err:

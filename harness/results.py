@@ -99,8 +99,10 @@ class ResultsFile:
                                        threads=self.doc["options"]["threads"])
             self.doc["machine"] = base["machine"]
 
-    def add(self, point):
-        self.doc["points"].append(dict(point, **self.overrides))
+    def add(self, point, at=None):
+        """Adds a point, at index `at` of the points (None: the end)."""
+        at = len(self.doc["points"]) if at is None else at
+        self.doc["points"].insert(at, dict(point, **self.overrides))
         self._write()
 
     def fail(self, message):
@@ -161,13 +163,16 @@ def differences(old, new, keys=None):
 
 def mismatch(doc, options, machine_info):
     """[(key, the file's value, this run's)] where a run differs from the
-    document it would add points to."""
+    document it would add points to (machine_info None: its machines are
+    not compared)."""
     opts = plain_options(options)
     out = []
     for k in measured_options():
         if plain_options(doc["options"].get(k)) != opts.get(k):
             out.append((k, doc["options"].get(k), opts.get(k)))
-    for k in MACHINE_KEYS:
+    # None: each point has a machine of its own (a sweep on each machine of
+    # a cluster), none is the run's
+    for k in MACHINE_KEYS if machine_info is not None else ():
         if doc["machine"].get(k) != machine_info.get(k):
             out.append((k, doc["machine"].get(k), machine_info.get(k)))
     return out
@@ -336,6 +341,11 @@ OPTIONS_READ = _dict({
 })
 MACHINE_READ = _dict({"cores_allowed": _optional(_num(1, MAX_THREADS, integer=True))},
                      rest=_scalar)
+# the machine a cluster's point ran on (harness/cluster.py): named, and
+# described as a machine is
+HOST_READ = _required(("name",), _dict({"name": _string, "cores_allowed": _optional(
+    _num(1, MAX_THREADS, integer=True)), "memory_bytes": _optional(_number)}, rest=_scalar))
+CLUSTER_READ = _dict({"scheduler": _string, "mode": _string}, rest=_scalar)
 
 LOCK_ROW = _dict({"name": _string, "wait_scope": _string}, rest=_optional(_number))
 SERIES_ENTRY = _dict({"t": _optional(_number), "ops_per_sec": _optional(_number),
@@ -354,7 +364,7 @@ POINT = _required(("design", "flush", "threads", "ops_per_sec"), _dict({
     "breakdown_ns": _numbers, "disturbance": _numbers,
     "state_checked": _type((str, bool), "a string"), "series": _list_of(SERIES_ENTRY),
     "diag": _dict({"timing": _string}, rest=_number),
-    "options": OPTIONS_READ, "machine": MACHINE_READ,
+    "options": OPTIONS_READ, "machine": MACHINE_READ, "host": HOST_READ,
 }))
 
 
@@ -368,7 +378,7 @@ def _points(v, at):
 DOCUMENT = _required(("points",), _dict({
     "command": _string, "started": _string, "machine": MACHINE_READ, "options": OPTIONS_READ,
     "points": _points, "failures": _list_of(_string), "complete": _boolean,
-    "timings": _dict(rest=_scalar),
+    "timings": _dict(rest=_scalar), "cluster": CLUSTER_READ,
 }))
 
 
@@ -382,7 +392,8 @@ def upgrade(doc):
     figures cannot be split after the fact and are read as they are.
     Version 4 only adds keys (a point's own `options` and `machine`);
     its breakdowns' `harness` holds what version 5 splits into `loop`,
-    `tick` and `unnamed`, and is read as it is."""
+    `tick` and `unnamed`, and is read as it is.  Version 5 also adds a
+    cluster's keys (the document's `cluster`, a point's `host`)."""
     doc.setdefault("machine", {})
     doc.setdefault("options", {})
     if doc.get("version") == 1:
