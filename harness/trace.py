@@ -217,7 +217,10 @@ def read(path, pages=1 << 20, masks=False):
             text = sys.stdin.read()
             name = "<stdin>"
         else:
+            # universal newlines, as a file opened as text reads them: a
+            # line ends at \n, \r\n or a lone \r
             text = read_input(path, MAX_TRACE_BYTES, "trace").decode("utf-8")
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
             name = str(path)
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError("cannot read trace %s: %s" % (path, e)) from None

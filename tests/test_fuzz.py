@@ -356,6 +356,7 @@ def test_trace_parse(text, kw):
                      lambda x: x[0].encode("utf-8")[:x[2]] + x[1] + x[0].encode("utf-8")[x[2]:])),
        trace_params)
 @example(b"a t 1\n\xff\xfe\n", {"pages": 1 << 20, "masks": False})
+@example(b" #\r0\n\n a t0 0", {"pages": 1, "masks": False})   # a lone \r ends a line
 def test_trace_read(data, kw):
     with tempfile.TemporaryDirectory() as d:
         path = write(d, "fuzzed.trace", data)
