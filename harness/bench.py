@@ -354,11 +354,14 @@ class Bench:
         o = self.opts
         d, p = self.designs[i], self.params[i]
         mod = d.module()
+        preemptible = self.busy(threads) > len(self.cores)
         for st in self.states[i]:
             mod.init(st, p)
-            lockmod.init(st.lk, o["lock"], mod.locks(p), o["spin_bound"], self.lock_timing)
+            lockmod.init(st.lk, o["lock"], mod.locks(p), o["spin_bound"], self.lock_timing,
+                         preemptible)
         env = self.env
-        lockmod.init(env.fq.lk, o["lock"], self._fq_classes(), o["spin_bound"], self.lock_timing)
+        lockmod.init(env.fq.lk, o["lock"], self._fq_classes(), o["spin_bound"], self.lock_timing,
+                     preemptible)
         pr = self.profile
         iommu.init(env.io, self.ndomains, p.pages, o["tlb_entries"], o["tlb_ways"],
                    self._cycles(pr.inv_page_ns), self._cycles(pr.inv_domain_ns),

@@ -177,7 +177,9 @@ def throughput_table(points, fmt="simple", cores=None):
     notes = []
     if "*" in marks:
         notes.append("* oversubscribed: more busy processes (workers, a rogue device) than "
-                     "cores (%s); they share cores, so lock holders get preempted"
+                     "cores (%s); they share cores, so lock holders get preempted (a "
+                     "qspinlock then waits as the kernel's does where its CPUs can be "
+                     "preempted: virt_spin_lock, test-and-set, no queue)"
                      % (cores if cores else "see header"))
     if "~" in marks:
         notes.append("~ repeats spread over %d%% of the median" % (SPREAD_MARK * 100))

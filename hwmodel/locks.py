@@ -83,6 +83,7 @@ C_SPIN = 1
 C_TIMING = 2     # 0: off; n: time the hold of one acquisition in n
 C_NWORKERS = 3
 C_NCLASSES = 4
+C_VIRT = 5       # qspinlock: its CPUs can lose their core while they wait
 
 CTL_ABORT = 0    # index in the run's control array that every wait watches
 
@@ -112,10 +113,13 @@ def layout(nlocks, nworkers, nclasses):
             ("cfg", (LINE,))]
 
 
-def init(lk, kind, classes, spin_bound=1000, timing=0):
+def init(lk, kind, classes, spin_bound=1000, timing=0, preemptible=False):
     """Reset every lock to free and every statistic to zero.
     `classes[i]` is the class of lock i; `timing`: 0 off, n (a power of
-    two) to time one acquisition in n (True: every one)."""
+    two) to time one acquisition in n (True: every one).  `preemptible`:
+    the workers outnumber their cores, so a waiter can lose its core; a
+    qspinlock then waits as the kernel's does where that is so
+    (virt_spin_lock, below)."""
     timing = int(timing)
     if not counted(lk) and kind != QUIET_KIND:
         raise ValueError("a Quiet lock is %s, not %s" % (QUIET_KIND, kind))
@@ -132,6 +136,7 @@ def init(lk, kind, classes, spin_bound=1000, timing=0):
     lk.cfg[C_KIND] = KINDS.index(kind)
     lk.cfg[C_SPIN] = spin_bound
     lk.cfg[C_TIMING] = timing
+    lk.cfg[C_VIRT] = int(bool(preemptible))
     lk.cfg[C_NCLASSES] = nclasses
     lk.cfg[C_NWORKERS] = nworkers_classes // nclasses
     if kind == "qspinlock" and lk.cfg[C_NWORKERS] > Q_TAIL_CPU_MAX:
@@ -312,6 +317,17 @@ def _wait_qspin(lk, b, w, val):
     word = lk.word
     i = b + W_STATE
     spins = 0
+    if lk.cfg[C_VIRT] != 0:
+        # virt_spin_lock (arch/x86/include/asm/qspinlock.h): where its CPUs
+        # can be preempted (a guest without paravirt spinlocks) the kernel
+        # falls back to test-and-set on the same word, "because fair locks
+        # have horrible lock 'holder' preemption issues": a queue hands the
+        # lock to the next waiter even when that one has lost its core, and
+        # everyone behind waits for it to be scheduled again.  A point with
+        # more workers than cores is such a machine.
+        while not _queued_trylock(word, i):
+            spins = _relax(lk, spins)
+        return
     # wait, a bounded while, for a pending -> locked hand-over in progress
     if val == Q_PENDING_VAL:
         cnt = Q_PENDING_LOOPS

@@ -33,25 +33,25 @@ def _child(lk, counter, w, rounds):
     hammer(lk, counter, w, rounds)
 
 
-def _make(arena, kind, timing, kind_of_set=locks.Locks):
+def _make(arena, kind, timing, kind_of_set=locks.Locks, preemptible=False):
     v = arena.views
     lk = kind_of_set(v["word"], v["qnode"], v["stats"], v["cfg"], v["ctl"])
-    locks.init(lk, kind, [0], spin_bound=50, timing=timing)
+    locks.init(lk, kind, [0], spin_bound=50, timing=timing, preemptible=preemptible)
     return lk
 
 
-def _hammered(kind, kind_of_set=locks.Locks):
+def _hammered(kind, kind_of_set=locks.Locks, preemptible=False):
     """WORKERS processes through lock 0, ROUNDS times each: the counter
     the lock guards (exact if it excludes), and the lock's statistics."""
     timing = kind in ("ticket", "mcs")
     specs = [(n, np.int64, s) for n, s in locks.layout(1, WORKERS, 1)]
     specs += [("ctl", np.int64, (16,)), ("counter", np.int64, (32,))]
     with Arena(specs) as arena:
-        lk = _make(arena, kind, timing, kind_of_set)
+        lk = _make(arena, kind, timing, kind_of_set, preemptible)
         counter = arena["counter"]
         hammer(lk, counter, 0, 1)           # compile before forking
         counter[:] = 0
-        locks.init(lk, kind, [0], spin_bound=50, timing=timing)
+        locks.init(lk, kind, [0], spin_bound=50, timing=timing, preemptible=preemptible)
         ctx = mp.get_context("fork")
         procs = [ctx.Process(target=_child, args=(lk, counter, w, ROUNDS)) for w in range(WORKERS)]
         for p in procs:
@@ -83,6 +83,14 @@ def test_lock_counts_exactly(kind, no_leaks):
         assert word[locks.W_STATE] == word[locks.W_OWNER] == WORKERS * ROUNDS
     else:
         assert word[locks.W_STATE] == 0
+
+
+def test_qspinlock_on_preemptible_cpus_excludes_exactly(no_leaks):
+    """64 processes on fewer cores: the kernel's virt_spin_lock path,
+    test-and-set on the lock word, still one holder at a time."""
+    count, st, word = _hammered("qspinlock", preemptible=True)
+    assert count == st["acquisitions"] == WORKERS * ROUNDS
+    assert word[locks.W_STATE] == 0
 
 
 def test_quiet_lock_excludes_exactly(no_leaks):
@@ -255,6 +263,33 @@ def test_qspinlock_goes_through_the_kernels_states(no_leaks):
         # each worker's nodes are free again
         q = lk.qnode.reshape(3, locks.LINE)
         assert (q[:, locks.QN_COUNT] == 0).all()
+
+
+def test_qspinlock_on_preemptible_cpus_never_queues(no_leaks):
+    """Where a waiter can lose its core, a contender neither sets pending
+    nor queues (virt_spin_lock): the word shows the holder alone while it
+    waits, and it takes the lock once the holder drops it."""
+    specs = [(n, np.int64, s) for n, s in locks.layout(1, 2, 1)]
+    specs += [("ctl", np.int64, (16,)), ("flag", np.int64, (16,))]
+    with Arena(specs) as arena:
+        lk = _make(arena, "qspinlock", timing=0, preemptible=True)
+        flag = arena["flag"]
+        _take(lk, 0, 0)                      # compile before forking
+        _drop(lk, 0, 0)
+        _announce_and_take(lk, flag, 0)
+        flag[0] = 0
+        _take(lk, 0, 0)
+        waiter = mp.get_context("fork").Process(target=_announce_and_take, args=(lk, flag, 1))
+        waiter.start()
+        while flag[0] == 0:
+            time.sleep(0.001)
+        time.sleep(0.05)
+        assert lk.word[locks.W_STATE] == locks.Q_LOCKED_VAL
+        _drop(lk, 0, 0)
+        waiter.join(60)
+        assert waiter.exitcode == 0
+        assert locks.class_stats(lk)[0]["contentions"] == 1
+        assert lk.word[locks.W_STATE] == 0
 
 
 def test_qspinlock_tail_names_a_bounded_number_of_cpus():
