@@ -176,14 +176,16 @@ def _part_ptr(context, builder, aryty, ary, idx, byte, bits):
     return builder.bitcast(raw, ir.IntType(bits).as_pointer())
 
 
-def _store_part(bits):
+def _part(bits, op):
+    """An intrinsic on `bits` bits at byte `byte` of ary[idx], the rest of
+    the word untouched: "store" (release ordering), or "xchg", which
+    returns the old part, zero-extended."""
     @intrinsic
-    def store_part(typingctx, ary, idx, byte, val):
-        """Atomic store, release ordering, of `bits` bits at byte `byte`
-        of ary[idx]; the rest of the word is untouched."""
+    def part(typingctx, ary, idx, byte, val):
         if not _check_int64_array(ary):
             return None
-        sig = types.void(ary, types.intp, types.intp, types.int64)
+        ret = types.void if op == "store" else types.int64
+        sig = ret(ary, types.intp, types.intp, types.int64)
 
         def codegen(context, builder, signature, args):
             a, i, o, v = args
@@ -191,38 +193,19 @@ def _store_part(bits):
             o = context.cast(builder, o, signature.args[2], types.intp)
             v = context.cast(builder, v, signature.args[3], types.int64)
             ptr = _part_ptr(context, builder, signature.args[0], a, i, o, bits)
-            builder.store_atomic(builder.trunc(v, ir.IntType(bits)), ptr, "release", bits // 8)
-            return context.get_dummy_value()
+            v = builder.trunc(v, ir.IntType(bits))
+            if op == "store":
+                builder.store_atomic(v, ptr, "release", bits // 8)
+                return context.get_dummy_value()
+            return builder.zext(builder.atomic_rmw(op, ptr, v, "seq_cst"), ir.IntType(64))
 
         return sig, codegen
-    return store_part
+    return part
 
 
-def _xchg_part(bits):
-    @intrinsic
-    def xchg_part(typingctx, ary, idx, byte, val):
-        """Atomic exchange of `bits` bits at byte `byte` of ary[idx]: the
-        old part, zero-extended."""
-        if not _check_int64_array(ary):
-            return None
-        sig = types.int64(ary, types.intp, types.intp, types.int64)
-
-        def codegen(context, builder, signature, args):
-            a, i, o, v = args
-            i = context.cast(builder, i, signature.args[1], types.intp)
-            o = context.cast(builder, o, signature.args[2], types.intp)
-            v = context.cast(builder, v, signature.args[3], types.int64)
-            ptr = _part_ptr(context, builder, signature.args[0], a, i, o, bits)
-            old = builder.atomic_rmw("xchg", ptr, builder.trunc(v, ir.IntType(bits)), "seq_cst")
-            return builder.zext(old, ir.IntType(64))
-
-        return sig, codegen
-    return xchg_part
-
-
-store8 = _store_part(8)
-store16 = _store_part(16)
-xchg16 = _xchg_part(16)
+store8 = _part(8, "store")
+store16 = _part(16, "store")
+xchg16 = _part(16, "xchg")
 
 
 @intrinsic
