@@ -192,6 +192,8 @@ STEPS = _line([
                                       # queue's flush, invalidation and device waits
     ("io_outliers", np.int64),        # scratch: `outliers` when the timed I/O began
     ("io_waits", np.int64),           # scratch: those waits when it began
+    ("ticks_timed", np.int64),        # ticks timed, one in DIAG_SAMPLE,
+    ("tick_cycles", np.int64),        # and their cycles, less their service
 ])
 
 # ------------------------------------------------------------------- rings

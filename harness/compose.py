@@ -47,8 +47,11 @@ def bind(mod, p, views, prefix, ctl, lock_kind="qspinlock", spin_bound=1000,
     return st
 
 
-def private(mod, p, lock_kind="qspinlock", timing=False, counted=True):
-    """A State in ordinary process memory, for replay and tests."""
+def private(mod, p, lock_kind=None, timing=False, counted=True):
+    """A State in ordinary process memory, for replay and tests; its locks
+    by default the kernel's (a Quiet set's only kind)."""
+    if lock_kind is None:
+        lock_kind = lockmod.QUIET_KIND
     views = arena.private(specs(mod, p, ""))
     ctl = np.zeros(16, dtype=np.int64)
     return bind(mod, p, views, "", ctl, lock_kind, timing=timing, counted=counted)

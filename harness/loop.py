@@ -266,9 +266,11 @@ def tick(free, trim, sts, env, w, cpu, ops, seen, policy):
     Inlined, with the service out of line: a call hands over the run's
     arrays, a copy that cost more than the tick's own work."""
     inline_into_callers()
-    now = cycles()
-    ph = clock(env.ctl, now)
     c = env.cnt[w]
+    # --diag times one tick in DIAG_SAMPLE, less the service it may run
+    timed = env.cfg[0].diag != 0 and c.ticks & (DIAG_SAMPLE - 1) == 0
+    now = stamp() if timed else cycles()
+    ph = clock(env.ctl, now)
     c.ops_live = ops
     c.ticks += 1
     if ph != seen:
@@ -279,8 +281,15 @@ def tick(free, trim, sts, env, w, cpu, ops, seen, policy):
             c.ops_end = ops
             c.t_end = now
             return ph
+    served = env.steps[w].service_cycles
     if dma.timer_due(env, now, policy) or (w == 0 and now >= c.next_trim):
         _service(free, trim, sts, env, w, cpu, now, policy)
+    if timed:
+        # its own cycles: the service, timed whole as `timers`, left out
+        t = stamp()
+        s = env.steps[w]
+        s.tick_cycles += t - now - (s.service_cycles - served)
+        s.ticks_timed += 1
     return ph
 
 
@@ -307,19 +316,19 @@ def local_ring(alloc, free, trim, sts, env, w, cpu, policy):
     t_dev = 0
     seen = PH_WARMUP
     it = 0
+    rng = _xorshift(rng)
     while True:
         if it & mask == 0:
             seen = tick(free, trim, sts, env, w, cpu, ops, seen, policy)
             if seen >= PH_STOP:
                 break
         it += 1
-        rng = _xorshift(rng)
+        sample = diag and _sampled(rng)
+        t_io = _io_begin(env, w) if sample else 0
         pages = _size(env, rng)
         slot = head + nout
         if slot >= depth:
             slot -= depth
-        sample = diag and _sampled(rng)
-        t_io = _io_begin(env, w) if sample else 0
         iova, t_dev, t_done = _map_and_use(alloc, sts, env, w, cpu, dom, pages,
                                            phys + slot * PAGES_PER_SLOT, sample, device, t_dev)
         if iova < 0:
@@ -330,10 +339,13 @@ def local_ring(alloc, free, trim, sts, env, w, cpu, policy):
                 nout -= 1
             else:
                 sched_yield()       # the space is held by others: let them run
+            rng = _xorshift(rng)
             continue
         _put(ring, rb + slot * RING_WORDS, iova, pages, t_done, dom)
         ops += 1
         nout += 1
+        # the next I/O's draw, here so that a timed I/O holds one draw
+        rng = _xorshift(rng)
         if nout >= depth:
             _unmap(free, sts, env, w, cpu, w, rb + head * RING_WORDS, ring, sample, policy)
             head = head + 1 if head + 1 < depth else 0

@@ -139,6 +139,18 @@ def clock_reads_per_io(raw):
 
 # ------------------------------------------------------------- breakdown
 
+def _tick(raw, s, read, sread):
+    """The loop's looks at the clock, every PHASE_EVERY I/Os, in cycles:
+    one in DIAG_SAMPLE is timed (its closing stamp taken off, its opening
+    one counted as the plain read the others take); without any timed, a
+    read's cost each."""
+    ticks = int(raw.cnt["ticks"].sum())
+    timed = int(s["ticks_timed"].sum())
+    if not timed:
+        return ticks * read
+    return ticks * max(read, s["tick_cycles"].sum() / timed - sread + read)
+
+
 def _loop(raw, s, sread):
     """The harness's own loop per I/O, ns: a sampled I/O of the local ring
     timed whole, less its waits counted elsewhere (loop._io_end), less its
@@ -224,8 +236,8 @@ def breakdown(raw, lock_rows):
     }
     out["diag_timing"] += 2 * int(s["ios"].sum()) * sread / ops_all / cpn
     out["loop"] = _loop(raw, s, sread)
-    # the loop's look at the clock every PHASE_EVERY I/Os, at a read's cost
-    out["tick"] = int(raw.cnt["ticks"].sum()) * read / ops_all / cpn
+    out["tick"] = _tick(raw, s, read, sread) / ops_all / cpn
+    out["diag_timing"] += 2 * int(s["ticks_timed"].sum()) * sread / ops_all / cpn
     total = window_seconds(raw) * 1e9 * len(ops) / window_ops
     out["unnamed"] = max(0.0, total - sum(out.values()))
     out["total"] = total

@@ -132,6 +132,11 @@ def test_the_loop_is_a_timed_io_less_its_steps():
     b = readout.breakdown(r, [])
     assert b["loop"] == pytest.approx(7.0)
     assert b["tick"] == pytest.approx(r.cnt["ticks"].sum() * 10.0 / r.cnt["ops"].sum())
+    # timed ticks: each interval less its closing stamp, plus the plain
+    # read an untimed tick opens with: 100 + 20 cycles a tick
+    s["ticks_timed"], s["tick_cycles"] = 10, 10 * (100 + 40)
+    b = readout.breakdown(r, [])
+    assert b["tick"] == pytest.approx(r.cnt["ticks"].sum() * 120 / 2.0 / r.cnt["ops"].sum())
     # what is left is the total less every part: nothing is named twice
     parts = sum(v for k, v in b.items() if k not in ("total", "lock_wait", "unnamed"))
     assert b["unnamed"] == pytest.approx(max(0.0, b["total"] - parts))
