@@ -21,7 +21,9 @@ clock one iteration in `phase_every`.  Besides the tick, an I/O reads the
 clock when the device's time is modelled (once, to stamp when the device is
 done, then while polling for it), when an unmap starts an exposure window
 (every unmap of a design with an IOMMU), in the invalidation unit, and in the
-steps of the one I/O in DIAG_SAMPLE that `--diag` times.
+steps of the one I/O in DIAG_SAMPLE that `--diag` times (that I/O is also
+timed whole, so that the loop between its steps is measured too, and so
+is one tick in DIAG_SAMPLE).
 
 The window is timed by the workers: the last to reach the start line writes
 the deadlines of the warm-up and of the window on the cycle counter, and the

@@ -32,11 +32,10 @@ A replay's locks are `Quiet`: the same words, but no acquisition count, no
 last holder, no timed hold, since the kernel keeps none of these and a
 replay reads none of them; and their kind is the kernel's, `qspinlock`,
 fixed when the code is compiled, as the kernel's spinlock is fixed when it
-is built.  Being a
-type of its own, both choices are made when the code is compiled
-(`counted`), so they cost the lock nothing at run time: the kind's
-branches and the load of the kind were an eighth of a one-page magazine
-hit (docs/performance.md).
+is built.  Being a type of its own, both choices are made when the code
+is compiled (`counted`), so they cost the lock nothing at run time: the
+kind's load and branches were an eighth of a one-page magazine hit
+(docs/performance.md).
 """
 from collections import namedtuple
 
