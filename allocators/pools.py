@@ -148,7 +148,7 @@ def refuse(p, size):
     whys = [_bitmap.fit_refusal(size, max(start, 1), end, p.boundary) for start, end in pools]
     if not all(whys):
         return None
-    if size <= LARGE_ALLOC_PAGES or "boundary" in whys[-1]:
+    if size <= LARGE_ALLOC_PAGES or size > p.boundary:
         return whys[-1]
     return ("a %d-page request fits nowhere in the large pool (pages %d..%d), where requests "
             "over %d pages go" % (size, bounds[-1][0], p.pages - 1, LARGE_ALLOC_PAGES))

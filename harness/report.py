@@ -350,7 +350,8 @@ def cluster_lines(doc, prefix=""):
     if cl.get("mode") != "each-machine":
         from harness.cluster import same_kind
         first_name, (first, _) = next(iter(hosts.items()))
-        odd = [(n, same_kind(first, h)) for n, (h, _) in hosts.items() if same_kind(first, h)]
+        odd = [(n, ks) for n, ks in ((n, same_kind(first, h)) for n, (h, _) in hosts.items())
+               if ks]
         if odd:
             lines.append("%smixed machines: %s differ%s from %s in %s; the table's figures are "
                          "not of one kind of machine" % (
