@@ -6,7 +6,8 @@ A module exports:
     NAME                 its name, as the registry and the design names use it
     LOCK_CLASSES         names of its lock classes (the rows of the lock table)
     STATS                names of its counters, kept per worker (a STAT_LINE
-                         each) unless `counters` says otherwise
+                         each) unless `counters` says otherwise; names past
+                         the first STAT_LINE must be kept by `counters`
     layout(p)            -> [(array name, dtype, shape)] of its state, locks excluded
     locks(p)             -> the lock class of each lock instance it uses
     make(views, lk)      -> its State namedtuple (views: name -> array)
@@ -64,7 +65,7 @@ PAGE_SHIFT = 12
 STAT_LINE = 16                     # int64 counters per worker line
 
 # The registry: the allocators built in, in the order tables list them.
-BUILTIN = ("direct", "bitmap", "pools", "rbtree", "magazines")
+BUILTIN = ("direct", "bitmap", "pools", "rbtree", "magazines", "lockfree")
 PATH_ENV = "IOMMU_STRESS_ALLOCATORS"
 
 
@@ -169,9 +170,9 @@ def refusal(mod, p, sizes):
 def totals(mod, st):
     """{name: count} of every counter in mod.STATS for one state: the
     workers' lines summed, plus what `counters` keeps elsewhere."""
-    n = len(mod.STATS)
-    rows = st.stats.reshape(-1, STAT_LINE)[:, :n] if n else None
-    out = {name: int(rows[:, k].sum()) for k, name in enumerate(mod.STATS)}
+    n = min(len(mod.STATS), STAT_LINE)
+    rows = st.stats.reshape(-1, STAT_LINE)[:, :n]
+    out = {name: int(rows[:, k].sum()) if k < n else 0 for k, name in enumerate(mod.STATS)}
     if mod.counters is not None:
         for name, v in mod.counters(st).items():
             out[name] += int(v)

@@ -49,8 +49,8 @@ from allocators import IOVA_RANGE_CACHE_MAX_SIZE, MAX_GLOBAL_MAGS, STAT_LINE
 from allocators import rbtree
 from allocators.rbtree import (DOMAIN_BYTES, IOVA_ANCHOR, IOVA_BYTES, M_NODES,
                                alloc_locked, free_locked)
-from hwmodel.cpu import (cas, fetch_add, fls, hot, inline_into_callers, load, out_of_line,
-                         store)
+from hwmodel import stack
+from hwmodel.cpu import cas, fetch_add, fls, hot, inline_into_callers, load, out_of_line
 from hwmodel.cpu import uidx as _u
 from hwmodel.locks import acquire, counted, release
 
@@ -281,20 +281,11 @@ def _mag_alloc(st):
     """iova_magazine_alloc: an empty magazine's address, or -1 when none
     is left (the kernel's GFP_ATOMIC failure)."""
     meta = st.meta
-    mags = st.mags
-    while True:
-        h = load(meta, P_HEAD)
-        top = h & MASK32
-        if top == 0:
-            fetch_add(meta, N_MAG_NOMEM, 1)
-            return -1
-        i = top - 1
-        nxt = load(mags, i)
-        # the tag in the high half defeats ABA between the load and the cas
-        nh = (((h >> 32) + 1) << 32) | nxt
-        if cas(meta, P_HEAD, h, nh) == h:
-            break
-    mags[i] = 0
+    i, _ = stack.pop(meta, P_HEAD, st.mags)
+    if i == -1:
+        fetch_add(meta, N_MAG_NOMEM, 1)
+        return -1
+    st.mags[i] = 0
     live = fetch_add(meta, P_LIVE, 1) + 1
     _raise_peak(meta, P_PEAK_MAGS, live)
     _note_bytes(meta, st.tree.meta)
@@ -304,15 +295,8 @@ def _mag_alloc(st):
 @hot
 def _mag_free(st, i):
     """iova_magazine_free: the magazine at address i."""
-    meta = st.meta
-    mags = st.mags
-    while True:
-        h = load(meta, P_HEAD)
-        store(mags, i, h & MASK32)
-        nh = (((h >> 32) + 1) << 32) | (i + 1)
-        if cas(meta, P_HEAD, h, nh) == h:
-            break
-    fetch_add(meta, P_LIVE, -1)
+    stack.push(st.meta, P_HEAD, st.mags, i)
+    fetch_add(st.meta, P_LIVE, -1)
 
 
 @hot
@@ -601,23 +585,38 @@ def free_global_cached_iovas(st, w):
 
 
 @hot
-def alloc(st, w, cpu, pages, limit):
-    """alloc_iova_fast(iovad, pages, limit, true): pfn, or -1."""
+def check_cpu(ncpus, cpu):
     inline_into_callers()
-    if np.uint64(cpu) >= np.uint64(st.meta[C_NCPUS]):       # also cpu < 0
+    if np.uint64(cpu) >= np.uint64(ncpus):       # also cpu < 0
         raise IndexError("simulated CPU out of range")
-    if pages < 1:
-        return -1
+
+
+@hot
+def rcache_request(pages, limit):
+    """How alloc_iova_fast sees a request of `pages` (>= 1): (the pages
+    its range takes, its size class, the highest pfn a cached entry may
+    have to serve it)."""
+    inline_into_callers()
     size = pages
     if size < (1 << (NCLS - 1)):
         size = np.int64(1) << fls(size - 1)        # roundup_pow_of_two
-    c = fls(size - 1)                              # order_base_2
+    # iova_rcache_get(iovad, size, limit + 1): entries up to
+    # limit + 1 - size, an unsigned subtraction in the kernel
+    lim = limit + 1 - size
+    if lim < 0:
+        lim = IOVA_ANCHOR
+    return size, fls(size - 1), lim                # order_base_2
+
+
+@hot
+def alloc(st, w, cpu, pages, limit):
+    """alloc_iova_fast(iovad, pages, limit, true): pfn, or -1."""
+    inline_into_callers()
+    check_cpu(st.meta[C_NCPUS], cpu)
+    if pages < 1:
+        return -1
+    size, c, lim = rcache_request(pages, limit)
     if c < NCLS:
-        # iova_rcache_get(iovad, size, limit + 1): entries up to
-        # limit + 1 - size, an unsigned subtraction in the kernel
-        lim = limit + 1 - size
-        if lim < 0:
-            lim = IOVA_ANCHOR
         pfn = _rcache_get(st, w, cpu, c, lim)
         if pfn != 0:
             return pfn
@@ -659,8 +658,7 @@ def free(st, w, cpu, pfn, pages):
     """free_iova_fast(iovad, pfn, pages): into this CPU's cache, or, for
     an uncached size or a cache that cannot take it, into the tree."""
     inline_into_callers()
-    if np.uint64(cpu) >= np.uint64(st.meta[C_NCPUS]):       # also cpu < 0
-        raise IndexError("simulated CPU out of range")
+    check_cpu(st.meta[C_NCPUS], cpu)
     if pages < 1:
         return
     c = fls(pages - 1)                             # order_base_2

@@ -26,7 +26,7 @@ from harness.config import defaults
 from harness.report import header
 from harness.results import machine
 
-DEFAULT = ("direct,bitmap,pools,rbtree,magazines,linux-2008,peleg-2015,linux-6.7,"
+DEFAULT = ("direct,bitmap,pools,rbtree,magazines,lockfree,linux-2008,peleg-2015,linux-6.7,"
            "fujita-bitmap")
 SETTINGS = {"plain": {}, "check": {"check": True}, "lock_timing": {"lock_timing": True},
             "diag": {"diag": True}}

@@ -509,7 +509,9 @@ class Bench:
         footprint = {}
         for st in self.states[i]:
             if nstats:
-                alloc_stats += st.stats.reshape(-1, allocators.STAT_LINE)[:threads, :nstats]
+                # names past a line's worth are kept only by `counters`
+                k = min(nstats, allocators.STAT_LINE)
+                alloc_stats[:, :k] += st.stats.reshape(-1, allocators.STAT_LINE)[:threads, :k]
             if mod.counters is not None:
                 # kept per CPU, not per worker: the readout sums the rows
                 for name, v in mod.counters(st).items():

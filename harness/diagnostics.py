@@ -293,8 +293,15 @@ def _allocs(st):
     return 0
 
 
-def _derived_alloc(key, v, st, allocs):
+def _derived_alloc(key, v, st, allocs, ios):
     per_alloc = lambda: fmt_ratio(v, allocs) + " per alloc"     # noqa: E731
+    if key in ("cas_failures", "bypasses"):
+        # an I/O is one allocation and one free
+        if not (v and ios):
+            return ""
+        if v < 2 * ios / 100:
+            return "one per %s allocs or frees" % fmt_ratio(2 * ios, v, "%.0f")
+        return fmt_ratio(v, 2 * ios, "%.3f") + " per alloc or free"
     share = lambda: fmt_pct(v, allocs) + " of allocs"           # noqa: E731
     if key in ("nodes_visited", "words_scanned"):
         return per_alloc()
@@ -321,6 +328,8 @@ STAT_LABELS = {
     "depot_pops": "depot pops",
     "flush_retries": "flush-all-and-retry",
     "trims": "depot trims",
+    "cas_failures": "compare-and-swap failures (retried)",
+    "bypasses": "per-CPU cache owned by another worker (bypassed)",
 }
 
 
@@ -336,7 +345,7 @@ def alloc_table(point, fmt="simple"):
         if k in mags:
             continue
         rows.append([STAT_LABELS.get(k, k.replace("_", " ")), fmt_count(v),
-                     _derived_alloc(k, v, st, allocs)])
+                     _derived_alloc(k, v, st, allocs, point.get("ops_total") or 0)])
     if point.get("alloc_fails"):
         rows.append(["failed maps (no IOVA)", fmt_count(point["alloc_fails"]), ""])
     fp = point.get("footprint_bytes") or {}

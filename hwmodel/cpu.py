@@ -158,6 +158,7 @@ def _rmw(op):
 
 fetch_add = _rmw("add")   # returns the old value
 fetch_or = _rmw("or")     # returns the old value
+fetch_and = _rmw("and")   # returns the old value
 xchg = _rmw("xchg")       # returns the old value
 
 

@@ -4,7 +4,7 @@ The harness's own replay (harness/replay.py) reads traces, which have no
 verbs for the magazines' trim and flush; these rows do."""
 from numba import njit
 
-from allocators import magazines, rbtree
+from allocators import lockfree, magazines, rbtree
 from tests.ref_iova import OP_ALLOC, OP_FREE, OP_TRIM
 
 
@@ -31,12 +31,25 @@ def drive_rbtree(st, w, ops, out):
     _drive(rbtree.alloc, rbtree.free, st, w, ops, out, 0)
 
 
-@njit(cache=True)
-def drive_magazines(st, w, ops, out):
-    i = _drive(magazines.alloc, magazines.free, st, w, ops, out, 0)
+@njit
+def _drive_cache(alloc, free, trim, flush_all, st, w, ops, out):
+    """_drive, with the rows for a cache's trim and flush too."""
+    i = _drive(alloc, free, st, w, ops, out, 0)
     while i < ops.shape[0]:
         if ops[i, 0] == OP_TRIM:
-            out[i] = magazines.trim(st, w, ops[i, 2])
+            out[i] = trim(st, w, ops[i, 2])
         else:
-            out[i] = magazines.flush_all(st, w)
-        i = _drive(magazines.alloc, magazines.free, st, w, ops, out, i + 1)
+            out[i] = flush_all(st, w)
+        i = _drive(alloc, free, st, w, ops, out, i + 1)
+
+
+@njit(cache=True)
+def drive_magazines(st, w, ops, out):
+    _drive_cache(magazines.alloc, magazines.free, magazines.trim, magazines.flush_all,
+                 st, w, ops, out)
+
+
+@njit(cache=True)
+def drive_lockfree(st, w, ops, out):
+    _drive_cache(lockfree.alloc, lockfree.free, lockfree.trim, lockfree.flush_all,
+                 st, w, ops, out)

@@ -421,11 +421,12 @@ def tree_trace(rnd, n, limits, target=64, max_size=64, period=2000):
 
 def rcache_trace(rnd, n, ncpus, mag_size, depot, limits, target=64,
                  max_size=64, p_trim=0.005, p_flush=0.0005, p_switch=0.1,
-                 period=2000):
-    """(ops, results, live, rcache): n requests against an RCache, the CPU
-    changing now and then, with trims and full flushes sprinkled in."""
-    d = Domain()
-    rc = RCache(d, ncpus, mag_size, depot)
+                 period=2000, rc=None):
+    """(ops, results, live, rcache): n requests against an RCache (a new
+    one over a Domain unless `rc` is given), the CPU changing now and
+    then, with trims and full flushes sprinkled in."""
+    if rc is None:
+        rc = RCache(Domain(), ncpus, mag_size, depot)
     live, ops, res = [], [], []
     cpu = 0
     goal = target

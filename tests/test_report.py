@@ -198,6 +198,17 @@ def test_allocator_ratios():
     assert re.search(r"something new\s+7", text)      # unknown keys still shown
 
 
+def test_compare_and_swap_failures_per_operation():
+    """Per allocation or free: an I/O is one of each."""
+    p = point("lockfree", 2, 1e6, alloc_stats={"cas_failures": 30, "bypasses": 4})
+    p["ops_total"] = 1000
+    text = diagnostics.alloc_table(p)
+    assert re.search(r"compare-and-swap failures \(retried\)\s+30\s+0\.015 per alloc or free",
+                     text)
+    assert re.search(r"owned by another worker \(bypassed\)\s+4\s+one per 500 allocs or frees",
+                     text)
+
+
 def test_magazine_hit_rates_per_size_class():
     stats = {"hits_1": 990, "misses_1": 10, "hits_2": 0, "misses_2": 0, "hits_4": 30, "misses_4": 70,
              "depot_pushes": 11, "depot_pops": 9, "flush_retries": 0, "trims": 1}
