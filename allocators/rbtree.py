@@ -28,7 +28,8 @@ the lock; the difference is a few instructions of hold time).
 
 Variant `augmented` (design `rbtree:augmented`) is Peng Zhang's "iommu/iova:
 Optimize alloc_iova with rbtree_augmented" (iommu list, v3, September
-2022; never merged), over the same tree, lock and cached nodes.  Every node
+2022; mainline's iova.c has no such annotations), over the same tree, lock
+and cached nodes.  Every node
 also keeps `prev_iova` (its in-order predecessor), `allocatable_size` (the
 largest size-aligned request its gap, from the predecessor's end to its
 own start, can place: __compute_allocatable_size, exact) and
@@ -64,7 +65,8 @@ propagate callbacks of RB_DECLARE_CALLBACKS_MAX.  Its `alloc_iova`:
   its gap empty.  It is the domain's, not live: a free of it counts as a
   bad free.
 
-free_iova is mainline's, the cached nodes moved the same way.  The node
+free_iova moves the cached nodes as mainline's does; the freed node's
+successor then takes over its predecessor and its gap.  The node
 grows by the three words (the kernel's struct iova from 40 to 64 bytes, the
 domain by 24 for its anchor); here allocatable_size and max share one word,
 each saturated at GAP_SAT pages (requests above that are refused), because

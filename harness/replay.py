@@ -322,7 +322,8 @@ def command(args, stdout, stderr):
     if args.timing:
         n = len(trace)
         per = rep.elapsed_ns / n if n else 0.0
-        stderr.write("replay: %.1f ns/request over %d requests (%s)\n" % (per, n, name))
+        stderr.write("replay: %.1f ns/request over %d requests (%s%s)\n"
+                     % (per, n, name, ":" + variant if variant else ""))
         stderr.flush()
     if args.op_timing:
         stderr.write("replay: %s\n" % _op_means(rep))
