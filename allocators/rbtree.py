@@ -95,6 +95,9 @@ MAINLINE, AUGMENTED = "mainline", "augmented"
 VARIANTS = (MAINLINE, AUGMENTED)
 DEFAULT_VARIANT = MAINLINE
 LOCK_CLASSES = ("rbtree",)
+# "retries": mainline's walks retried from the top; the augmented tree's
+# searches of the tree from the limit, after the cached node (and, above
+# 4 GiB, the prev list) had no room
 STATS = ("allocs", "fails", "frees", "nodes_visited", "retries", "fastfails",
          "bad_frees", "nomem")
 S_ALLOCS, S_FAILS, S_FREES, S_VISITED, S_RETRIES, S_FASTFAILS, S_BAD_FREES, \
