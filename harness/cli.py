@@ -98,6 +98,9 @@ def _options(args, several):
     args.preset_extras = {}
     if getattr(args, "preset", None):
         preset, args.preset_extras = config.load_preset(args.preset)
+        if "replay" in args.preset_extras:
+            raise UsageError("preset %s is a replay: run `%s replay --preset %s`"
+                             % (args.preset, PROG, args.preset))
         layers.append(preset)
     if args.config:
         layers.append(config.load_toml(config.find_config(args.config)))

@@ -285,7 +285,7 @@ def find_config(name, kind=""):
                      % (name, kind.rstrip("s") or "config", ", ".join(known) or "none"))
 
 
-PRESET_EXTRAS = ("description", "published")
+PRESET_EXTRAS = ("description", "published", "replay")
 
 
 def load_preset(name):
@@ -308,10 +308,51 @@ def load_preset(name):
         except ValueError as e:
             raise UsageError("%s: published.%s: expected %s"
                              % (_where_in(path, text, "published", key), key, e)) from None
+    if "replay" in extras:
+        _replay_table(path, text, extras["replay"])
     return opts, extras
 
 
-METRICS = ("x_direct", "x_first", "invalidation_share", "footprint", "shape")
+# A replay preset's [replay] table: key -> (required, smallest value);
+# allocator and variants are strings
+REPLAY_KEYS = {"allocator": (True, None), "variants": (True, None), "pages": (True, 2),
+               "live": (True, 1), "pairs": (True, 0), "seed": (False, 0),
+               "request_pages": (False, 1), "limit": (False, 0)}
+
+
+def _replay_table(path, text, table):
+    """A replay preset (`iommu-stress replay --preset`): the trace it
+    generates (harness/trace.py prefill_trace) and the variants it runs."""
+    if not isinstance(table, dict):
+        raise UsageError("%s: replay: expected a table" % _where(path, text, "replay"))
+    for key in table:
+        if key not in REPLAY_KEYS:
+            raise UsageError("%s: replay.%s: unknown key; known: %s"
+                             % (_where_in(path, text, "replay", key), key,
+                                ", ".join(REPLAY_KEYS)))
+    for key, (required, least) in REPLAY_KEYS.items():
+        if key not in table:
+            if required:
+                raise UsageError("%s: replay: %s missing" % (_where(path, text, "replay"), key))
+            continue
+        v = table[key]
+        if key == "allocator":
+            ok = isinstance(v, str)
+        elif key == "variants":
+            ok = isinstance(v, list) and v and all(isinstance(x, str) for x in v)
+        else:
+            ok = isinstance(v, int) and not isinstance(v, bool) and v >= least
+        if not ok:
+            raise UsageError("%s: replay.%s: expected %s, got %r"
+                             % (_where_in(path, text, "replay", key), key,
+                                {"allocator": "a name", "variants": "a list of names"}.get(
+                                    key, "an integer >= %s" % least), v))
+    if table.get("limit", 0) >= table["pages"] or table.get("request_pages", 1) > table["pages"]:
+        raise UsageError("%s: replay: limit and request_pages must lie within pages"
+                         % _where(path, text, "replay"))
+
+
+METRICS = ("x_direct", "x_first", "invalidation_share", "footprint", "shape", "alloc_ns")
 
 
 def _published(key, value):

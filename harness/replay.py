@@ -16,8 +16,8 @@ from allocators import DEFAULT_BOUNDARY_PAGES, Params
 from harness import arena, entries
 from harness.compose import private
 from harness.errors import UsageError
-from harness.trace import OP_ALLOC, OP_FREE, read
-from hwmodel.cpu import hot
+from harness.trace import OP_ALLOC, OP_FREE, parse, prefill_trace, read
+from hwmodel.cpu import calibrate, hot, stamp, stamp_cost
 
 MAG_SIZES = (127, 128)
 DEFAULT_PAGES = 1 << 20
@@ -44,6 +44,31 @@ def replay_loop(alloc, free, st, op, slot, pages, limit, cpu, result, held):
             if pfn < 0:
                 return i
             free(st, 0, cpu[i], pfn, pages[i])
+            held[k] = -1
+        result[i] = pfn
+    return -1
+
+
+@hot
+def replay_timed_loop(alloc, free, st, op, slot, pages, limit, cpu, result, held, spent):
+    """replay_loop with each request timed between two stamps (whose own
+    cost the caller subtracts): spent[i] is the cycles of request i."""
+    for i in range(op.shape[0]):
+        k = slot[i]
+        if op[i] == OP_ALLOC:
+            if held[k] >= 0:
+                return i
+            t0 = stamp()
+            pfn = alloc(st, 0, cpu[i], pages[i], limit[i])
+            spent[i] = stamp() - t0
+            held[k] = pfn
+        else:
+            pfn = np.int64(held[k])
+            if pfn < 0:
+                return i
+            t0 = stamp()
+            free(st, 0, cpu[i], pfn, pages[i])
+            spent[i] = stamp() - t0
             held[k] = -1
         result[i] = pfn
     return -1
@@ -96,6 +121,21 @@ class Replay:
     live: list              # [(pfn, pages)] still held at the end
     problems: list          # from the allocator's check: non-empty is our bug
     state: object           # the allocator's State after the replay
+    cost_ns: np.ndarray = None  # timed: ns of each request (None: not timed)
+
+    def mean_ns(self, op, start=0, stop=None):
+        """Timed: the mean ns of the requests of kind `op` among requests
+        start..stop-1, or None for none."""
+        sel = self.trace.op[start:stop] == op
+        return float(self.cost_ns[start:stop][sel].mean()) if sel.any() else None
+
+    @property
+    def alloc_ns(self):
+        return self.mean_ns(OP_ALLOC)
+
+    @property
+    def free_ns(self):
+        return self.mean_ns(OP_FREE)
 
     def lines(self):
         """`<tag> <pfn>` or `<tag> fail` per allocation, in trace order."""
@@ -113,12 +153,15 @@ class Replay:
 
 
 def run(trace, allocator, pages=DEFAULT_PAGES, boundary=DEFAULT_BOUNDARY_PAGES,
-        variant="", mag_size=127):
+        variant="", mag_size=127, timed=False):
     """Replay a parsed trace against a fresh allocator.  Raises UsageError
     for a request the allocator's answers make invalid (a free of a tag
-    whose allocation failed, an allocation of a tag still live)."""
+    whose allocation failed, an allocation of a tag still live).
+    `timed`: each request is timed between two stamps of the cycle counter
+    (their own cost subtracted), for the mean ns of an allocation and of a
+    free; elapsed_ns then includes the stamps."""
     mod = module(allocator)
-    entry = entries.of(allocator).replay
+    entry = entries.of(allocator).replay_timed if timed else entries.of(allocator).replay
     p = params(trace, allocator, pages, boundary, variant, mag_size)
     try:
         # the kernel keeps no lock or cache statistics, nor does a replay
@@ -131,17 +174,20 @@ def run(trace, allocator, pages=DEFAULT_PAGES, boundary=DEFAULT_BOUNDARY_PAGES,
     # Compile (or load from the cache) on an empty trace, so that the timed
     # call below is the loop alone.
     empty = np.zeros(0, dtype=np.int64)
-    args = (st, empty, empty, empty, empty, empty, empty, a["held"])
+    spent = np.zeros(len(trace) if timed else 0, dtype=np.int64)
+    extra = (spent,) if timed else ()
+    args = (st, empty, empty, empty, empty, empty, empty, a["held"]) + ((empty,) if timed else ())
     if entries.cached(entry, args):
         entry(*args)
     else:
-        key = "%s replay" % allocator
+        key = "%s replay%s" % (allocator, " timed" if timed else "")
         entries.compile_notice([key], 1)
         t0 = time.perf_counter()
         entry(*args)
         entries.compile_record([key], [time.perf_counter() - t0])
     t0 = time.perf_counter_ns()
-    bad = entry(st, a["op"], a["slot"], a["pages"], a["limit"], a["cpu"], a["result"], a["held"])
+    bad = entry(st, a["op"], a["slot"], a["pages"], a["limit"], a["cpu"], a["result"], a["held"],
+                *extra)
     elapsed = time.perf_counter_ns() - t0
     result = a["result"]
     if bad >= 0:
@@ -152,7 +198,11 @@ def run(trace, allocator, pages=DEFAULT_PAGES, boundary=DEFAULT_BOUNDARY_PAGES,
     held = np.flatnonzero(allocs & (result >= 0) & ~freed)
     live = list(zip(result[held].tolist(), trace.pages[held].tolist()))
     problems = list(mod.check(st, p, live))
-    return Replay(trace, allocator, p, result, elapsed, live, problems, st)
+    rep = Replay(trace, allocator, p, result, elapsed, live, problems, st)
+    if timed:
+        # a stamp's own cost is in every interval: exact to subtract
+        rep.cost_ns = (spent - stamp_cost()) / calibrate()
+    return rep
 
 
 def _loop_arrays(trace, limit):
@@ -196,8 +246,9 @@ MAX_BOUNDARY = 1 << 40
 
 def add_arguments(parser):
     """The replay subcommand's arguments."""
-    parser.add_argument("trace", metavar="TRACE",
-                        help="request trace, format v1 ('-': standard input)")
+    parser.add_argument("trace", metavar="TRACE", nargs="?",
+                        help="request trace, format v1 ('-': standard input); none with "
+                             "--preset")
     parser.add_argument("--allocator", default="rbtree", metavar="NAME",
                         help="one of %s (default: %%(default)s)" % ", ".join(replayable()))
     parser.add_argument("--pages", default=str(DEFAULT_PAGES), metavar="N",
@@ -216,6 +267,15 @@ def add_arguments(parser):
                              "(default: %(default)s)")
     parser.add_argument("--timing", action="store_true",
                         help="print the replay loop's ns per request on stderr")
+    parser.add_argument("--op-timing", action="store_true",
+                        help="time each request between two reads of the cycle counter "
+                             "(their cost subtracted) and print the mean ns of an "
+                             "allocation and of a free on stderr")
+    parser.add_argument("--preset", metavar="NAME",
+                        help="a replay experiment (configs/presets/ with a [replay] table, "
+                             "e.g. zhang2022): its trace generated, replayed under each of "
+                             "its variants with --op-timing, the published figures beside "
+                             "ours")
     return parser
 
 
@@ -247,9 +307,13 @@ def command(args, stdout, stderr):
     """Run the replay subcommand: the output on `stdout`, `--timing` on
     `stderr`.  Bad input raises UsageError; an allocator whose state is
     wrong after the replay raises RuntimeError (a bug of ours)."""
+    if args.preset:
+        return preset_command(args, stdout)
+    if args.trace is None:
+        raise UsageError("give a TRACE, or --preset NAME")
     name, pages, boundary, variant, mag_size = _validate(args)
     trace = read(args.trace, pages=pages, masks=module(name).LIMIT_IS_MASK)
-    rep = run(trace, name, pages, boundary, variant, mag_size)
+    rep = run(trace, name, pages, boundary, variant, mag_size, timed=args.op_timing)
     stdout.write(rep.text())
     stdout.flush()
     if rep.problems:
@@ -258,6 +322,73 @@ def command(args, stdout, stderr):
     if args.timing:
         n = len(trace)
         per = rep.elapsed_ns / n if n else 0.0
-        stderr.write("replay: %.1f ns/request over %d requests (%s)\n" % (per, n, name))
+        stderr.write("replay: %.1f ns/request over %d requests (%s%s)\n"
+                     % (per, n, name, ":" + variant if variant else ""))
         stderr.flush()
+    if args.op_timing:
+        stderr.write("replay: %s\n" % _op_means(rep))
+        stderr.flush()
+    return 0
+
+
+def _op_means(rep):
+    fmt = lambda v: "-" if v is None else "%.1f ns" % v      # noqa: E731
+    return "mean allocation %s, mean free %s (%s%s)" % (
+        fmt(rep.alloc_ns), fmt(rep.free_ns), rep.allocator,
+        ":" + rep.params.variant if rep.params.variant else "")
+
+
+def preset_command(args, stdout):
+    """`replay --preset NAME`: the preset's generated trace replayed, each
+    request timed, under each of its variants; its published figures
+    beside ours on `stdout`."""
+    from tabulate import tabulate
+
+    from harness import config
+    if args.trace is not None:
+        raise UsageError("--preset %s generates its own trace: give no TRACE" % args.preset)
+    opts, extras = config.load_preset(args.preset)
+    spec = extras.get("replay")
+    if spec is None:
+        raise UsageError("preset %s is a sweep: run `iommu-stress sweep --preset %s`"
+                         % (args.preset, args.preset))
+    name = spec["allocator"]
+    mod = module(name)
+    for v in spec["variants"]:
+        if v not in mod.VARIANTS:
+            raise UsageError("preset %s: %s has no variant %r" % (args.preset, name, v))
+    pages = spec["pages"]
+    limit = spec.get("limit", pages - 1)
+    text = prefill_trace(spec.get("seed", 1), spec["live"], spec["pairs"],
+                         spec.get("request_pages", 1), limit)
+    trace = parse(text, "<%s>" % args.preset, pages=pages)
+    rows, first = [], None
+    pub = dict(extras.get("published", {}))
+    pub.pop("threads", None)
+    pub.pop("metric", None)
+    live = spec["live"]
+    for v in spec["variants"]:
+        rep = run(trace, name, pages, variant=v, timed=True)
+        if rep.problems:
+            raise RuntimeError("replay: %s:%s state is wrong after the replay: %s"
+                               % (name, v, "; ".join(rep.problems)))
+        mean = rep.alloc_ns
+        first = first or mean
+        design = "%s:%s" % (name, v)
+        figure, ratio, unit = pub.get(design, ["-", 0, ""])
+        after = rep.mean_ns(OP_ALLOC, live)
+        rows.append([design, "%s %s" % (figure, unit), "%.2f" % ratio if ratio else "",
+                     "%.0f" % mean, "%.2f" % (first / mean), "%.0f" % rep.mean_ns(OP_ALLOC, 0, live),
+                     "-" if after is None else "%.0f" % after,
+                     "-" if rep.free_ns is None else "%.0f" % rep.free_ns])
+    stdout.write(extras.get("description", "").strip() + "\n")
+    stdout.write("%d requests: %d allocations of %d page(s), limit pfn %d, then %d random "
+                 "free and allocate pairs; ours in ns, each call timed\n"
+                 % (len(trace), live, spec.get("request_pages", 1), limit, spec["pairs"]))
+    stdout.write(tabulate(rows, headers=["design", "published", "speed-up", "ours: mean alloc",
+                                         "speed-up", "first %d allocs" % live,
+                                         "last %d allocs" % spec["pairs"],
+                                         "%d frees" % spec["pairs"]],
+                          disable_numparse=True) + "\n")
+    stdout.flush()
     return 0

@@ -287,3 +287,24 @@ def random_trace(seed, n, max_live, max_pages, ncpus=1, limits=None):
             if len(spare) < 4096:
                 spare.append(t)
     return "\n".join(out) + "\n"
+
+
+def prefill_trace(seed, live, pairs, pages=1, limit=None):
+    """The trace of a prefilled space: `live` allocations of `pages` pages,
+    then `pairs` times a free of one of the live tags chosen at random and
+    an allocation of a new one (Peng Zhang's alloc_iova test, 2022: 300,000
+    one-page IOVAs, then 1,000 such pairs).  Every allocation carries
+    `limit` (a limit_pfn) when given."""
+    if live < 1 or pairs < 0 or pages < 1:
+        raise ValueError("prefill_trace needs live >= 1, pairs >= 0, pages >= 1")
+    rng = random.Random(seed)
+    tail = "" if limit is None else " %d" % limit
+    out = ["# prefill_trace seed=%d live=%d pairs=%d pages=%d" % (seed, live, pairs, pages)]
+    out += ["a p%d %d%s" % (i, pages, tail) for i in range(live)]
+    tags = list(range(live))
+    for k in range(pairs):
+        j = rng.randrange(live)
+        out.append("f p%d" % tags[j])
+        tags[j] = live + k
+        out.append("a p%d %d%s" % (tags[j], pages, tail))
+    return "\n".join(out) + "\n"

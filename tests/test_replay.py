@@ -263,7 +263,7 @@ def test_long_lines_are_shortened_in_messages(tmp_path):
     (["--boundary", 48], "--boundary: 48 is not a power of two"),
     (["--boundary", -4], "--boundary: -4 is not a power of two"),
     (["--mag-size", 126], "--mag-size: 126, expected 127 or 128"),
-    (["--depot", "heap"], "--variant: rbtree has no variant 'heap'; valid: none"),
+    (["--depot", "heap"], "--variant: rbtree has no variant 'heap'; valid: mainline, augmented"),
     (["--allocator", "magazines", "--variant", "heap"],
      "--variant: magazines has no variant 'heap'; valid: fixed, list, prealloc"),
     (["--allocator", "slab"],
