@@ -45,7 +45,7 @@ CONFIG = np.dtype([
     ("premapped", np.int64),          # 1: the driver maps a buffer pool once and recycles it
     ("consumers", np.int64),          # workers that only unmap (cross-CPU unmap)
     ("rogue", np.int64),              # 1: publish unmapped IOVAs for the rogue device
-    ("fq_timeout_cycles", np.int64),  # IOVA_FQ_TIMEOUT / the 2008 unmap timer
+    ("fq_timeout_cycles", np.int64),  # the flush policy's timer (dma.TIMEOUT_MS)
     ("ncpus", np.int64),              # CPUs with a flush queue
     ("pages", np.int64),              # IOVA space per domain
     ("trim_cycles", np.int64),        # between two runs of the allocator's trim

@@ -147,7 +147,7 @@ class Bench:
         self.params = [self._params(d) for d in designs]
         specs = abi.layout(n)
         specs += dma.layout(n, self.ndomains, opts["pages"], self.ncpus_fq, opts["tlb_entries"],
-                            opts["tlb_ways"])
+                            opts["tlb_ways"], single=any(d.flush == "single" for d in designs))
         specs += [("fq.lock." + name, np.int64, shape)
                   for name, shape in lockmod.layout(len(self._fq_classes()), n,
                                                     len(dma.FQ_LOCK_CLASSES))]
@@ -174,7 +174,8 @@ class Bench:
         n = self.max_threads
         # ranges alive at once: in flight, plus those waiting in flush queues
         deferred = {"batched": dma.HIGH_WATER_MARK,
-                    "percpu": self.ncpus_fq * dma.IOVA_FQ_SIZE}.get(d.flush, 0)
+                    "percpu": self.ncpus_fq * dma.IOVA_FQ_SIZE,
+                    "single": dma.IOVA_SINGLE_FQ_SIZE}.get(d.flush, 0)
         return Params(pages=o["pages"], nworkers=n, ncpus=n, boundary=o["boundary"],
                       max_live=n * o["depth"] + deferred + 64, variant=d.variant,
                       mag_size=o["mag_size"])
@@ -365,7 +366,7 @@ class Bench:
         pr = self.profile
         iommu.init(env.io, self.ndomains, p.pages, o["tlb_entries"], o["tlb_ways"],
                    self._cycles(pr.inv_page_ns), self._cycles(pr.inv_domain_ns),
-                   self._cycles(pr.pte_write_ns))
+                   self._cycles(pr.pte_write_ns), self._cycles(pr.map_sync_ns))
         dma.init(env)
         env.cnt[:] = 0
         env.steps[:] = 0
@@ -382,7 +383,7 @@ class Bench:
                  hypercall_cycles=self._cycles(pr.hypercall_ns if o["hypercall_ns"] is None
                                                else o["hypercall_ns"]) if mod.TRANSLATES else 0,
                  premapped=premapped, consumers=ncons, rogue=o["rogue_device"],
-                 fq_timeout_cycles=self._cycles(dma.IOVA_FQ_TIMEOUT * 1e6),
+                 fq_timeout_cycles=self._cycles(dma.TIMEOUT_MS.get(d.flush, 0) * 1e6),
                  ncpus=self.ncpus_fq, pages=p.pages,
                  trim_cycles=self._cycles(TRIM_PERIOD_MS * 1e6), diag=o["diag"],
                  outlier_cycles=self._cycles(abi.SAMPLE_OUTLIER_NS),
@@ -518,6 +519,9 @@ class Bench:
                     alloc_stats[0, mod.STATS.index(name)] += v
             for k, v in mod.footprint(st, p).items():
                 footprint[k] = footprint.get(k, 0) + v
+        queues = dma.queue_bytes(d.flush, self.ndomains, self.ncpus_fq)
+        if queues:
+            footprint["flush_queues"] = queues
         return Raw(design=d, threads=threads, consumers=int(env.cfg[0]["consumers"]),
                    cycles_per_ns=self.cycles_per_ns, lock_timing=self.lock_timing,
                    ctl=env.ctl.copy(), cnt=env.cnt[:threads].copy(),

@@ -19,6 +19,7 @@ NAMED = {
     "linux-2008": "rbtree+batched",            # intel-iommu, Gross's batched flush
     "peleg-2015": "magazines:fixed+percpu",    # Peleg et al., USENIX ATC 2015
     "linux-6.7": "magazines:list+percpu",      # the list depot of 6.7
+    "schnelle-2023": "magazines:list+single",  # 6.7's single flush queue (s390 guests)
     "fujita-bitmap": "bitmap+batched",         # Fujita's bitmap intel-iommu, 2008
     "power-pools": "pools+strict",             # arch/powerpc's pooled table
 }

@@ -1,4 +1,4 @@
-"""map and unmap as the DMA API does them, with the three invalidation
+"""map and unmap as the DMA API does them, with the four invalidation
 policies.
 
 map: allocate an IOVA range, write its page-table entries.  unmap: clear
@@ -12,7 +12,12 @@ them, then, by policy,
   fq_flush_timeout): a ring of 256 per CPU and domain under its own lock,
   entries stamped with the domain's flush-start count, freed once the
   flush-finish count has passed them; a full ring flushes the domain; a
-  10 ms timer flushes and empties every CPU's ring.
+  10 ms timer flushes and empties every CPU's ring;
+- `single`: the 6.7 single flush queue (IOMMU_DMA_OPTS_SINGLE_QUEUE, chosen
+  by dma-iommu for IOMMUs whose flush also updates a hypervisor's shadow
+  tables): the same ring logic and counters, but one ring of 32768 per
+  domain under one lock that every CPU takes on every unmap, and a 1000 ms
+  timer.
 A range is given back to the allocator only after an invalidation that
 covers it has completed.  The timers are deadlines in shared words that the
 workers' loops test, so they fire whether or not more unmaps arrive.
@@ -37,23 +42,32 @@ from hwmodel.cpu import (busy_wait_cycles, cas, chosen, clz, cycles, fetch_add, 
                          inline_into_callers, load, stamp, store, xchg)
 from hwmodel.locks import CTL_ABORT, acquire, release
 
-FLUSH_NONE, FLUSH_STRICT, FLUSH_BATCHED, FLUSH_PERCPU = range(4)
-FLUSH_NAMES = ("none", "strict", "batched", "percpu")
+FLUSH_NONE, FLUSH_STRICT, FLUSH_BATCHED, FLUSH_PERCPU, FLUSH_SINGLE = range(5)
+FLUSH_NAMES = ("none", "strict", "batched", "percpu", "single")
 FLUSHES = FLUSH_NAMES[1:]    # what a design of an allocator that translates may use
 
 # drivers/iommu/intel-iommu.c (2008): HIGH_WATER_MARK, the 10 ms unmap_timer
 HIGH_WATER_MARK = 250
-# drivers/iommu/dma-iommu.c: IOVA_FQ_SIZE, IOVA_FQ_TIMEOUT (ms)
+UNMAP_TIMER_MS = 10
+# drivers/iommu/dma-iommu.c: IOVA_FQ_SIZE, IOVA_FQ_TIMEOUT (ms); 6.7 renamed
+# them IOVA_DEFAULT_FQ_SIZE and IOVA_DEFAULT_FQ_TIMEOUT
 IOVA_FQ_SIZE = 256
 IOVA_FQ_TIMEOUT = 10
+# drivers/iommu/dma-iommu.c (6.7+, "iommu/dma: Use a large flush queue and
+# timeout for shadow_on_flush"): IOVA_SINGLE_FQ_SIZE, IOVA_SINGLE_FQ_TIMEOUT (ms)
+IOVA_SINGLE_FQ_SIZE = 32768
+IOVA_SINGLE_FQ_TIMEOUT = 1000
+# a policy's timer (ms): the 2008 unmap_timer, then each flush queue's
+TIMEOUT_MS = {"batched": UNMAP_TIMER_MS, "percpu": IOVA_FQ_TIMEOUT,
+              "single": IOVA_SINGLE_FQ_TIMEOUT}
 FQ_WORDS = 4                 # iova, pages, unmap cycle, flush-start count
 
-# FlushQ.meta: one line per domain (percpu) or line 0 (batched)
+# FlushQ.meta: one line per domain (percpu, single) or line 0 (batched)
 M_COUNT = 0                  # batched: entries queued
 M_TIMER_ON = 1
 M_DEADLINE = 2
-M_START_CNT = 3              # percpu: fq_flush_start_cnt
-M_FINISH_CNT = 4             # percpu: fq_flush_finish_cnt
+M_START_CNT = 3              # percpu, single: fq_flush_start_cnt
+M_FINISH_CNT = 4             # percpu, single: fq_flush_finish_cnt
 M_FLUSHES = 5
 M_FLUSHED_ENTRIES = 6
 M_TIMER_FLUSHES = 7
@@ -79,31 +93,63 @@ Env = namedtuple("Env", ["ctl", "cfg", "cnt", "steps", "ring", "hand", "sizes",
                          "own", "exp", "recent", "gen", "io", "fq"])
 
 
-def fq_layout(ndomains, ncpus):
+# The kernel's memory for a queue (x86-64, 6.7+): struct iova_fq_entry is
+# iova_pfn, pages, the freelist's list_head and the flush counter; struct
+# iova_fq's spinlock, head, tail and mod_mask come before the entries.
+FQ_ENTRY_BYTES = 8 + 8 + 16 + 8
+FQ_HEADER_BYTES = 4 + 3 * 4
+
+
+def queue_bytes(flush, ndomains, ncpus):
+    """What the kernel allocates for a policy's flush queues: a ring per
+    possible CPU and domain (percpu, alloc_percpu), one per domain
+    (single, vmalloc); 0 for the others."""
+    if flush == "percpu":
+        return ndomains * ncpus * (FQ_HEADER_BYTES + IOVA_FQ_SIZE * FQ_ENTRY_BYTES)
+    if flush == "single":
+        return ndomains * (FQ_HEADER_BYTES + IOVA_SINGLE_FQ_SIZE * FQ_ENTRY_BYTES)
+    return 0
+
+
+# a ring's words: its entries, then a line whose first two words are head
+# and tail
+PERCPU_RING = IOVA_FQ_SIZE * FQ_WORDS + LINE
+SINGLE_RING = IOVA_SINGLE_FQ_SIZE * FQ_WORDS + LINE
+
+
+def fq_layout(ndomains, ncpus, single=False):
+    """The queues' arrays.  The rings of the per-CPU queues (ncpus per
+    domain) and the single queues (one per domain, with `single`) share
+    fq.ring: one design runs at a time."""
+    ring = max(ndomains * ncpus * PERCPU_RING, ndomains * SINGLE_RING if single else 0)
     return [("fq.q", np.int64, (HIGH_WATER_MARK * FQ_WORDS + LINE,)),
             ("fq.meta", np.int64, (max(1, ndomains) * LINE,)),
             ("fq.ends", np.int64, (max(1, ndomains) * FLUSH_ENDS,)),
-            ("fq.ring", np.int64, (ndomains * ncpus * (IOVA_FQ_SIZE * FQ_WORDS + LINE),))]
+            ("fq.ring", np.int64, (ring,))]
 
 
-def layout(nworkers, ndomains, pages, ncpus, tlb_entries, ways):
+def layout(nworkers, ndomains, pages, ncpus, tlb_entries, ways, single=False):
     """The arrays of map and unmap: the ownership map, exposure histograms,
-    the rogue device's list, the IOMMU and the flush queues."""
+    the rogue device's list, the IOMMU and the flush queues (`single`: room
+    for the single queues)."""
     return ([("own", np.int64, (ndomains * pages,)),
              ("exp", np.int64, (nworkers * EXP_WORDS,)),
              ("recent", np.int64, (2 * RECENT + LINE,)),
              ("gen", np.int64, (ndomains * pages,))]
             + [("io." + n, d, s) for n, d, s in iommu.layout(ndomains, pages, tlb_entries,
                                                               ways, nworkers)]
-            + fq_layout(ndomains, ncpus))
+            + fq_layout(ndomains, ncpus, single))
 
 
 def fq_lock_classes(ndomains, ncpus):
-    """Lock 0 is the batched queue's; then one per (domain, cpu) ring."""
-    return [0] + [1] * (ndomains * ncpus)
+    """Lock 0 is the batched queue's; then one per (domain, cpu) ring;
+    then one per domain's single queue."""
+    return [0] + [1] * (ndomains * ncpus) + [2] * ndomains
 
 
-FQ_LOCK_CLASSES = ("flushq", "fq")
+# the queues' lock classes, and which a policy takes
+FQ_LOCK_CLASSES = ("flushq", "fq", "single_fq")
+FQ_CLASS_OF = {"batched": 0, "percpu": 1, "single": 2}
 
 
 def make(views, fq_lk):
@@ -231,6 +277,7 @@ def dma_map(alloc, st, env, w, cpu, dom, pages, phys, sample):
         g = dom * cfg.pages + iova
         store(env.gen, g, load(env.gen, g) + 1)
     iommu.write_ptes(env.io, dom, iova, pages, phys)
+    iommu.sync_map(env.io, w, dom, iova, pages)
     if sample:
         s = env.steps[w]
         t3 = stamp()
@@ -267,7 +314,7 @@ def dma_unmap(free, sts, env, w, cpu, owner, dom, iova, pages, sample, policy):
     # the exposure of this unmap starts here: every unmap reads the clock
     # (a sampled one in order, as it also ends a step)
     t1 = stamp() if sample else cycles()
-    tinv = chosen(policy, _no_queue, _invalidate_now, _batched_add, _fq_queue)(
+    tinv = chosen(policy, _no_queue, _invalidate_now, _batched_add, _fq_queue, _single_queue)(
         free, sts, env, w, cpu, dom, iova, pages, t1, sample)
     if cfg.rogue != 0:
         _publish(env, dom, iova)
@@ -391,11 +438,26 @@ def _batched_add(free, sts, env, w, cpu, dom, iova, pages, t, sample):
     return 0
 
 
-# --- percpu: flush queues per CPU and domain (2017+) ------------------------
+# --- percpu and single: the flush queues of dma-iommu.c ----------------------
+#
+# A ring is `size` entries (a power of two, indexed by mask as the kernel's
+# mod_mask does) and a header line: head, tail.  Both policies run the same
+# ring code, as the kernel's do since 6.7; they differ in which ring an
+# unmap takes (its CPU's, or the domain's one), its size, its lock, the
+# timer's period and what the timer empties.
 
 @hot(inline="always", inner=True)
-def _fq_base(env, dom, cpu):
-    return (dom * env.cfg[0].ncpus + cpu) * (IOVA_FQ_SIZE * FQ_WORDS + LINE)
+def _percpu_ring(env, dom, cpu):
+    """raw_cpu_ptr(cookie->percpu_fq): (ring base, size, lock index)."""
+    ncpus = env.cfg[0].ncpus
+    return (dom * ncpus + cpu) * PERCPU_RING, IOVA_FQ_SIZE, 1 + dom * ncpus + cpu
+
+
+@hot(inline="always", inner=True)
+def _single_ring(env, dom):
+    """cookie->single_fq: (ring base, size, lock index)."""
+    cfg = env.cfg[0]
+    return dom * SINGLE_RING, IOVA_SINGLE_FQ_SIZE, 1 + cfg.ndomains * cfg.ncpus + dom
 
 
 @hot(inner=True)
@@ -411,12 +473,12 @@ def _fq_flush(env, w, dom):
 
 
 @hot(inner=True)
-def _fq_ring_free(free, sts, env, w, cpu, dom, ring_cpu):
-    """Free the entries of (dom, ring_cpu)'s ring that a completed flush
-    covers; its lock is held."""
+def _fq_ring_free(free, sts, env, w, cpu, dom, b, size):
+    """fq_ring_free_locked: free the entries of the ring at b that a
+    completed flush covers; its lock is held."""
     fq = env.fq
-    b = _fq_base(env, dom, ring_cpu)
-    hdr = b + IOVA_FQ_SIZE * FQ_WORDS
+    hdr = b + size * FQ_WORDS
+    mask = size - 1
     head = fq.ring[hdr]
     tail = fq.ring[hdr + 1]
     fin = load(fq.meta, dom * LINE + M_FINISH_CNT)
@@ -441,7 +503,7 @@ def _fq_ring_free(free, sts, env, w, cpu, dom, ring_cpu):
         if env.cfg[0].check != 0:
             _settle(env, w, dom, fq.ring[e], fq.ring[e + 1])
         free(pick(sts, dom), w, cpu, fq.ring[e], fq.ring[e + 1])
-        head = (head + 1) % IOVA_FQ_SIZE
+        head = (head + 1) & mask
         n += 1
     fq.ring[hdr] = head
     # other CPUs free their own rings under their own locks meanwhile
@@ -449,39 +511,39 @@ def _fq_ring_free(free, sts, env, w, cpu, dom, ring_cpu):
 
 
 @hot(inline="always", inner=True)
-def _fq_ready(env, dom, b, hdr):
+def _fq_ready(env, dom, b, size):
     """Whether the ring at b has an entry that a finished flush covers:
     _fq_ring_free has work."""
     fq = env.fq
+    hdr = b + size * FQ_WORDS
     head = fq.ring[hdr]
     return head != fq.ring[hdr + 1] and \
         fq.ring[b + head * FQ_WORDS + 3] < load(fq.meta, dom * LINE + M_FINISH_CNT)
 
 
 @hot(inner=True)
-def _fq_queue(free, sts, env, w, cpu, dom, iova, pages, t, sample):
-    """queue_iova."""
+def _queue_iova(free, sts, env, w, cpu, dom, iova, pages, t, b, size, li):
+    """queue_iova on the ring at b, whose lock is li."""
     inline_into_callers()
     fq = env.fq
-    li = 1 + dom * env.cfg[0].ncpus + cpu
     acquire(fq.lk, li, w)
-    b = _fq_base(env, dom, cpu)
-    hdr = b + IOVA_FQ_SIZE * FQ_WORDS
+    hdr = b + size * FQ_WORDS
+    mask = size - 1
     t0 = 0
-    if _fq_ready(env, dom, b, hdr):
+    if _fq_ready(env, dom, b, size):
         t0 = _flush_begin(env, w)
-        _fq_ring_free(free, sts, env, w, cpu, dom, cpu)
+        _fq_ring_free(free, sts, env, w, cpu, dom, b, size)
     tail = fq.ring[hdr + 1]
     # The kernel flushes once and takes the room for granted.  Entries
     # stamped while another CPU's flush was in flight are not covered by a
     # flush that finishes before that one, though, and with flushers that
     # can be preempted (userspace) the ring can still be full: flush again
     # rather than overwrite an entry.
-    while (tail + 1) % IOVA_FQ_SIZE == fq.ring[hdr]:
+    while (tail + 1) & mask == fq.ring[hdr]:
         if t0 == 0:
             t0 = _flush_begin(env, w)
         _fq_flush(env, w, dom)
-        _fq_ring_free(free, sts, env, w, cpu, dom, cpu)
+        _fq_ring_free(free, sts, env, w, cpu, dom, b, size)
     if t0 != 0:
         _flush_end(env, w, t0)
     e = b + tail * FQ_WORDS
@@ -489,7 +551,7 @@ def _fq_queue(free, sts, env, w, cpu, dom, iova, pages, t, sample):
     fq.ring[e + 1] = pages
     fq.ring[e + 2] = t
     fq.ring[e + 3] = load(fq.meta, dom * LINE + M_START_CNT)
-    fq.ring[hdr + 1] = (tail + 1) % IOVA_FQ_SIZE
+    fq.ring[hdr + 1] = (tail + 1) & mask
     release(fq.lk, li, w)
     mb = dom * LINE
     if load(fq.meta, mb + M_TIMER_ON) == 0:
@@ -500,25 +562,63 @@ def _fq_queue(free, sts, env, w, cpu, dom, iova, pages, t, sample):
 
 
 @hot(inner=True)
+def _fq_queue(free, sts, env, w, cpu, dom, iova, pages, t, sample):
+    """queue_iova, per-CPU queues: this CPU's ring."""
+    inline_into_callers()
+    b, size, li = _percpu_ring(env, dom, cpu)
+    return _queue_iova(free, sts, env, w, cpu, dom, iova, pages, t, b, size, li)
+
+
+@hot(inner=True)
+def _single_queue(free, sts, env, w, cpu, dom, iova, pages, t, sample):
+    """queue_iova, IOMMU_DMA_OPTS_SINGLE_QUEUE: the domain's one ring."""
+    inline_into_callers()
+    b, size, li = _single_ring(env, dom)
+    return _queue_iova(free, sts, env, w, cpu, dom, iova, pages, t, b, size, li)
+
+
+@hot(inner=True)
+def _fq_ring_free_locking(free, sts, env, w, cpu, dom, b, size, li):
+    """fq_ring_free: the ring's lock taken around fq_ring_free_locked."""
+    acquire(env.fq.lk, li, w)
+    _fq_ring_free(free, sts, env, w, cpu, dom, b, size)
+    release(env.fq.lk, li, w)
+
+
+@hot(inner=True)
 def _fq_flush_all(free, sts, env, w, cpu, dom):
-    """fq_flush_timeout's work: flush the domain, then empty every CPU's
-    ring."""
-    fq = env.fq
+    """fq_flush_timeout's work, per-CPU queues: flush the domain, then
+    empty every CPU's ring."""
     _fq_flush(env, w, dom)
-    ncpus = env.cfg[0].ncpus
-    for c in range(ncpus):
-        li = 1 + dom * ncpus + c
-        acquire(fq.lk, li, w)
-        _fq_ring_free(free, sts, env, w, cpu, dom, c)
-        release(fq.lk, li, w)
+    for c in range(env.cfg[0].ncpus):
+        b, size, li = _percpu_ring(env, dom, c)
+        _fq_ring_free_locking(free, sts, env, w, cpu, dom, b, size, li)
+
+
+@hot(inner=True)
+def _single_flush_all(free, sts, env, w, cpu, dom):
+    """fq_flush_timeout's work, single queue: flush the domain, then empty
+    its ring."""
+    _fq_flush(env, w, dom)
+    b, size, li = _single_ring(env, dom)
+    _fq_ring_free_locking(free, sts, env, w, cpu, dom, b, size, li)
 
 
 @hot(inner=True)
 def _fq_timeout(free, sts, env, w, cpu, dom):
-    """fq_flush_timeout: the timer is off again, then its work."""
+    """fq_flush_timeout, per-CPU queues: the timer is off again, then its
+    work."""
     store(env.fq.meta, dom * LINE + M_TIMER_ON, 0)
     fetch_add(env.fq.meta, dom * LINE + M_TIMER_FLUSHES, 1)
     _fq_flush_all(free, sts, env, w, cpu, dom)
+
+
+@hot(inner=True)
+def _single_timeout(free, sts, env, w, cpu, dom):
+    """fq_flush_timeout, single queue."""
+    store(env.fq.meta, dom * LINE + M_TIMER_ON, 0)
+    fetch_add(env.fq.meta, dom * LINE + M_TIMER_FLUSHES, 1)
+    _single_flush_all(free, sts, env, w, cpu, dom)
 
 
 @hot(inline="always", inner=True)
@@ -532,7 +632,8 @@ def _expired(fq, mb, now):
 def timer_due(env, now, policy):
     """Whether a flush timer has expired: a look at the queues' timer
     words, which only change when a timer is armed or fired."""
-    return chosen(policy, _never_due, _never_due, _batched_due, _percpu_due)(env, now)
+    return chosen(policy, _never_due, _never_due, _batched_due, _domain_due, _domain_due)(
+        env, now)
 
 
 @hot(inline="always", inner=True)
@@ -546,7 +647,8 @@ def _batched_due(env, now):
 
 
 @hot(inline="always", inner=True)
-def _percpu_due(env, now):
+def _domain_due(env, now):
+    """A flush queue's timer is the domain's (cookie->fq_timer)."""
     for d in range(env.cfg[0].ndomains):
         if _expired(env.fq, d * LINE, now):
             return True
@@ -556,7 +658,7 @@ def _percpu_due(env, now):
 @hot(inner=True)
 def timers(free, sts, env, w, cpu, now, policy):
     """Fire the flush timers whose deadline has passed (any worker may)."""
-    chosen(policy, _no_timers, _no_timers, _batched_timers, _percpu_timers)(
+    chosen(policy, _no_timers, _no_timers, _batched_timers, _percpu_timers, _single_timers)(
         free, sts, env, w, cpu, now)
 
 
@@ -587,11 +689,20 @@ def _percpu_timers(free, sts, env, w, cpu, now):
             _fq_timeout(free, sts, env, w, cpu, d)
 
 
+@hot(inline="always", inner=True)
+def _single_timers(free, sts, env, w, cpu, now):
+    fq = env.fq
+    for d in range(env.cfg[0].ndomains):
+        mb = d * LINE
+        if _expired(fq, mb, now) and cas(fq.meta, mb + M_TIMER_ON, 1, 2) == 1:
+            _single_timeout(free, sts, env, w, cpu, d)
+
+
 @hot(inner=True)
 def drain(free, sts, env, w, cpu, policy):
     """At the end of a window: flush and free everything still queued, as
     the timers would."""
-    chosen(policy, _no_drain, _no_drain, _batched_drain, _percpu_drain)(
+    chosen(policy, _no_drain, _no_drain, _batched_drain, _percpu_drain, _single_drain)(
         free, sts, env, w, cpu)
 
 
@@ -612,6 +723,12 @@ def _batched_drain(free, sts, env, w, cpu):
 def _percpu_drain(free, sts, env, w, cpu):
     for d in range(env.cfg[0].ndomains):
         _fq_flush_all(free, sts, env, w, cpu, d)
+
+
+@hot(inline="always", inner=True)
+def _single_drain(free, sts, env, w, cpu):
+    for d in range(env.cfg[0].ndomains):
+        _single_flush_all(free, sts, env, w, cpu, d)
 
 
 def init(env):

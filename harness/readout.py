@@ -62,8 +62,8 @@ def _design_lock_rows(classes, alloc_locks, fq_locks, flush):
     allocator's, summed over domains, then its flush queue's."""
     rows = [(name, _sum_lock_rows([dom[c] for dom in alloc_locks]))
             for c, name in enumerate(classes)]
-    if flush in ("batched", "percpu"):
-        c = 0 if flush == "batched" else 1
+    if flush in dma.FQ_CLASS_OF:
+        c = dma.FQ_CLASS_OF[flush]
         rows.append((dma.FQ_LOCK_CLASSES[c], fq_locks[c]))
     return rows
 

@@ -19,7 +19,7 @@ SPREAD_MARK = 0.10      # a point whose repeats spread wider than this is marked
 
 # names a user may give to --format besides tabulate's own
 FORMAT_ALIASES = {"markdown": "github"}
-DEFERRED = ("batched", "percpu")
+DEFERRED = ("batched", "percpu", "single")
 
 # run options worth a line in a report; the rest are in the file
 SHOWN_OPTIONS = ("lock", "profile", "workload", "depth", "sizes", "duration", "warmup", "repeats",
@@ -57,7 +57,7 @@ def header(machine):
 
 
 def flush_policy(point):
-    """strict, batched, percpu, or none for a design without an IOMMU."""
+    """strict, batched, percpu, single, or none for a design without an IOMMU."""
     return point["flush"]
 
 

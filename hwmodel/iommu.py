@@ -9,6 +9,10 @@ leaves a translation that a device can still use.  The invalidation unit is
 one serial resource per IOMMU: a flush occupies it for its modelled latency
 and a second flush queues behind the first; the submitting CPU polls until
 its own completes, as the kernel polls the invalidation-wait descriptor.
+Where a map must also be made known to the IOMMU (s390 under a hypervisor
+that shadows its tables: every map ends with a refresh of its range,
+iotlb_sync_map), that refresh is served by the same unit: the hypervisor
+serializes them with the flushes.
 
 An IOTLB entry is one int64, ((iova pfn + 1) << 32) | physical pfn, so that a
 probe never sees half of an entry.  An invalidation removes its entries when
@@ -36,6 +40,7 @@ I_INV_PAGE = 3         # cycles of a page-selective invalidation
 I_INV_DOMAIN = 4       # cycles of a domain-wide invalidation
 I_PTE_EXTRA = 5        # cycles per entry written, beyond the store (non-coherent walkers)
 I_NDOMAINS = 6
+I_MAP_SYNC = 7         # cycles of the refresh that ends a map (0: none)
 
 # Iommu.unit words, one line per IOMMU
 U_BUSY_UNTIL = 0       # cycle at which the unit's last accepted flush completes
@@ -48,6 +53,8 @@ S_INV = 3              # invalidations submitted
 S_INV_WAIT = 4         # cycles waited for own invalidations (queueing included)
 S_INV_QUEUE = 5        # cycles of that spent behind other CPUs' flushes
 S_INV_ENTRIES = 6      # IOTLB entries removed
+S_MAP_SYNCS = 7        # refreshes at map (I_MAP_SYNC)
+S_MAP_SYNC_WAIT = 8    # cycles waited for them (queueing included)
 
 Iommu = namedtuple("Iommu", ["pt", "tlb", "unit", "cfg", "stats"])
 
@@ -66,7 +73,7 @@ def make(views):
 
 
 def init(io, ndomains, pages, tlb_entries, ways, inv_page_cycles, inv_domain_cycles,
-         pte_extra_cycles):
+         pte_extra_cycles, map_sync_cycles=0):
     io.pt[:] = 0
     io.tlb[:] = 0
     io.unit[:] = 0
@@ -79,6 +86,7 @@ def init(io, ndomains, pages, tlb_entries, ways, inv_page_cycles, inv_domain_cyc
     io.cfg[I_INV_PAGE] = inv_page_cycles
     io.cfg[I_INV_DOMAIN] = inv_domain_cycles
     io.cfg[I_PTE_EXTRA] = pte_extra_cycles
+    io.cfg[I_MAP_SYNC] = map_sync_cycles
 
 
 @hot(inline="always")
@@ -96,6 +104,27 @@ def write_ptes(io, dom, iova, pages, phys):
     for i in range(pages):
         io.pt[base + iova + i] = ((phys + i) << PAGE_SHIFT) | PTE_PRESENT | PTE_WRITE
     busy_wait_cycles(io.cfg[I_PTE_EXTRA] * pages)
+
+
+@hot
+def sync_map(io, w, dom, iova, pages):
+    """After a map's entries are written: the IOMMU told of them where it
+    must be (s390's iotlb_sync_map with tlb_refresh set, a refresh of the
+    range that the hypervisor serves by shadowing the new entries); a
+    test of one word elsewhere."""
+    inline_into_callers()
+    if io.cfg[I_MAP_SYNC] > 0:
+        _refresh_on_map(io, w)
+
+
+@hot
+def _refresh_on_map(io, w):
+    t0, end = _occupy_unit(io, w, io.cfg[I_MAP_SYNC])
+    while cycles() < end:
+        pause()
+    s = w * LINE
+    io.stats[s + S_MAP_SYNCS] += 1
+    io.stats[s + S_MAP_SYNC_WAIT] += end - t0
 
 
 @hot

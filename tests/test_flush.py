@@ -1,6 +1,7 @@
-"""The three invalidation policies, exactly: strict, batched (the 2008
-intel-iommu add_unmap / flush_unmaps) and percpu (the 2017+ flush queue:
-queue_iova / fq_ring_free / fq_flush_timeout).
+"""The four invalidation policies, exactly: strict, batched (the 2008
+intel-iommu add_unmap / flush_unmaps), percpu (the 2017+ flush queue:
+queue_iova / fq_ring_free / fq_flush_timeout) and single (6.7's one queue
+per domain, IOMMU_DMA_OPTS_SINGLE_QUEUE).
 
 Unit tests drive map, unmap, the timers and the drain directly on state
 built here, with the real rbtree allocator behind a spy that records, at
@@ -23,9 +24,10 @@ from harness.abi import (CTL_ERR, CTL_ERR_CLAIMANT, CTL_ERR_KIND, CTL_ERR_PAGE, 
                          CTL_ROGUE_PROBES, CTL_ROGUE_READY, CTL_ROGUE_STALE, LINE, PH_MEASURE,
                          PH_STOP, PH_WAIT, STATUS_ABORTED, STATUS_RAN)
 from harness.bench import Bench
-from harness.config import defaults
+from harness.config import defaults, load_preset, load_profile
 from harness.dma import (EXP_BUCKETS, EXP_WORDS, E_COUNT, E_MAX, E_SUM, FLUSH_NAMES, FQ_WORDS,
-                         HIGH_WATER_MARK, IOVA_FQ_SIZE, IOVA_FQ_TIMEOUT, M_COUNT, M_DEADLINE,
+                         HIGH_WATER_MARK, IOVA_FQ_SIZE, IOVA_FQ_TIMEOUT, IOVA_SINGLE_FQ_SIZE,
+                         IOVA_SINGLE_FQ_TIMEOUT, M_COUNT, M_DEADLINE,
                          M_FINISH_CNT, M_FLUSHED_ENTRIES, M_FLUSHES, M_START_CNT,
                          M_TIMER_FLUSHES, M_TIMER_ON, PENDING, bucket_upper)
 from harness.loop import MODES, attach, clock
@@ -85,15 +87,27 @@ def f_map(sts, env, w, dom, pages, phys):
 
 
 def f_unmap(sts, env, w, dom, iova, pages):
-    _f_unmap(sts, env, w, dom, iova, pages, int(env.cfg[0]["flush"]))
+    policy = int(env.cfg[0]["flush"])
+    if policy == dma.FLUSH_SINGLE:
+        f_single(sts, env, S_UNMAP, np.array([w]), w, dom, np.array([iova]), np.array([pages]), 0)
+    else:
+        _f_unmap(sts, env, w, dom, iova, pages, policy)
 
 
 def f_timers(sts, env, w, t):
-    _f_timers(sts, env, w, t, int(env.cfg[0]["flush"]))
+    policy = int(env.cfg[0]["flush"])
+    if policy == dma.FLUSH_SINGLE:
+        _single_op(sts, env, S_TIMERS, w, t)
+    else:
+        _f_timers(sts, env, w, t, policy)
 
 
 def f_drain(sts, env, w):
-    _f_drain(sts, env, w, int(env.cfg[0]["flush"]))
+    policy = int(env.cfg[0]["flush"])
+    if policy == dma.FLUSH_SINGLE:
+        _single_op(sts, env, S_DRAIN, w)
+    else:
+        _f_drain(sts, env, w, policy)
 
 
 # the flush policy compiled in, as the loop has it (hwmodel.cpu.chosen)
@@ -113,6 +127,44 @@ def _f_timers(sts, env, w, t, policy):
 def _f_drain(sts, env, w, policy):
     literally(policy)
     dma.drain(_this.spy_free, sts, env, w, w, policy)
+
+
+# The single queue's operations in one compiled function (one compile, not
+# three): its tests need tens of thousands of unmaps, and a call from Python
+# that chooses the policy (`literally`) costs milliseconds.  The policy is
+# written as a number, as the harness's loop has it (dma.FLUSH_SINGLE);
+# f_unmap, f_timers and f_drain under `single` come here.
+S_UNMAP, S_TIMERS, S_DRAIN = range(3)
+
+
+@hot(cache=True)
+def f_single(sts, env, op, cpus, owner, dom, iovas, pages, t):
+    """S_UNMAP: unmap iovas[k] (pages[k] pages) on CPU cpus[k]; S_TIMERS:
+    fire the timers due at t on CPU cpus[0]; S_DRAIN: drain on it."""
+    if op == S_UNMAP:
+        for k in range(len(iovas)):
+            dma.dma_unmap(_this.spy_free, sts, env, cpus[k], cpus[k], owner, dom, iovas[k],
+                          pages[k], False, 4)
+    elif op == S_TIMERS:
+        dma.timers(_this.spy_free, sts, env, cpus[0], cpus[0], t, 4)
+    else:
+        dma.drain(_this.spy_free, sts, env, cpus[0], cpus[0], 4)
+
+
+def _single_op(sts, env, op, w, t=0):
+    none = np.zeros(0, np.int64)
+    f_single(sts, env, op, np.array([w]), w, 0, none, none, t)
+
+
+def maps(sts, env, w, dom, n):
+    """n one-page ranges mapped by worker w, without the device's accesses."""
+    return np.array([f_map(sts, env, w, dom, 1, next(_phys)) for _ in range(n)], np.int64)
+
+
+def unmaps_single(sts, env, cpus, owner, dom, iovas):
+    iovas = np.asarray(iovas, np.int64)
+    f_single(sts, env, S_UNMAP, np.asarray(cpus, np.int64), owner, dom, iovas,
+             np.ones(len(iovas), np.int64), 0)
 
 
 @hot(cache=True)
@@ -135,14 +187,16 @@ def ms(cpn, x):
     return int(x * 1e6 * cpn)
 
 
-def make_env(flush, cpn, pages=PAGES, inv_page=0, inv_domain=0, rogue=False):
+def make_env(flush, cpn, pages=PAGES, inv_page=0, inv_domain=0, rogue=False, max_live=1024,
+             ncpus=NCPUS):
     """An Env and its domains' spy states, stacked, in shared memory; the
     ownership check on."""
-    p = Params(pages=pages, nworkers=NCPUS, ncpus=NCPUS, max_live=1024)
-    classes = dma.fq_lock_classes(NDOM, NCPUS)
-    specs = abi.layout(NCPUS) + dma.layout(NCPUS, NDOM, pages, NCPUS, 64, 4)
+    p = Params(pages=pages, nworkers=ncpus, ncpus=ncpus, max_live=max_live)
+    classes = dma.fq_lock_classes(NDOM, ncpus)
+    specs = abi.layout(ncpus) + dma.layout(ncpus, NDOM, pages, ncpus, 64, 4,
+                                           single=flush == "single")
     specs += [("fq.lock." + n, np.int64, s)
-              for n, s in lockmod.layout(len(classes), NCPUS, len(dma.FQ_LOCK_CLASSES))]
+              for n, s in lockmod.layout(len(classes), ncpus, len(dma.FQ_LOCK_CLASSES))]
     specs += compose.stacked_specs(rbtree, p, "rb.", NDOM)
     specs += [("spy.log", np.int64, (NDOM, 1 + MAXLOG * LOGW)),
               ("spy.meta", np.int64, (NDOM, LINE))]
@@ -155,8 +209,9 @@ def make_env(flush, cpn, pages=PAGES, inv_page=0, inv_domain=0, rogue=False):
     dma.init(env)
     abi.pack(env.cfg, depth=1, check=1, limit=pages - 1, translate=1, seed=0,
              flush=FLUSH_NAMES.index(flush), ndomains=NDOM, device_cycles=0, hypercall_cycles=0,
-             premapped=0, consumers=0, rogue=rogue, fq_timeout_cycles=ms(cpn, IOVA_FQ_TIMEOUT),
-             ncpus=NCPUS, pages=pages, trim_cycles=0, diag=0, outlier_cycles=0, warmup_cycles=0,
+             premapped=0, consumers=0, rogue=rogue,
+             fq_timeout_cycles=ms(cpn, dma.TIMEOUT_MS.get(flush, IOVA_FQ_TIMEOUT)),
+             ncpus=ncpus, pages=pages, trim_cycles=0, diag=0, outlier_cycles=0, warmup_cycles=0,
              window_cycles=0, phase_every=1)
     rb, _ = compose.bind_stacked(rbtree, p, v, "rb.", NDOM, v["ctl"])
     v["spy.meta"][:, 0] = np.arange(NDOM)
@@ -450,9 +505,181 @@ def test_percpu_entry_queued_during_a_flush_waits_for_the_next(cpn):
         pytest.skip("the 200 ms flush ended before the second unmap could run")
 
 
+# --- single --------------------------------------------------------------------
+
+SINGLE_PAGES = 1 << 16           # room for a full queue and what is mapped besides
+SINGLE_LIVE = IOVA_SINGLE_FQ_SIZE + 8192
+
+
+def single_ring(env, dom):
+    """The entries of a domain's single queue, oldest first: rows of (iova,
+    pages, unmap cycle, start count)."""
+    base = dom * dma.SINGLE_RING
+    hdr = base + IOVA_SINGLE_FQ_SIZE * FQ_WORDS
+    head, tail = int(env.fq.ring[hdr]), int(env.fq.ring[hdr + 1])
+    rows = env.fq.ring[base:hdr].reshape(-1, FQ_WORDS)
+    return rows[(head + np.arange((tail - head) % IOVA_SINGLE_FQ_SIZE)) % IOVA_SINGLE_FQ_SIZE]
+
+
+def frees(sts, dom=0):
+    """Every range given back to the allocator, counted (the log keeps the
+    first MAXLOG)."""
+    return int(compose.pick(sts, dom).log[0])
+
+
+def single_acquisitions(env):
+    return [int(c["acquisitions"]) for c in lockmod.class_stats(env.fq.lk)]
+
+
+def test_single_constants_are_the_kernels():
+    # drivers/iommu/dma-iommu.c, 6.7
+    assert (IOVA_SINGLE_FQ_SIZE, IOVA_SINGLE_FQ_TIMEOUT) == (32768, 1000)
+    assert (IOVA_FQ_SIZE, IOVA_FQ_TIMEOUT) == (256, 10)
+    assert dma.TIMEOUT_MS == {"batched": 10, "percpu": 10, "single": 1000}
+    assert FLUSH_NAMES.index("single") == dma.FLUSH_SINGLE == 4     # as f_single has it
+    assert dma.FQ_LOCK_CLASSES[dma.FQ_CLASS_OF["single"]] == "single_fq"
+    assert designs.resolve("schnelle-2023").spec == "magazines:list+single"
+    assert designs.resolve("rbtree+single").flush == "single"
+    # the kernel's memory: one vmalloc'd ring per domain against a ring per CPU
+    assert dma.queue_bytes("single", 1, 64) == 16 + 32768 * 40
+    assert dma.queue_bytes("percpu", 1, 64) == 64 * (16 + 256 * 40)
+    assert load_profile("s390-shadow").map_sync_ns > 0
+    opts, extras = load_preset("schnelle2023")
+    assert opts["profile"] == "s390-shadow" and set(extras["published"]) <= \
+        {"threads", "metric"} | set(opts["designs"])
+
+
+def test_single_ring_holds_32767_and_the_next_unmap_flushes(cpn):
+    lat = ms(cpn, 0.1)
+    env, sts = make_env("single", cpn, pages=SINGLE_PAGES, inv_page=10 * lat, inv_domain=lat,
+                        max_live=SINGLE_LIVE)
+    n = IOVA_SINGLE_FQ_SIZE
+    iovas = maps(sts, env, 0, 0, n)
+    assert (iovas > 0).all() and len(set(iovas.tolist())) == n
+    cpus = np.arange(n) % 2                          # both CPUs, one queue
+    unmaps_single(sts, env, cpus[:n - 1], 0, 0, iovas[:n - 1])
+    q = single_ring(env, 0)
+    assert len(q) == n - 1
+    assert (q[:, 0] == iovas[:-1]).all() and (q[:, 1] == 1).all() and (q[:, 3] == 0).all()
+    assert meta(env, M_START_CNT) == meta(env, M_FINISH_CNT) == 0
+    assert io_stat(env, iommu.S_INV) == 0 and frees(sts) == 0
+    assert meta(env, M_TIMER_ON) == 1
+    # every unmap took the one lock of the domain's queue, none a CPU's
+    assert single_acquisitions(env) == [0, 0, n - 1]
+    unmaps_single(sts, env, cpus[n - 1:], 0, 0, iovas[n - 1:])   # CPU 1: the ring is full
+    assert meta(env, M_START_CNT) == meta(env, M_FINISH_CNT) == 1
+    assert meta(env, M_FLUSHES) == 1 and meta(env, M_TIMER_FLUSHES) == 0
+    assert io_stat(env, iommu.S_INV) == 1            # one domain-wide flush
+    assert frees(sts) == meta(env, M_FLUSHED_ENTRIES) == n - 1
+    log = freed(sts)
+    assert [r["pfn"] for r in log] == iovas[:len(log)].tolist()
+    # CPU 0's entries too, freed by the CPU that flushed: one queue
+    assert all(covered(r) and r["cpu"] == 1 for r in log)
+    q = single_ring(env, 0)
+    assert q[:, 0].tolist() == [iovas[-1]] and q[0, 3] == 1
+    count, _, _, hist = exposure(env)
+    assert count == n - 1
+    assert none_below(hist, lat)
+    assert rbtree.check(compose.pick(sts, 0).rb, Params(pages=SINGLE_PAGES, nworkers=NCPUS,
+                                                        ncpus=NCPUS, max_live=SINGLE_LIVE),
+                        [(int(iovas[-1]), 1)]) == []
+    no_errors(env)
+
+
+def test_single_entry_queued_while_a_flush_runs_waits_for_the_next(cpn):
+    lat = ms(cpn, 0.1)
+    env, sts = make_env("single", cpn, inv_domain=lat)
+    a, b, c = (map_io(sts, env, w) for w in (0, 1, 0))
+    f_unmap(sts, env, 0, 0, a, 1)                     # CPU 0, stamped 0
+    # another CPU's fq_flush_iotlb has counted its start ...
+    env.fq.meta[M_START_CNT] += 1
+    f_unmap(sts, env, 1, 0, b, 1)                     # CPU 1, after that start: stamped 1
+    assert [(int(e[0]), int(e[3])) for e in single_ring(env, 0)] == [(a, 0), (b, 1)]
+    # ... and finishes; b's page-table clear came after the flush started,
+    # so the flush need not cover it
+    iommu.invalidate(env.io, 1, 0, -1, 0)
+    env.fq.meta[M_FINISH_CNT] += 1
+    f_unmap(sts, env, 0, 0, c, 1)                     # frees what that flush covers: a only
+    assert [r["pfn"] for r in freed(sts)] == [a] and covered(freed(sts)[0])
+    assert [(int(e[0]), int(e[3])) for e in single_ring(env, 0)] == [(b, 1), (c, 1)]
+    assert allocated(sts, 0, b) and owner(env, 0, b) == PENDING
+    f_drain(sts, env, 1)
+    assert [r["pfn"] for r in freed(sts)] == [a, b, c]
+    assert all(covered(r) for r in freed(sts))
+    assert not any(allocated(sts, 0, i) for i in (a, b, c))
+    no_errors(env)
+
+
+def test_single_timer_fires_at_1000_ms_and_empties_the_queue(cpn):
+    lat = ms(cpn, 0.1)
+    env, sts = make_env("single", cpn, inv_domain=lat)
+    timeout = int(env.cfg[0]["fq_timeout_cycles"])
+    assert timeout == ms(cpn, IOVA_SINGLE_FQ_TIMEOUT)
+    cpus = [0, 1, 0, 1, 1]
+    iovas = [map_io(sts, env, c) for c in cpus]
+    c0 = now()
+    f_unmap(sts, env, cpus[0], 0, iovas[0], 1)
+    c1 = now()
+    deadline = meta(env, M_DEADLINE)
+    assert c0 + timeout <= deadline <= c1 + timeout
+    for c, iova in list(zip(cpus, iovas))[1:]:
+        f_unmap(sts, env, c, 0, iova, 1)
+    assert meta(env, M_DEADLINE) == deadline         # later entries do not move it
+    assert single_ring(env, 0)[:, 0].tolist() == iovas
+    f_timers(sts, env, 0, c1 + ms(cpn, IOVA_FQ_TIMEOUT))   # the per-CPU queues' period: not yet
+    f_timers(sts, env, 0, deadline - 1)
+    assert meta(env, M_START_CNT) == 0 and frees(sts) == 0 and meta(env, M_TIMER_ON) == 1
+    f_timers(sts, env, 1, deadline)
+    assert meta(env, M_START_CNT) == meta(env, M_FINISH_CNT) == 1
+    assert meta(env, M_TIMER_FLUSHES) == 1 and meta(env, M_FLUSHES) == 1
+    assert meta(env, M_TIMER_ON) == 0 and len(single_ring(env, 0)) == 0
+    log = freed(sts)
+    assert sorted(r["pfn"] for r in log) == sorted(iovas)
+    assert all(covered(r) and r["cpu"] == 1 for r in log)   # freed by the timer's CPU
+    assert io_stat(env, iommu.S_INV) == 1
+    assert not any(allocated(sts, 0, i) for i in iovas)
+    f_timers(sts, env, 0, deadline + 10 * timeout)    # nothing queued, no timer
+    assert meta(env, M_FLUSHES) == 1
+    no_errors(env)
+
+
+def test_single_counts_are_exact_with_several_processes(cpn, no_leaks):
+    """Four processes on one domain's queue, more unmaps than it holds, a
+    timer fired among them: every IOVA is freed once, after a flush."""
+    # 69632 unmaps, over twice what the queue holds: the timer's flush and
+    # the drain's cannot have covered them all, a full ring must have
+    procs, rounds, batch = 4, 17, 1024
+    env, sts = make_env("single", cpn, pages=SINGLE_PAGES, max_live=SINGLE_LIVE, ncpus=procs)
+    # compiled (or loaded) before forking, not by each child
+    f_timers(sts, env, 0, 0)
+    unmaps_single(sts, env, [0], 0, 0, maps(sts, env, 0, 0, 1))
+
+    def worker(w):
+        for r in range(rounds):
+            out = maps(sts, env, w, 0, batch)
+            assert (out > 0).all()
+            unmaps_single(sts, env, [w] * batch, w, 0, out)
+            if w == 0 and r == 2:
+                f_timers(sts, env, w, meta(env, M_DEADLINE))   # its expiry, among the unmaps
+
+    pids = [fork(lambda w=w: worker(w)) for w in range(procs)]
+    assert [wait_child(pid) for pid in pids] == [0] * procs
+    f_drain(sts, env, 0)
+    total = procs * rounds * batch + 1
+    no_errors(env)
+    assert frees(sts) == meta(env, M_FLUSHED_ENTRIES) == exposure(env)[0] == total
+    qf, tf = meta(env, M_FLUSHES), meta(env, M_TIMER_FLUSHES)
+    assert tf == 1 and qf - tf - 1 >= 1               # the timer, a full ring, the drain
+    assert meta(env, M_START_CNT) == meta(env, M_FINISH_CNT) == qf
+    assert len(single_ring(env, 0)) == 0 and not env.own.any()
+    assert single_acquisitions(env)[2] >= total and sum(single_acquisitions(env)[:2]) == 0
+    p = Params(pages=SINGLE_PAGES, nworkers=procs, ncpus=procs, max_live=SINGLE_LIVE)
+    assert rbtree.check(compose.pick(sts, 0).rb, p, []) == []
+
+
 # --- every deferred policy ---------------------------------------------------------
 
-@pytest.mark.parametrize("flush", ["strict", "batched", "percpu"])
+@pytest.mark.parametrize("flush", ["strict", "batched", "percpu", "single"])
 def test_an_iova_is_not_handed_out_again_before_its_flush(cpn, flush):
     env, sts = make_env(flush, cpn, pages=64)
     held = []
@@ -486,7 +713,7 @@ def test_the_check_catches_a_claim_of_a_page_whose_flush_is_pending(cpn):
     assert ctl[CTL_ERR_CLAIMANT] == 2 and ctl[CTL_ABORT] == 1
 
 
-@pytest.mark.parametrize("flush", ["batched", "percpu"])
+@pytest.mark.parametrize("flush", ["batched", "percpu", "single"])
 def test_the_drain_frees_everything_and_is_no_timer_expiry(cpn, flush):
     env, sts = make_env(flush, cpn)
     iovas = [map_io(sts, env, c, d) for c, d in ((0, 0), (1, 0), (0, 1))]
@@ -501,7 +728,7 @@ def test_the_drain_frees_everything_and_is_no_timer_expiry(cpn, flush):
     assert sum(meta(env, M_TIMER_FLUSHES, d) for d in range(NDOM)) == 0
 
 
-@pytest.mark.parametrize("flush", ["strict", "batched", "percpu"])
+@pytest.mark.parametrize("flush", ["strict", "batched", "percpu", "single"])
 def test_an_unmap_publishes_its_iova_for_the_rogue_device(cpn, flush):
     env, sts = make_env(flush, cpn, rogue=True)
     iova = map_io(sts, env, 1, 1, 2)
