@@ -284,3 +284,36 @@ def test_long_trace_answer_for_answer():
     assert E.check(st, p, live) == []
     assert stats(st)["hits"] == e.hits
     assert time.perf_counter() - t0 < 30
+
+
+def test_ring_interplay_walks_the_tree_not_the_lists():
+    """The paper's pathology: a receive ring re-posted one buffer at a time
+    with a transmit buffer mapped and unmapped between.  Freeing the ring's
+    oldest buffer moves mainline's cached32 to the node above it, the
+    re-post takes the hole and becomes cached32, and the next transmit
+    allocation walks down through the ring to the gap below it.  Both
+    designs give the same addresses here (the transmit page always lands
+    just below the ring, the re-post in its own hole); EiovaR answers both
+    from its lists once the ring has cycled, and walks nothing."""
+    from tests.drivers import drive_rbtree
+    ring, rounds = 64, 256
+    pfns = list(range(TOP, TOP - ring, -1))
+    script = [A(1)] * ring
+    for k in range(rounds):
+        script += [A(1), F(TOP - ring, 1), F(pfns[k % ring], 1), A(1)]
+    want = list(pfns)
+    for k in range(rounds):
+        want += [TOP - ring, 0, 0, pfns[k % ring]]
+    p = Params(max_live=4 * ring)
+    mainline = compose.private(rbtree, p)
+    out = np.zeros(len(script), dtype=np.int64)
+    drive_rbtree(mainline, W, np.array(script, dtype=np.int64), out)
+    assert out.tolist() == want
+    s = mainline.stats.reshape(-1, 16)
+    walked = s[:, rbtree.S_VISITED].sum() / s[:, rbtree.S_ALLOCS].sum()
+    assert walked > ring / 4            # about half the ring per allocation
+    st, e, got = run_both(p, script)
+    assert got == want
+    assert stats(st)["misses"] == ring + 1      # the ring's fill, the first transmit
+    assert tree_stat(st, "allocs") == ring + 1
+    assert tree_stat(st, "nodes_visited") < 4 * (ring + 1)
