@@ -19,39 +19,41 @@ A driver asks for few distinct sizes (a ring's buffers are all alike), so
 nearly every request is served in constant time once the rings have cycled
 once.
 
-What the paper gives, and what we chose where it is silent (a choice a
-kernel patch to iova.c of its time would make, and named as ours):
+What the paper gives: the cache of freed ranges, kept per size, looked
+in before the tree, the ranges staying allocated in the tree while
+cached.  What we chose where the paper's text, as we read it, does not
+settle a detail (the choice a kernel patch to iova.c of its time would
+make, named here as ours):
 
-* Keyed by the exact size in pages, as the paper keys its lists by the
-  range's size: the 3.x intel-iommu asked `alloc_iova` for the page count
-  itself (no rounding to a power of two; that came with the 2016 rcache),
-  so a cached range is reused only by a request of the same size, and its
-  alignment, which was that size's, is still right.  Ours: the lists form
-  a fixed array for sizes 1 to EIOVAR_MAX_PAGES (64 pages, 256 KiB);
-  larger ranges are not cached and are freed into the tree as mainline
-  does.
+* Keyed by the exact size in pages (the paper's lists hold one size
+  each; the 3.x intel-iommu asked `alloc_iova` for the page count itself,
+  with no rounding to a power of two, which came with the 2016 rcache), so
+  a cached range is reused only by a request of the same size, and its
+  alignment, that size's, is still right.  Ours: the lists form a fixed
+  array for sizes 1 to EIOVAR_MAX_PAGES (64 pages, 256 KiB); larger ranges
+  are not cached and are freed into the tree as mainline frees them.
 * One lock: the lists live in the domain beside the tree and are guarded
-  by the tree's own `iova_rbtree_lock` (Peleg et al., USENIX ATC 2015,
-  describe EiovaR so, and built the per-CPU magazines to take it off that
-  lock).  So a hit still takes the global lock, and EiovaR fixes the
-  walk's length, not the lock's contention.
+  by the tree's own `iova_rbtree_lock`; the per-CPU magazines of Peleg et
+  al. (USENIX ATC 2015) are what took such a cache off the global lock.
+  So a hit still takes the global lock: EiovaR shortens the walk, not the
+  lock's queue.
 * LIFO (ours): each list is a stack; a free pushes, an allocation takes
   the most recently freed range first, whose page-table pages and IOTLB
   lines are the likeliest still cached.
-* The limit (ours): the paper's devices had one DMA mask each.  A cached
-  range is taken only if it ends at or below the request's limit: the list
-  is scanned from its head and the first range that fits is unlinked
-  (counted: `limit_skips` per range passed over); if none fits, the tree
-  serves the request.  An answer is therefore never above the limit, as
-  mainline's never is.
-* Bounded (ours): the lists are unbounded, as the paper's are; what
-  bounds them is the workload, since a size's ranges, live and cached,
-  never exceed the most of that size ever live at once (with one limit
-  per domain, a size's list is empty whenever the tree is asked for that
-  size).  When the tree fails (the space is full, or its node pool is),
-  every list is emptied into the tree, sizes in increasing order, each
-  list from its head, and the tree is tried once more, as the magazines
-  do in alloc_iova_fast.
+* The limit (ours): a device has one DMA mask, but a domain may be asked
+  with two (intel-iommu tried 32 bits first).  A cached range is taken
+  only if it ends at or below the request's limit: the list is scanned
+  from its head and the first range that fits is unlinked (`limit_skips`
+  counts the ranges passed over); if none fits, the tree serves the
+  request.  An answer is therefore never above the limit, as mainline's
+  never is.
+* Unbounded lists (ours): what bounds them is the workload, since a
+  size's ranges, live and cached, never exceed the most of that size ever
+  live at once (with one limit per domain, a size's list is empty
+  whenever the tree is asked for that size).  When the tree fails (the
+  space is full, or its node pool is), every list is emptied into the
+  tree, sizes in increasing order, each list from its head, and the tree
+  is tried once more, as alloc_iova_fast does with the magazines.
 * The range's node gains one link (`struct iova` 40 -> 48 bytes, still
   one 64-byte slab object) and the domain an array of list heads.  Here
   the links are an array beside the node pool, one word per node, so that
