@@ -65,7 +65,7 @@ PAGE_SHIFT = 12
 STAT_LINE = 16                     # int64 counters per worker line
 
 # The registry: the allocators built in, in the order tables list them.
-BUILTIN = ("direct", "bitmap", "pools", "rbtree", "magazines", "lockfree")
+BUILTIN = ("direct", "bitmap", "pools", "rbtree", "eiovar", "magazines", "lockfree")
 PATH_ENV = "IOMMU_STRESS_ALLOCATORS"
 
 

@@ -267,7 +267,8 @@ def test_long_lines_are_shortened_in_messages(tmp_path):
     (["--allocator", "magazines", "--variant", "heap"],
      "--variant: magazines has no variant 'heap'; valid: fixed, list, prealloc"),
     (["--allocator", "slab"],
-     "--allocator: unknown allocator 'slab': choose one of bitmap, pools, rbtree, magazines"),
+     "--allocator: unknown allocator 'slab': choose one of bitmap, pools, rbtree, eiovar, "
+     "magazines, lockfree"),
 ])
 def test_option_errors(opts, message):
     with pytest.raises(UsageError) as e:
@@ -452,4 +453,4 @@ def test_through_the_cli():
     assert r.stderr == ("iommu-stress: error: errors.trace:5: free of tag 'big' that is not "
                         "mapped (its allocation at line 2 failed)\n")
     r = cli("basic.trace", "--allocator", "buddy")
-    assert r.returncode == 2 and "choose one of bitmap, pools, rbtree, magazines" in r.stderr
+    assert r.returncode == 2 and "choose one of bitmap, pools, rbtree, eiovar, magazines" in r.stderr
