@@ -362,6 +362,23 @@ class RCache:
         self._flush_global()
         return before - len(self.d)
 
+    def run(self, rows):
+        """The result of each row (tests/drivers.py's rows): the pfn or -1
+        of an allocation, 0 for a free, what a trim or flush returns."""
+        out = []
+        for op, cpu, a, b in rows:
+            if op == OP_ALLOC:
+                r = self.alloc(cpu, a, b)
+                out.append(-1 if r is None else r)
+            elif op == OP_FREE:
+                self.free(cpu, a, b)
+                out.append(0)
+            elif op == OP_TRIM:
+                out.append(self.trim(a))
+            else:
+                out.append(self.flush_all())
+        return out
+
     def cached(self):
         """Every pfn held by a magazine, with its size class."""
         out = []

@@ -72,40 +72,15 @@ def test_wrap():
     """A CPU whose hint is low wraps back to its limit once."""
     p = Params(pages=256, ncpus=1, mag_size=2)
     st = compose.private(L, p)
-    ref = reference(p)
     rows = [A(0, 64), A(0, 64), A(0, 64), A(0, 32), A(0, 16), F(0, 192, 64), A(0, 64),
             F(0, 128, 64), A(0, 8), A(0, 8)]
-    want = []
-    for op, cpu, a, b in rows:
-        if op == R.OP_ALLOC:
-            r = ref.alloc(cpu, a, b)
-            want.append(-1 if r is None else r)
-        else:
-            ref.free(cpu, a, b)
-            want.append(0)
+    want = reference(p).run(rows)
     got = replay(st, rows)
     assert got == want
     # 64 at 192, 128, 64; 32 at 32; 16 at 16; 192 freed and taken again by
     # the wrap from the limit, since below the hint (16) nothing fits; then
     # on down from there, into what 128 left
     assert got == [192, 128, 64, 32, 16, 0, 192, 0, 184, 176]
-
-
-def run_reference(p, rows):
-    ref = reference(p)
-    want = []
-    for op, cpu, a, b in rows:
-        if op == R.OP_ALLOC:
-            r = ref.alloc(cpu, a, b)
-            want.append(-1 if r is None else r)
-        elif op == R.OP_FREE:
-            ref.free(cpu, a, b)
-            want.append(0)
-        elif op == R.OP_TRIM:
-            want.append(ref.trim(a))
-        else:
-            want.append(ref.flush_all())
-    return ref, want
 
 
 LIMITS = [0xFFFFF, 0x3FFF, 0x7FF]

@@ -51,18 +51,7 @@ def run_both(p, rows):
     results), the two results lists being equal."""
     st = compose.private(M, p)
     rc = R.RCache(R.Domain(p.start_pfn), p.ncpus, p.mag_size, p.variant)
-    want = []
-    for op, cpu, a, b in rows:
-        if op == R.OP_ALLOC:
-            r = rc.alloc(cpu, a, b)
-            want.append(-1 if r is None else r)
-        elif op == R.OP_FREE:
-            rc.free(cpu, a, b)
-            want.append(0)
-        elif op == R.OP_TRIM:
-            want.append(rc.trim(a))
-        else:
-            want.append(rc.flush_all())
+    want = rc.run(rows)
     got = replay(st, rows)
     assert got == want
     return st, rc, got
