@@ -32,14 +32,13 @@ from hwmodel.cpu import hot
 {runs}
 
 @hot(cache=True)
-def replay(st, op, slot, pages, limit, cpu, result, held):
-    return rp.replay_loop(m.alloc, m.free, st, op, slot, pages, limit, cpu, result, held)
+def replay(st, req, held):
+    return rp.replay_loop(m.alloc, m.free, st, req, held)
 
 
 @hot(cache=True)
-def replay_timed(st, op, slot, pages, limit, cpu, result, held, spent):
-    return rp.replay_timed_loop(m.alloc, m.free, st, op, slot, pages, limit, cpu, result, held,
-                                spent)
+def replay_timed(st, req, held, spent):
+    return rp.replay_timed_loop(m.alloc, m.free, st, req, held, spent)
 '''
 
 _modules = {}
@@ -159,7 +158,7 @@ def _runs(trim):
 def of(name):
     """The generated module of allocator `name`: `run_<flush>_<mode>(sts,
     env, w, cpu)`, a worker's whole point under that flush policy and mode
-    (entry_name), and `replay(st, op, slot, ...)`, a trace (`replay_timed`:
+    (entry_name), and `replay(st, req, held)`, a trace (`replay_timed`:
     with each request timed)."""
     if name not in _modules:
         usable_cache()

@@ -18,48 +18,56 @@ from harness.compose import private
 from harness.errors import UsageError
 from harness.trace import OP_ALLOC, OP_FREE, parse, prefill_trace, read
 from hwmodel.cpu import calibrate, hot, stamp, stamp_cost
+from hwmodel.cpu import uidx as _u
 
 MAG_SIZES = (127, 128)
 DEFAULT_PAGES = 1 << 20
 MAX_PAGES = 1 << 31
 
 
+# The columns of a replay's request rows: one row per request, so that the
+# compiled loop keeps one base pointer for the trace where five separate
+# arrays took five registers (spilled, and reloaded on every request).
+R_OP, R_SLOT, R_PAGES, R_LIMIT, R_CPU, R_RESULT = range(6)
+ROW = 6
+
+
 @hot
-def replay_loop(alloc, free, st, op, slot, pages, limit, cpu, result, held):
-    """Replay every request as worker 0; result[i] is what allocation i got
-    (-1: failed), or for a free what it freed.  held[k] is what the tag in
-    slot k holds now (-1: nothing; all -1 at the start).  Returns -1, or the
-    first request whose tag is in the wrong state: an allocation of a tag
-    still live, a free of one whose allocation failed (see
-    harness/trace.py)."""
-    for i in range(op.shape[0]):
-        k = slot[i]
-        if op[i] == OP_ALLOC:
+def replay_loop(alloc, free, st, req, held):
+    """Replay every request row as worker 0; req[i, R_RESULT] is what
+    allocation i got (-1: failed), or for a free what it freed.  held[k] is
+    what the tag in slot k holds now (-1: nothing; all -1 at the start).
+    Returns -1, or the first request whose tag is in the wrong state: an
+    allocation of a tag still live, a free of one whose allocation failed
+    (see harness/trace.py)."""
+    for i in range(req.shape[0]):
+        k = _u(req[i, R_SLOT])
+        if req[i, R_OP] == OP_ALLOC:
             if held[k] >= 0:
                 return i
-            pfn = alloc(st, 0, cpu[i], pages[i], limit[i])
+            pfn = alloc(st, 0, req[i, R_CPU], req[i, R_PAGES], req[i, R_LIMIT])
             held[k] = pfn
         else:
             pfn = np.int64(held[k])
             if pfn < 0:
                 return i
-            free(st, 0, cpu[i], pfn, pages[i])
+            free(st, 0, req[i, R_CPU], pfn, req[i, R_PAGES])
             held[k] = -1
-        result[i] = pfn
+        req[i, R_RESULT] = pfn
     return -1
 
 
 @hot
-def replay_timed_loop(alloc, free, st, op, slot, pages, limit, cpu, result, held, spent):
+def replay_timed_loop(alloc, free, st, req, held, spent):
     """replay_loop with each request timed between two stamps (whose own
     cost the caller subtracts): spent[i] is the cycles of request i."""
-    for i in range(op.shape[0]):
-        k = slot[i]
-        if op[i] == OP_ALLOC:
+    for i in range(req.shape[0]):
+        k = _u(req[i, R_SLOT])
+        if req[i, R_OP] == OP_ALLOC:
             if held[k] >= 0:
                 return i
             t0 = stamp()
-            pfn = alloc(st, 0, cpu[i], pages[i], limit[i])
+            pfn = alloc(st, 0, req[i, R_CPU], req[i, R_PAGES], req[i, R_LIMIT])
             spent[i] = stamp() - t0
             held[k] = pfn
         else:
@@ -67,10 +75,10 @@ def replay_timed_loop(alloc, free, st, op, slot, pages, limit, cpu, result, held
             if pfn < 0:
                 return i
             t0 = stamp()
-            free(st, 0, cpu[i], pfn, pages[i])
+            free(st, 0, req[i, R_CPU], pfn, req[i, R_PAGES])
             spent[i] = stamp() - t0
             held[k] = -1
-        result[i] = pfn
+        req[i, R_RESULT] = pfn
     return -1
 
 
@@ -173,10 +181,10 @@ def run(trace, allocator, pages=DEFAULT_PAGES, boundary=DEFAULT_BOUNDARY_PAGES,
     a = _loop_arrays(trace, limit)
     # Compile (or load from the cache) on an empty trace, so that the timed
     # call below is the loop alone.
-    empty = np.zeros(0, dtype=np.int64)
+    empty = np.zeros((0, ROW), dtype=np.int64)
     spent = np.zeros(len(trace) if timed else 0, dtype=np.int64)
     extra = (spent,) if timed else ()
-    args = (st, empty, empty, empty, empty, empty, empty, a["held"]) + ((empty,) if timed else ())
+    args = (st, empty, a["held"]) + ((spent[:0],) if timed else ())
     if entries.cached(entry, args):
         entry(*args)
     else:
@@ -186,10 +194,9 @@ def run(trace, allocator, pages=DEFAULT_PAGES, boundary=DEFAULT_BOUNDARY_PAGES,
         entry(*args)
         entries.compile_record([key], [time.perf_counter() - t0])
     t0 = time.perf_counter_ns()
-    bad = entry(st, a["op"], a["slot"], a["pages"], a["limit"], a["cpu"], a["result"], a["held"],
-                *extra)
+    bad = entry(st, a["req"], a["held"], *extra)
     elapsed = time.perf_counter_ns() - t0
-    result = a["result"]
+    result = np.ascontiguousarray(a["req"][:, R_RESULT])
     if bad >= 0:
         _raise_state(trace, int(bad))
     allocs = trace.op == OP_ALLOC
@@ -208,18 +215,18 @@ def run(trace, allocator, pages=DEFAULT_PAGES, boundary=DEFAULT_BOUNDARY_PAGES,
 def _loop_arrays(trace, limit):
     """The loop's arrays, copied into one block laid out as the allocator's
     own (harness/arena.py), so that which of them share cache sets is the
-    same in every replay, not wherever a heap happened to put each.
-    `result` starts at -1 and `held` (int32: pfns stay under MAX_PAGES, and
-    half the cache the loop's own table takes from the allocator's) at -1."""
+    same in every replay, not wherever a heap happened to put each: `req`,
+    a row per request (columns R_*), its result -1 until the loop sets it,
+    and `held` (int32: pfns stay under MAX_PAGES, and half the cache the
+    loop's own table takes from the allocator's), all -1."""
     n = len(trace)
-    given = (("op", trace.op), ("slot", trace.slot), ("pages", trace.pages),
-             ("limit", limit), ("cpu", trace.cpu))
-    specs = [(name, v.dtype, (n,)) for name, v in given]
-    specs += [("result", np.int64, (n,)), ("held", np.int32, (max(1, trace.peak_live),))]
-    a = arena.private(specs)
-    for name, v in given:
-        a[name][:] = v
-    a["result"][:] = -1
+    a = arena.private([("req", np.int64, (n, ROW)),
+                       ("held", np.int32, (max(1, trace.peak_live),))])
+    req = a["req"]
+    for col, v in ((R_OP, trace.op), (R_SLOT, trace.slot), (R_PAGES, trace.pages),
+                   (R_LIMIT, limit), (R_CPU, trace.cpu)):
+        req[:, col] = v
+    req[:, R_RESULT] = -1
     a["held"][:] = -1
     return a
 

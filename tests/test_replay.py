@@ -157,20 +157,19 @@ def _echo_free(st, w, cpu, pfn, pages):
 
 
 @njit
-def _echo_replay(st, op, slot, pages, limit, cpu, result, held):
-    return replay.replay_loop(_echo_alloc, _echo_free, st, op, slot, pages, limit, cpu, result,
-                              held)
+def _echo_replay(st, req, held):
+    return replay.replay_loop(_echo_alloc, _echo_free, st, req, held)
 
 
 def echo(text):
     t = parse(text, "t.trace", pages=64)
     log = np.zeros((len(t), 5), dtype=np.int64)
     n = np.zeros(1, dtype=np.int64)
-    result = np.full(len(t), -1, dtype=np.int64)
     limit = np.where(t.limit < 0, 63, t.limit)
+    req = np.stack([t.op, t.slot, t.pages, limit, t.cpu, np.full(len(t), -1)], axis=1)
     held = np.full(max(1, t.peak_live), -1, dtype=np.int32)
-    bad = _echo_replay((log, n), t.op, t.slot, t.pages, limit, t.cpu, result, held)
-    return bad, log[:n[0]].tolist(), result.tolist()
+    bad = _echo_replay((log, n), req, held)
+    return bad, log[:n[0]].tolist(), req[:, replay.R_RESULT].tolist()
 
 
 def test_loop_passes_cpu_pages_limit_and_the_allocation_to_free():
