@@ -45,6 +45,9 @@ FLAGS = [
     ("--tlb-entries", "tlb_entries", dict(metavar="N", help="IOTLB entries per domain")),
     ("--tlb-ways", "tlb_ways", dict(metavar="N", help="IOTLB associativity")),
     ("--seed", "seed", dict(metavar="N", help="random seed of the request sizes")),
+    ("--placement", "placement", dict(metavar="POLICY", help="worker CPUs: cores-first (default), compact, spread, none (unpinned)")),
+    ("--cpus", "cpus", dict(metavar="LIST", help='CPUs the workers may use: "0-3,8,10-11"')),
+    ("--node", "node", dict(metavar="N", help="run the workers and place the shared memory on NUMA node N")),
 ]
 
 
@@ -212,6 +215,7 @@ def cmd_sweep(args, several=True):
     with Bench(opts, designs, say=_say if args.verbose else None) as bench:
         res = results.ResultsFile(json_path, results.machine(bench.cycles_per_ns), held,
                                   " ".join([PROG] + sys.argv[1:]), points=kept, base=base)
+        res.doc["placement"] = bench.placement.record()
         try:
             ok = sweep.run(bench, todo, opts["repeats"], res, args.on_error, PROG)
         except BaseException:
@@ -247,6 +251,8 @@ def _print_results(doc, args, opts):
     print((report.header(doc["machine"]) if not each else "machines: each table's own")
           + "; profile %s%s" % ("mixed" if "profile" in mixed else opts["profile"],
                                 ", workload %s" % opts["workload"] if opts["workload"] else ""))
+    for line in report.placement_lines(doc):
+        print(line)
     if not doc["points"]:
         return
     fmt = "csv" if getattr(args, "csv", False) else "simple"

@@ -10,6 +10,7 @@ import tomllib
 from pathlib import Path
 
 from harness.errors import UsageError, read_input
+from harness.placement import DEFAULT as PLACEMENT, convert_cpus, convert_policy
 from harness.abi import MAX_DEPTH, MAX_DOMAINS, MAX_WORKERS
 from hwmodel.locks import KINDS
 
@@ -185,6 +186,9 @@ OPTIONS = {
     "lock_timing": (_bool, False, "time every lock wait and hold (cycle counter)"),
     "diag": (_bool, False, "diagnostics: lock timing, sampled step timing, per-second series"),
     "seed": (_number(0, 2**31, integer=True), 1, "random seed of the request sizes"),
+    "placement": (convert_policy, PLACEMENT, "worker CPUs: cores-first, compact, spread or none"),
+    "cpus": (convert_cpus, None, "CPUs the workers may use, a cpulist (default: all allowed)"),
+    "node": (_number(0, 1023, integer=True), None, "NUMA node of the workers and the memory"),
 }
 
 

@@ -24,7 +24,7 @@ DEFERRED = ("batched", "percpu", "single")
 # run options worth a line in a report; the rest are in the file
 SHOWN_OPTIONS = ("lock", "profile", "workload", "depth", "sizes", "duration", "warmup", "repeats",
                  "domains", "unmap_fraction", "device_ns", "hypercall_ns", "premapped",
-                 "rogue_device", "lock_timing", "check")
+                 "rogue_device", "lock_timing", "check", "placement", "cpus", "node")
 
 
 def formats():
@@ -54,6 +54,14 @@ def header(machine):
     return ("machine: %s, %s cores allowed, numba %s, python %s, kernel %s, commit %s"
             % (machine.get("cpu_model"), machine.get("cores_allowed", "?"), machine.get("numba"),
                machine.get("python"), machine.get("kernel"), machine.get("commit")))
+
+
+def placement_lines(doc, prefix=""):
+    """The placement of the workers, as the header names it (none for a
+    file of a version that did not record it)."""
+    from harness.placement import describe
+    rec = doc.get("placement")
+    return [prefix + describe(rec)] if isinstance(rec, dict) else []
 
 
 def flush_policy(point):
@@ -416,6 +424,7 @@ def describe_sources(sources):
         if cmd:
             lines.append("%scommand: %s%s" % (prefix, cmd, " (started %s)" % s.doc["started"]
                                               if s.doc.get("started") else ""))
+        lines += placement_lines(s.doc, prefix)
         mixed = results.mixed_keys(s.doc)
         ol = _options_line({k: v for k, v in s.options.items() if k not in mixed})
         if ol and not several:

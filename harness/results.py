@@ -375,10 +375,15 @@ def _points(v, at):
         POINT(p, "point %d" % i)
 
 
+# how the workers were placed (harness/placement.py)
+PLACEMENT_READ = _dict({"policy": _string, "cpus": _list_of(_num(0, MAX_THREADS, integer=True)),
+                        "node": _optional(_count), "pinned": _boolean,
+                        "shared_core_from": _optional(_count)})
+
 DOCUMENT = _required(("points",), _dict({
     "command": _string, "started": _string, "machine": MACHINE_READ, "options": OPTIONS_READ,
     "points": _points, "failures": _list_of(_string), "complete": _boolean,
-    "timings": _dict(rest=_scalar), "cluster": CLUSTER_READ,
+    "timings": _dict(rest=_scalar), "cluster": CLUSTER_READ, "placement": PLACEMENT_READ,
 }))
 
 
