@@ -85,6 +85,7 @@ class Raw:
     clock_read_cycles: float = 0.0    # what one read of the cycle counter costs
     stamp_cycles: float = 0.0         # what one in-order read (--diag's steps) costs
     steal_ns: float = 0.0             # the hypervisor's, on those cores
+    other_load: dict = None           # the machine's other load (disturbance.Snapshot.since)
 
 
 def consumers(threads, fraction):
@@ -542,7 +543,7 @@ class Bench:
                    fq_locks=lockmod.class_stats(env.fq.lk), alloc_stats=alloc_stats,
                    footprint=footprint, series=series, rogue=bool(self.opts["rogue_device"]),
                    cores=len(self.cores), preemptions=disturbed[0], run_delay_ns=disturbed[1],
-                   steal_ns=disturbed[2], clock_read_cycles=self.clock_read_cycles,
+                   steal_ns=disturbed[2], other_load=disturbed[3], clock_read_cycles=self.clock_read_cycles,
                    stamp_cycles=self.stamp_cycles,
                    device_modelled=bool(env.cfg[0]["device_cycles"]),
                    hypercalls=bool(env.cfg[0]["hypercall_cycles"]))

@@ -212,10 +212,13 @@ def cmd_sweep(args, several=True):
         results.writable(Path(json_path))
     t_start = time.monotonic()
     clean_stale()
+    from harness import system
+    state = system.current()         # before the run's own compiling loads the machine
     with Bench(opts, designs, say=_say if args.verbose else None) as bench:
         res = results.ResultsFile(json_path, results.machine(bench.cycles_per_ns), held,
                                   " ".join([PROG] + sys.argv[1:]), points=kept, base=base)
         res.doc["placement"] = bench.placement.record()
+        res.doc["system"] = system.record(state, res.doc["placement"], len(bench.cores))
         try:
             ok = sweep.run(bench, todo, opts["repeats"], res, args.on_error, PROG)
         except BaseException:
@@ -251,7 +254,7 @@ def _print_results(doc, args, opts):
     print((report.header(doc["machine"]) if not each else "machines: each table's own")
           + "; profile %s%s" % ("mixed" if "profile" in mixed else opts["profile"],
                                 ", workload %s" % opts["workload"] if opts["workload"] else ""))
-    for line in report.placement_lines(doc):
+    for line in report.placement_lines(doc) + report.system_lines(doc):
         print(line)
     if not doc["points"]:
         return
@@ -383,6 +386,11 @@ def build_parser():
     rp = sub.add_parser("replay", help="replay a request trace against one allocator")
     replay.add_arguments(rp)
     rp.set_defaults(func=lambda a: replay.command(a, sys.stdout, sys.stderr))
+    from harness import system
+    sy = sub.add_parser("system", help="the machine's state that moves the figures "
+                                       "(governor, boost, SMT, THP, isolated CPUs, hypervisor)")
+    system.add_arguments(sy)
+    sy.set_defaults(func=lambda a: system.command(a, sys.stdout))
     ds = sub.add_parser("designs", help="list the allocators, their variants and the named "
                                         "designs")
     ds.set_defaults(func=cmd_designs)

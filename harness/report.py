@@ -64,6 +64,14 @@ def placement_lines(doc, prefix=""):
     return [prefix + describe(rec)] if isinstance(rec, dict) else []
 
 
+def system_lines(doc, prefix=""):
+    """The warnings recorded about the machine's state at the run's start."""
+    rec = doc.get("system")
+    if not isinstance(rec, dict):
+        return []
+    return ["%swarning: %s" % (prefix, w) for w in rec.get("warnings") or []]
+
+
 def flush_policy(point):
     """strict, batched, percpu, single, or none for a design without an IOMMU."""
     return point["flush"]
@@ -424,7 +432,7 @@ def describe_sources(sources):
         if cmd:
             lines.append("%scommand: %s%s" % (prefix, cmd, " (started %s)" % s.doc["started"]
                                               if s.doc.get("started") else ""))
-        lines += placement_lines(s.doc, prefix)
+        lines += placement_lines(s.doc, prefix) + system_lines(s.doc, prefix)
         mixed = results.mixed_keys(s.doc)
         ol = _options_line({k: v for k, v in s.options.items() if k not in mixed})
         if ol and not several:

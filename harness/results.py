@@ -18,8 +18,8 @@ import psutil
 from harness.errors import UsageError, read_input
 
 FORMAT = "iommu-stress-results"
-VERSION = 5
-READS = (1, 2, 3, 4, 5)           # versions load() accepts; older ones are upgraded
+VERSION = 6
+READS = (1, 2, 3, 4, 5, 6)           # versions load() accepts; older ones are upgraded
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -361,7 +361,7 @@ POINT = _required(("design", "flush", "threads", "ops_per_sec"), _dict({
     "rogue_probes": _number, "stale_hits_per_sec": _number,
     "locks": _list_of(LOCK_ROW), "alloc_stats": _numbers, "footprint_bytes": _numbers,
     "exposure_ns": _numbers, "flush_stats": _numbers, "iotlb": _numbers,
-    "breakdown_ns": _numbers, "disturbance": _numbers,
+    "breakdown_ns": _numbers, "disturbance": _numbers, "machine_load": _numbers,
     "state_checked": _type((str, bool), "a string"), "series": _list_of(SERIES_ENTRY),
     "diag": _dict({"timing": _string}, rest=_number),
     "options": OPTIONS_READ, "machine": MACHINE_READ, "host": HOST_READ,
@@ -384,6 +384,7 @@ DOCUMENT = _required(("points",), _dict({
     "command": _string, "started": _string, "machine": MACHINE_READ, "options": OPTIONS_READ,
     "points": _points, "failures": _list_of(_string), "complete": _boolean,
     "timings": _dict(rest=_scalar), "cluster": CLUSTER_READ, "placement": PLACEMENT_READ,
+    "system": _dict({"warnings": _list_of(_string)}),
 }))
 
 
@@ -398,7 +399,9 @@ def upgrade(doc):
     Version 4 only adds keys (a point's own `options` and `machine`);
     its breakdowns' `harness` holds what version 5 splits into `loop`,
     `tick` and `unnamed`, and is read as it is.  Version 5 also adds a
-    cluster's keys (the document's `cluster`, a point's `host`)."""
+    cluster's keys (the document's `cluster`, a point's `host`); version
+    6 only adds keys (the document's `placement` and `system`, a point's
+    `machine_load` and more `disturbance`)."""
     doc.setdefault("machine", {})
     doc.setdefault("options", {})
     if doc.get("version") == 1:
@@ -411,6 +414,6 @@ def upgrade(doc):
                     if "handoffs" in lock:
                         lock["acq_bounces"] = lock.pop("handoffs")
         doc["version"] = 2
-    if doc.get("version") in (2, 3, 4):
+    if doc.get("version") in (2, 3, 4, 5):
         doc["version"] = VERSION
     return doc

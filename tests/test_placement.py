@@ -7,7 +7,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness import cli, designs, numa, placement, topology
+from harness import cli, designs, numa, placement, readout, topology
 from harness.bench import Bench
 from harness.config import defaults
 from harness.errors import UsageError
@@ -202,8 +202,10 @@ def test_workers_run_where_the_placement_says(no_leaks):
              else None)
     try:
         with Bench(o, d) as b:
-            b.window(0, 3)
+            w = readout.window(b.window(0, 3))
             assert b.env.cnt["core"][:3].tolist() == [cores[-1]] * 3
+            # the machine's other load over the window is recorded
+            assert {"other_cpus", "machine_other_cpus", "steal_ns"} <= set(w["disturbance"])
     except UsageError as e:                 # no memory policy here
         pytest.skip(str(e))
     o.update(placement="none", cpus=None, node=None)
