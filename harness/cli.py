@@ -28,7 +28,11 @@ FLAGS = [
     ("--threads", "threads", dict(metavar="LIST", help='worker counts: "1,2,4" or "1-1024" (both ends and the powers of two between)')),
     ("--duration", "duration", dict(metavar="SECONDS", help="measurement window per repeat")),
     ("--warmup", "warmup", dict(metavar="SECONDS", help="run before each window")),
-    ("--repeats", "repeats", dict(metavar="N", help="windows per point (median reported)")),
+    ("--repeats", "repeats", dict(metavar="N", help="windows per point (median reported), or auto: until --target-ci")),
+    ("--min-repeats", "min_repeats", dict(metavar="N", help="--repeats auto: at least N windows (default 6)")),
+    ("--max-repeats", "max_repeats", dict(metavar="N", help="--repeats auto: at most N windows (default 30)")),
+    ("--target-ci", "target_ci", dict(metavar="SHARE", help="--repeats auto: until the median's 95%% interval is within SHARE (2%% or 0.02)")),
+    ("--order-seed", "order_seed", dict(metavar="N", help="seed of the shuffled order of the designs' windows")),
     ("--lock", "lock", dict(metavar="KIND", help="qspinlock (the kernel's), tas, ttas, ticket or mcs")),
     ("--spin-bound", "spin_bound", dict(metavar="N", help="spins before a lock waiter yields")),
     ("--depth", "depth", dict(metavar="K", help="mappings in flight per worker")),
@@ -220,7 +224,8 @@ def cmd_sweep(args, several=True):
         res.doc["placement"] = bench.placement.record()
         res.doc["system"] = system.record(state, res.doc["placement"], len(bench.cores))
         try:
-            ok = sweep.run(bench, todo, opts["repeats"], res, args.on_error, PROG)
+            ok = sweep.run(bench, todo, sweep.Repeats.of(opts), res, args.on_error, PROG,
+                           order_seed=opts["order_seed"])
         except BaseException:
             _print_results(res.doc, args, opts)
             raise
@@ -275,7 +280,8 @@ def _print_results(doc, args, opts):
             print()
             print(text)
     if fmt != "csv":
-        for line in report.cluster_lines(doc) + report.mixed_lines(doc):
+        for line in (report.cluster_lines(doc) + report.mixed_lines(doc)
+                     + report.repeats_lines(doc["points"])):
             print(line)
     if opts["diag"]:
         from harness import diagnostics

@@ -10,7 +10,7 @@ import statistics
 
 import numpy as np
 
-from harness import dma
+from harness import dma, stats
 from harness.abi import (CTL_ERR_CLAIMANT, CTL_ERR_HOLDER, CTL_ERR_KIND, CTL_ERR_PAGE,
                          CTL_ROGUE_PROBES, CTL_ROGUE_STALE, CTL_T_MEASURE, CTL_T_STOP,
                          DIAG_SAMPLE, ERR_DOUBLE_MAP, ERR_EARLY_REUSE, SAMPLE_OUTLIER_NS)
@@ -438,6 +438,6 @@ def point(design, threads, windows, oversubscribed):
            "disturbed": any(disturbed(w) for w in windows), "stalled": bool(stalls),
            "stalled_workers": stalls,
            "concurrent_runs": sorted({p for w in windows for p in w.get("concurrent_runs", [])}),
-           "machine_load": machine_load(windows)}
+           "machine_load": machine_load(windows), "ci": stats.point_ci(runs)}
     doc.update((k, v) for k, v in detail.items() if k not in doc)
     return doc

@@ -332,7 +332,8 @@ _scalar = _type((str, int, float, bool, type(None)), "a string, a number, true, 
 
 OPTIONS_READ = _dict({
     "lock": _optional(_string), "profile": _optional(_string), "workload": _optional(_string),
-    "duration": _optional(_number), "warmup": _optional(_number), "repeats": _optional(_count),
+    "duration": _optional(_number), "warmup": _optional(_number),
+    "repeats": _optional(lambda v, at: None if v == "auto" else _count(v, at)),
     "depth": _optional(_count), "domains": _optional(_count), "device_ns": _optional(_number),
     "hypercall_ns": _optional(_number), "unmap_fraction": _optional(_number),
     "sizes": _optional(_list_of(_pair, "a list of [pages, weight] pairs")),
@@ -362,6 +363,11 @@ POINT = _required(("design", "flush", "threads", "ops_per_sec"), _dict({
     "locks": _list_of(LOCK_ROW), "alloc_stats": _numbers, "footprint_bytes": _numbers,
     "exposure_ns": _numbers, "flush_stats": _numbers, "iotlb": _numbers,
     "breakdown_ns": _numbers, "disturbance": _numbers, "machine_load": _numbers,
+    "ci": _dict({"low": _optional(_number), "high": _optional(_number), "level": _num(0, 1),
+                 "method": _string}),
+    "repeats_auto": _dict({"target_ci": _number, "reached": _boolean,
+                           "half_width": _optional(_number), "windows": _count}),
+    "window_order": _list_of(_count),
     "state_checked": _type((str, bool), "a string"), "series": _list_of(SERIES_ENTRY),
     "diag": _dict({"timing": _string}, rest=_number),
     "options": OPTIONS_READ, "machine": MACHINE_READ, "host": HOST_READ,
@@ -414,6 +420,16 @@ def upgrade(doc):
                     if "handoffs" in lock:
                         lock["acq_bounces"] = lock.pop("handoffs")
         doc["version"] = 2
+    if doc.get("version") in (1, 2, 3, 4, 5):
+        # options that version 6 added, as the older runs measured: their
+        # workers pinned round-robin in CPU number order, the designs'
+        # points one after another (an order seed of none), a fixed count
+        # of windows
+        opts = doc["options"]
+        opts.setdefault("placement", "round-robin")
+        opts.setdefault("order_seed", None)
+        for k, v in (("min_repeats", 6), ("max_repeats", 30), ("target_ci", 0.02)):
+            opts.setdefault(k, v)
     if doc.get("version") in (2, 3, 4, 5):
         doc["version"] = VERSION
     return doc
