@@ -52,7 +52,8 @@ def ci_half_width(p):
     (a file of a version that did not record it)."""
     ci = p.get("ci")
     med = p.get("ops_per_sec")
-    if not isinstance(ci, dict) or ci.get("low") is None or not med:
+    # one window has no interval to show (level 0)
+    if not isinstance(ci, dict) or ci.get("low") is None or not ci.get("level") or not med:
         return None
     return max(med - ci["low"], ci["high"] - med) / med
 
