@@ -23,7 +23,7 @@ import numpy as np
 
 import allocators
 from allocators import Params
-from harness import abi, compose, dma, entries, loop, readout, signals
+from harness import abi, compose, dma, entries, loop, numa, placement, readout, signals
 from harness.entries import compile_notice, compile_record
 from harness.abi import (CTL_ATTACHED, CTL_CMD, CTL_DONE, CTL_ERR, CTL_GEN, CTL_PHASE,
                          CTL_PRODUCERS_LEFT, CTL_ROGUE_PROBES, CTL_ROGUE_READY, CTL_T_MEASURE,
@@ -85,6 +85,7 @@ class Raw:
     clock_read_cycles: float = 0.0    # what one read of the cycle counter costs
     stamp_cycles: float = 0.0         # what one in-order read (--diag's steps) costs
     steal_ns: float = 0.0             # the hypervisor's, on those cores
+    other_load: dict = None           # the machine's other load (disturbance.Snapshot.since)
 
 
 def consumers(threads, fraction):
@@ -136,7 +137,10 @@ class Bench:
         self.say = say or (lambda line: None)      # a line as each phase starts
         self.designs = designs
         self.max_threads = max(opts["threads"])
-        self.cores = allowed_cores()
+        self.placement = placement.choose(opts, allowed_cores())
+        self.cores = self.placement.order
+        if self.placement.node is not None:
+            numa.check(self.placement.node)
         self.profile = load_profile(opts["profile"])
         # --lock-timing times every hold; --diag one in DIAG_SAMPLE, so
         # that diagnostics barely move the figures they explain
@@ -195,6 +199,11 @@ class Bench:
             # can remove it
             with signals.deferred():
                 self.arena.create()
+            if self.placement.node is not None:
+                # before the first touch places a page
+                name = next(iter(self.arena.offsets))
+                numa.bind_range(self.arena.views[name].ctypes.data - self.arena.offsets[name],
+                                self.arena.size, self.placement.node)
             self._bind()
             self.cycles_per_ns = calibrate()
             self.clock_read_cycles = clock_read_cost()
@@ -333,8 +342,9 @@ class Bench:
         if self.pool is None:
             self.say("starting %d workers" % self.max_threads)
             t0 = time.perf_counter()
-            self.pool = Pool(self.max_threads, self.env, self.arena.views["bell"], self.stacked,
-                             self.entries, self.cores)
+            with numa.bound(self.placement.node):
+                self.pool = Pool(self.max_threads, self.env, self.arena.views["bell"],
+                                 self.stacked, self.entries, self.cores, self.placement.pinned)
             self.timings["fork_s"] += time.perf_counter() - t0
             signals.check()
 
@@ -533,7 +543,7 @@ class Bench:
                    fq_locks=lockmod.class_stats(env.fq.lk), alloc_stats=alloc_stats,
                    footprint=footprint, series=series, rogue=bool(self.opts["rogue_device"]),
                    cores=len(self.cores), preemptions=disturbed[0], run_delay_ns=disturbed[1],
-                   steal_ns=disturbed[2], clock_read_cycles=self.clock_read_cycles,
+                   steal_ns=disturbed[2], other_load=disturbed[3], clock_read_cycles=self.clock_read_cycles,
                    stamp_cycles=self.stamp_cycles,
                    device_modelled=bool(env.cfg[0]["device_cycles"]),
                    hypercalls=bool(env.cfg[0]["hypercall_cycles"]))

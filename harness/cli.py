@@ -28,7 +28,11 @@ FLAGS = [
     ("--threads", "threads", dict(metavar="LIST", help='worker counts: "1,2,4" or "1-1024" (both ends and the powers of two between)')),
     ("--duration", "duration", dict(metavar="SECONDS", help="measurement window per repeat")),
     ("--warmup", "warmup", dict(metavar="SECONDS", help="run before each window")),
-    ("--repeats", "repeats", dict(metavar="N", help="windows per point (median reported)")),
+    ("--repeats", "repeats", dict(metavar="N", help="windows per point (median reported), or auto: until --target-ci")),
+    ("--min-repeats", "min_repeats", dict(metavar="N", help="--repeats auto: at least N windows (default 6)")),
+    ("--max-repeats", "max_repeats", dict(metavar="N", help="--repeats auto: at most N windows (default 30)")),
+    ("--target-ci", "target_ci", dict(metavar="SHARE", help="--repeats auto: until the median's 95%% interval is within SHARE (2%% or 0.02)")),
+    ("--order-seed", "order_seed", dict(metavar="N", help="seed of the shuffled order of the designs' windows")),
     ("--lock", "lock", dict(metavar="KIND", help="qspinlock (the kernel's), tas, ttas, ticket or mcs")),
     ("--spin-bound", "spin_bound", dict(metavar="N", help="spins before a lock waiter yields")),
     ("--depth", "depth", dict(metavar="K", help="mappings in flight per worker")),
@@ -45,6 +49,9 @@ FLAGS = [
     ("--tlb-entries", "tlb_entries", dict(metavar="N", help="IOTLB entries per domain")),
     ("--tlb-ways", "tlb_ways", dict(metavar="N", help="IOTLB associativity")),
     ("--seed", "seed", dict(metavar="N", help="random seed of the request sizes")),
+    ("--placement", "placement", dict(metavar="POLICY", help="worker CPUs: cores-first (default), compact, spread, none (unpinned)")),
+    ("--cpus", "cpus", dict(metavar="LIST", help='CPUs the workers may use: "0-3,8,10-11"')),
+    ("--node", "node", dict(metavar="N", help="run the workers and place the shared memory on NUMA node N")),
 ]
 
 
@@ -209,11 +216,16 @@ def cmd_sweep(args, several=True):
         results.writable(Path(json_path))
     t_start = time.monotonic()
     clean_stale()
+    from harness import system
+    state = system.current()         # before the run's own compiling loads the machine
     with Bench(opts, designs, say=_say if args.verbose else None) as bench:
         res = results.ResultsFile(json_path, results.machine(bench.cycles_per_ns), held,
                                   " ".join([PROG] + sys.argv[1:]), points=kept, base=base)
+        res.doc["placement"] = bench.placement.record()
+        res.doc["system"] = system.record(state, res.doc["placement"], len(bench.cores))
         try:
-            ok = sweep.run(bench, todo, opts["repeats"], res, args.on_error, PROG)
+            ok = sweep.run(bench, todo, sweep.Repeats.of(opts), res, args.on_error, PROG,
+                           order_seed=opts["order_seed"])
         except BaseException:
             _print_results(res.doc, args, opts)
             raise
@@ -247,6 +259,8 @@ def _print_results(doc, args, opts):
     print((report.header(doc["machine"]) if not each else "machines: each table's own")
           + "; profile %s%s" % ("mixed" if "profile" in mixed else opts["profile"],
                                 ", workload %s" % opts["workload"] if opts["workload"] else ""))
+    for line in report.placement_lines(doc) + report.system_lines(doc):
+        print(line)
     if not doc["points"]:
         return
     fmt = "csv" if getattr(args, "csv", False) else "simple"
@@ -266,7 +280,8 @@ def _print_results(doc, args, opts):
             print()
             print(text)
     if fmt != "csv":
-        for line in report.cluster_lines(doc) + report.mixed_lines(doc):
+        for line in (report.cluster_lines(doc) + report.mixed_lines(doc)
+                     + report.repeats_lines(doc["points"])):
             print(line)
     if opts["diag"]:
         from harness import diagnostics
@@ -377,6 +392,11 @@ def build_parser():
     rp = sub.add_parser("replay", help="replay a request trace against one allocator")
     replay.add_arguments(rp)
     rp.set_defaults(func=lambda a: replay.command(a, sys.stdout, sys.stderr))
+    from harness import system
+    sy = sub.add_parser("system", help="the machine's state that moves the figures "
+                                       "(governor, boost, SMT, THP, isolated CPUs, hypervisor)")
+    system.add_arguments(sy)
+    sy.set_defaults(func=lambda a: system.command(a, sys.stdout))
     ds = sub.add_parser("designs", help="list the allocators, their variants and the named "
                                         "designs")
     ds.set_defaults(func=cmd_designs)

@@ -10,6 +10,7 @@ import tomllib
 from pathlib import Path
 
 from harness.errors import UsageError, read_input
+from harness.placement import DEFAULT as PLACEMENT, convert_cpus, convert_policy
 from harness.abi import MAX_DEPTH, MAX_DOMAINS, MAX_WORKERS
 from hwmodel.locks import KINDS
 
@@ -121,6 +122,32 @@ def _power_of_two(v):
     return v
 
 
+MAX_REPEATS = 100
+
+
+def _repeats(v):
+    """A number of windows, or "auto": as many as --target-ci needs."""
+    if v == "auto":
+        return v
+    try:
+        return _number(1, MAX_REPEATS, integer=True)(v)
+    except ValueError:
+        raise ValueError("a number in 1..%d or auto, got %r" % (MAX_REPEATS, v)) from None
+
+
+def _fraction(v):
+    """A share: 0.02, or "2%"."""
+    if isinstance(v, str) and v.strip().endswith("%"):
+        try:
+            v = float(v.strip()[:-1]) / 100
+        except ValueError:
+            raise ValueError("a share such as 2%% or 0.02, got %r" % v) from None
+    v = _number(0.0, 1.0)(v)
+    if v <= 0:
+        raise ValueError("a share above 0, such as 2% or 0.02")
+    return v
+
+
 MAX_WEIGHT = 1e12          # of a request size; the sum of 4096 of them stays finite
 
 
@@ -163,7 +190,7 @@ OPTIONS = {
     "threads": (_threads, [1, 2], "worker counts"),
     "duration": (_number(0.01, 3600.0), 1.0, "seconds of each measurement window"),
     "warmup": (_number(0.0, 600.0), 0.2, "seconds run before each window"),
-    "repeats": (_number(1, 100, integer=True), 3, "windows per point; the median is reported"),
+    "repeats": (_repeats, 3, "windows per point (the median is reported), or auto"),
     "lock": (_choice(KINDS), "qspinlock", "lock kind (qspinlock: the kernel's own)"),
     "spin_bound": (_number(1, 10**9, integer=True), 1000, "spins before a waiter yields"),
     "depth": (_number(1, MAX_DEPTH, integer=True), 32, "mappings in flight per worker"),
@@ -185,6 +212,14 @@ OPTIONS = {
     "lock_timing": (_bool, False, "time every lock wait and hold (cycle counter)"),
     "diag": (_bool, False, "diagnostics: lock timing, sampled step timing, per-second series"),
     "seed": (_number(0, 2**31, integer=True), 1, "random seed of the request sizes"),
+    "placement": (convert_policy, PLACEMENT, "worker CPUs: cores-first, compact, spread or none"),
+    "cpus": (convert_cpus, None, "CPUs the workers may use, a cpulist (default: all allowed)"),
+    "node": (_number(0, 1023, integer=True), None, "NUMA node of the workers and the memory"),
+    "min_repeats": (_number(2, MAX_REPEATS, integer=True), 6, "--repeats auto: windows at least"),
+    "max_repeats": (_number(2, MAX_REPEATS, integer=True), 30, "--repeats auto: windows at most"),
+    "target_ci": (_fraction, 0.02, "--repeats auto: the median's 95% interval, over it"),
+    "order_seed": (_number(0, 2**31, integer=True), 1,
+                   "seed of the shuffled order of the designs' windows at a thread count"),
 }
 
 

@@ -519,11 +519,18 @@ def disturbance_line(point):
     d = point.get("disturbance")
     if not isinstance(d, dict):
         return None
-    return ("disturbance: %d busy process(es) on %d core(s); %d preemption(s) of %d of them "
+    line = ("disturbance: %d busy process(es) on %d core(s); %d preemption(s) of %d of them "
             "during the window; steal time %s ms%s"
             % (d.get("busy_processes", 0), d.get("cores", 0), d.get("preemptions", 0),
                d.get("preempted", 0), "%.3f" % (d.get("steal_ns", 0) / 1e6),
                "" if d.get("preemptions") or d.get("steal_ns") else " (undisturbed)"))
+    m = point.get("machine_load")
+    if isinstance(m, dict) and m.get("windows"):
+        line += ("\nother load over its %d window(s): %.2f CPUs on the run's CPUs (mean; "
+                 "most %.2f), %.2f CPUs on the whole machine at most; steal %.3f ms in all"
+                 % (m["windows"], m.get("other_cpus_mean", 0), m.get("other_cpus_max", 0),
+                    m.get("machine_other_cpus_max", 0), m.get("steal_ns", 0) / 1e6))
+    return line
 
 
 def render_point(point, machine=None, options=None, fmt="simple"):

@@ -74,6 +74,17 @@ def _cores(sources):
     return min(vals) if vals else None
 
 
+def _bar(p, y):
+    """(low, high) of a point's error bar: its median's interval where the
+    file has one (under 6 windows that is their min-max), else the min
+    and max of its windows."""
+    ci = p.get("ci")
+    if isinstance(ci, dict) and ci.get("low") is not None:
+        return ci["low"], ci["high"]
+    runs = p.get("runs") or [y]
+    return min(runs), max(runs)
+
+
 def _throughput_panel(ax, points, colors, cores):
     """Throughput against threads on log axes, a line per design, direct
     dashed, oversubscribed points hollow.  Matplotlib's settings for one
@@ -93,8 +104,8 @@ def _throughput_panel(ax, points, colors, cores):
         c = colors[d]
         xs = [p["threads"] for p in pts]
         ys = [p["ops_per_sec"] for p in pts]
-        lo = [max(y - min(p.get("runs") or [y]), 0) for p, y in zip(pts, ys)]
-        hi = [max(max(p.get("runs") or [y]) - y, 0) for p, y in zip(pts, ys)]
+        lo = [max(y - _bar(p, y)[0], 0) for p, y in zip(pts, ys)]
+        hi = [max(_bar(p, y)[1] - y, 0) for p, y in zip(pts, ys)]
         ax.errorbar(xs, ys, yerr=[lo, hi], color=c, lw=2.2 if not direct else 1.8,
                     ls="--" if direct else "-", elinewidth=0.9, capsize=2.5, zorder=3)
         handles.append(Line2D([], [], color=c, lw=2.2 if not direct else 1.8, ls="--" if direct else "-",
@@ -143,8 +154,10 @@ def _throughput_panel(ax, points, colors, cores):
     if over_t:
         extra.append(Line2D([], [], ls="none", marker="o", mfc="white", mec="0.3",
                             label="oversubscribed point"))
+    with_ci = any(isinstance(p.get("ci"), dict) for p in points)
     extra.append(Line2D([], [], color="0.3", marker="|", ls="none", ms=10,
-                        label="bar: min-max of repeats"))
+                        label="bar: the median's 95% interval" if with_ci
+                        else "bar: min-max of repeats"))
     ax.set_title("throughput against threads", fontsize=11)
     return extra
 

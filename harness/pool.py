@@ -1,14 +1,15 @@
 """The worker processes: fork once, pin, park, wake, reap.
 
 The parent forks the largest number of workers a sweep asks for.  A worker
-pins itself to one core (round-robin over the cores the parent may use)
-and parks in a futex.  For each point the parent writes the design and the
-number n of active workers, rings the doorbells of workers 0..n-1 and wakes
-them with one FUTEX_WAKE_BITSET: the parked rest are not woken, which
-matters when a 1-thread point shares two cores with 1023 parked processes,
-and the parent is not preempted halfway through by the workers it has
-woken.  A woken worker runs its design's compiled entry (harness/loop.py)
-and parks again.
+pins itself to one core (worker w to the w-th CPU, modulo their number, of
+the order harness/placement.py gives the run's CPUs; under `--placement
+none` it may run on any of them) and parks in a futex.  For each point the
+parent writes the design and the number n of active workers, rings the
+doorbells of workers 0..n-1 and wakes them with one FUTEX_WAKE_BITSET: the
+parked rest are not woken, which matters when a 1-thread point shares two
+cores with 1023 parked processes, and the parent is not preempted halfway
+through by the workers it has woken.  A woken worker runs its design's
+compiled entry (harness/loop.py) and parks again.
 """
 import ctypes
 import gc
@@ -131,11 +132,15 @@ def child_setup():
 
 
 def _worker_main(w, core, env, bell, states, entries):
+    """`core`: the CPU the worker is pinned to, or the set of CPUs it may
+    run on (not pinned: its core is recorded as -1)."""
     parent = child_setup()
     try:
-        os.sched_setaffinity(0, {core})
+        os.sched_setaffinity(0, core if isinstance(core, frozenset) else {core})
     except OSError:
         pass
+    if isinstance(core, frozenset):
+        core = -1
     ctl = env.ctl
     bit = _group(w)
     # bells start at 0 when the pool is made, before any fork: a ring the
@@ -167,11 +172,12 @@ def _worker_main(w, core, env, bell, states, entries):
 class Pool:
     """`n` forked workers, parked until their doorbell in `bell` rings."""
 
-    def __init__(self, n, env, bell, states, entries, cores=None):
+    def __init__(self, n, env, bell, states, entries, cores=None, pin=True):
         self.env = env
         self.bell = bell
         self.n = n
         self.cores = cores or allowed_cores()
+        anywhere = frozenset(self.cores)
         _raise_fd_limit(n)
         ctx = mp.get_context("fork")
         bell[:] = 0
@@ -190,7 +196,7 @@ class Pool:
         self._watch = selectors.DefaultSelector()
         try:
             for w in range(n):
-                core = self.cores[w % len(self.cores)]
+                core = self.cores[w % len(self.cores)] if pin else anywhere
                 p = ctx.Process(target=_worker_main, name="iommu-stress-w%d" % w,
                                 args=(w, core, env, bell, states, entries), daemon=True)
                 # a signal arriving during the fork is taken once the

@@ -10,7 +10,7 @@ import statistics
 
 import numpy as np
 
-from harness import dma
+from harness import dma, stats
 from harness.abi import (CTL_ERR_CLAIMANT, CTL_ERR_HOLDER, CTL_ERR_KIND, CTL_ERR_PAGE,
                          CTL_ROGUE_PROBES, CTL_ROGUE_STALE, CTL_T_MEASURE, CTL_T_STOP,
                          DIAG_SAMPLE, ERR_DOUBLE_MAP, ERR_EARLY_REUSE, SAMPLE_OUTLIER_NS)
@@ -294,7 +294,7 @@ def disturbance(raw):
     pre = raw.preemptions or []
     return {"busy_processes": raw.threads + (1 if raw.rogue else 0), "cores": raw.cores,
             "preemptions": int(sum(pre)), "preempted": int(sum(1 for n in pre if n)),
-            "steal_ns": float(raw.steal_ns)}
+            "steal_ns": float(raw.steal_ns), **(raw.other_load or {})}
 
 
 # A worker that went this share of its window without completing anything
@@ -358,6 +358,18 @@ def disturbed(w):
     """Whether a window's workers (or its rogue device) lost their core."""
     d = w.get("disturbance") or {}
     return bool(d.get("preemptions") or d.get("steal_ns"))
+
+
+def machine_load(windows):
+    """Steal time and the machine's other load over every window of a
+    point (a point's `disturbance` is its median window's alone)."""
+    ds = [w.get("disturbance") or {} for w in windows]
+    other = [d.get("other_cpus", 0.0) for d in ds]
+    return {"windows": len(ds), "steal_ns": float(sum(d.get("steal_ns", 0.0) for d in ds)),
+            "other_cpus_mean": float(statistics.fmean(other)) if other else 0.0,
+            "other_cpus_max": float(max(other, default=0.0)),
+            "machine_other_cpus_max": float(max((d.get("machine_other_cpus", 0.0) for d in ds),
+                                                default=0.0))}
 
 
 def window(raw):
@@ -425,6 +437,7 @@ def point(design, threads, windows, oversubscribed):
            "ops_per_sec": med, "runs": runs, "oversubscribed": oversubscribed,
            "disturbed": any(disturbed(w) for w in windows), "stalled": bool(stalls),
            "stalled_workers": stalls,
-           "concurrent_runs": sorted({p for w in windows for p in w.get("concurrent_runs", [])})}
+           "concurrent_runs": sorted({p for w in windows for p in w.get("concurrent_runs", [])}),
+           "machine_load": machine_load(windows), "ci": stats.point_ci(runs)}
     doc.update((k, v) for k, v in detail.items() if k not in doc)
     return doc

@@ -24,7 +24,7 @@ DEFERRED = ("batched", "percpu", "single")
 # run options worth a line in a report; the rest are in the file
 SHOWN_OPTIONS = ("lock", "profile", "workload", "depth", "sizes", "duration", "warmup", "repeats",
                  "domains", "unmap_fraction", "device_ns", "hypercall_ns", "premapped",
-                 "rogue_device", "lock_timing", "check")
+                 "rogue_device", "lock_timing", "check", "placement", "cpus", "node")
 
 
 def formats():
@@ -42,6 +42,28 @@ def table_format(name):
     return fmt
 
 
+CI_NOTE = ("± the larger side of the median's 95% confidence interval, over the median "
+           "(order statistics of the windows; under 6 windows [min, max], which covers "
+           "less: 75% for 3; `ci` in the results)")
+
+
+def ci_half_width(p):
+    """The larger side of a point's interval over its median, or None
+    (a file of a version that did not record it)."""
+    ci = p.get("ci")
+    med = p.get("ops_per_sec")
+    # one window has no interval to show (level 0)
+    if not isinstance(ci, dict) or ci.get("low") is None or not ci.get("level") or not med:
+        return None
+    return max(med - ci["low"], ci["high"] - med) / med
+
+
+def fmt_share(x):
+    """A share as a percentage of two significant figures or so."""
+    pct = 100 * x
+    return "%.1f%%" % pct if pct < 10 else "%.0f%%" % pct
+
+
 def spread(runs):
     """(max - min) / median of a point's repeats."""
     if len(runs) < 2:
@@ -54,6 +76,46 @@ def header(machine):
     return ("machine: %s, %s cores allowed, numba %s, python %s, kernel %s, commit %s"
             % (machine.get("cpu_model"), machine.get("cores_allowed", "?"), machine.get("numba"),
                machine.get("python"), machine.get("kernel"), machine.get("commit")))
+
+
+def placement_lines(doc, prefix=""):
+    """The placement of the workers, as the header names it (none for a
+    file of a version that did not record it)."""
+    from harness.placement import describe
+    rec = doc.get("placement")
+    return [prefix + describe(rec)] if isinstance(rec, dict) else []
+
+
+def repeats_lines(points):
+    """--repeats auto: the windows each point took and where its interval
+    ended; the points that never reached the target named last."""
+    auto = [p for p in points if isinstance(p.get("repeats_auto"), dict)]
+    if not auto:
+        return []
+    target = auto[0]["repeats_auto"]["target_ci"]
+    lines = ["--repeats auto, target ±%s:" % fmt_share(target)]
+    for p in auto:
+        a = p["repeats_auto"]
+        ci = p.get("ci") or {}
+        hw = a.get("half_width")
+        lines.append("  %s at %d: %d windows, median %s, interval %s-%s (±%s)%s"
+                     % (p["design"], p["threads"], a["windows"], fmt_ops(p["ops_per_sec"]),
+                        fmt_ops(ci.get("low") or 0), fmt_ops(ci.get("high") or 0),
+                        fmt_share(hw) if hw is not None else "-",
+                        "" if a["reached"] else ", target not reached"))
+    missed = [p for p in auto if not p["repeats_auto"]["reached"]]
+    if missed:
+        lines.append("never within ±%s: %s" % (fmt_share(target), ", ".join(
+            "%s at %d" % (p["design"], p["threads"]) for p in missed)))
+    return lines
+
+
+def system_lines(doc, prefix=""):
+    """The warnings recorded about the machine's state at the run's start."""
+    rec = doc.get("system")
+    if not isinstance(rec, dict):
+        return []
+    return ["%swarning: %s" % (prefix, w) for w in rec.get("warnings") or []]
 
 
 def flush_policy(point):
@@ -105,8 +167,11 @@ class _Figures:
 
 def _throughput_csv(fig):
     heads = ["threads", "oversubscribed"]
+    with_ci = any(isinstance(p.get("ci"), dict) for p in fig.by.values())
     for d in fig.designs:
         heads += [d + "_ops_per_sec", d + "_spread"]
+        if with_ci:
+            heads += [d + "_ci_low", d + "_ci_high"]
         if fig.has_direct:
             heads.append(d + "_x_direct")
         heads.append(d + "_x_linear")
@@ -119,9 +184,12 @@ def _throughput_csv(fig):
         for d in fig.designs:
             p = fig.by.get((d, t))
             if p is None:
-                row += [""] * (4 if fig.has_direct else 3)
+                row += [""] * ((4 if fig.has_direct else 3) + (2 if with_ci else 0))
                 continue
             row += [num(p["ops_per_sec"], "%.0f"), num(spread(p.get("runs", [])))]
+            if with_ci:
+                ci = p.get("ci") or {}
+                row += [num(ci.get("low"), "%.0f"), num(ci.get("high"), "%.0f")]
             if fig.has_direct:
                 row.append(num(fig.x_direct(p)))
             row.append(num(fig.x_linear(p)))
@@ -153,6 +221,13 @@ def throughput_table(points, fmt="simple", cores=None):
                 row += ["-"] * (3 if fig.has_direct else 2)
                 continue
             s = fmt_ops(p["ops_per_sec"])
+            hw = ci_half_width(p)
+            if hw is not None:
+                s += " ±%s" % fmt_share(hw)
+                marks.add("±")
+            if p.get("repeats_auto") and not p["repeats_auto"].get("reached"):
+                s += " >"
+                marks.add(">")
             if spread(p.get("runs", [])) > SPREAD_MARK:
                 s += " ~"
                 marks.add("~")
@@ -181,6 +256,11 @@ def throughput_table(points, fmt="simple", cores=None):
                      "qspinlock then waits as the kernel's does where its CPUs can be "
                      "preempted: virt_spin_lock, test-and-set, no queue)"
                      % (cores if cores else "see header"))
+    if "±" in marks:
+        notes.append(CI_NOTE)
+    if ">" in marks:
+        notes.append("> --repeats auto: the interval never came within --target-ci "
+                     "(`repeats_auto` in the results)")
     if "~" in marks:
         notes.append("~ repeats spread over %d%% of the median" % (SPREAD_MARK * 100))
     if "!" in marks:
@@ -416,6 +496,7 @@ def describe_sources(sources):
         if cmd:
             lines.append("%scommand: %s%s" % (prefix, cmd, " (started %s)" % s.doc["started"]
                                               if s.doc.get("started") else ""))
+        lines += placement_lines(s.doc, prefix) + system_lines(s.doc, prefix)
         mixed = results.mixed_keys(s.doc)
         ol = _options_line({k: v for k, v in s.options.items() if k not in mixed})
         if ol and not several:
@@ -542,9 +623,21 @@ def _geomean(xs):
     return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
 
 
+def _one_design_each(a_points, b_points):
+    """(A's design, B's) when each file holds one design and they differ."""
+    da, db = _designs(a_points), _designs(b_points)
+    return (da[0], db[0]) if len(da) == 1 and len(db) == 1 and da != db else None
+
+
 def compare_rows(a_points, b_points):
     """[(design, threads, point in A or None, point in B or None)], designs
     in the order A measured them, then those only B has."""
+    one_each = _one_design_each(a_points, b_points)
+    if one_each:
+        # two designs, a file each: compared thread count by thread count
+        name = "%s -> %s" % one_each
+        a_points = [dict(p, design=name) for p in a_points]
+        b_points = [dict(p, design=name) for p in b_points]
     by_a = {(p["design"], p["threads"]): p for p in a_points}
     by_b = {(p["design"], p["threads"]): p for p in b_points}
     order = _designs(list(a_points) + list(b_points))
@@ -556,23 +649,54 @@ def _within_noise(a, b, ratio):
     return abs(ratio - 1.0) <= max(spread(a.get("runs", [])), spread(b.get("runs", []))) / 2
 
 
+def _test(pa, pb):
+    """stats.compare of two points' windows (their median alone if a file
+    kept no runs)."""
+    from harness import stats
+    return stats.compare(pa.get("runs") or [pa["ops_per_sec"]],
+                         pb.get("runs") or [pb["ops_per_sec"]])
+
+
+def _verdict_words(c):
+    if c["verdict"] in ("faster", "slower"):
+        return "B %s (p=%s)" % (c["verdict"], _p(c["p"]))
+    if c["verdict"] == "no significant difference":
+        return "no significant difference (p=%s)" % _p(c["p"])
+    return "too few windows to decide"
+
+
+def _p(p):
+    return "%.2g" % p if p is not None else "-"
+
+
 def compare_table(a, b, fmt="simple"):
-    """Two sources side by side: ops/s of each and B/A per (design, threads)."""
+    """Two sources side by side: ops/s of each and B/A per (design,
+    threads), with B/A's interval and a verdict of the Mann-Whitney U test
+    on the two points' windows (harness/stats.py)."""
     fmt = table_format(fmt)
     rows = compare_rows(a.doc["points"], b.doc["points"])
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["design", "threads", "a_ops_per_sec", "b_ops_per_sec", "b_over_a", "missing_in"])
+        w.writerow(["design", "threads", "a_ops_per_sec", "b_ops_per_sec", "b_over_a", "missing_in",
+                    "ci_low", "ci_high", "ci_level", "p", "verdict"])
         for d, t, pa, pb in rows:
             ratio = pb["ops_per_sec"] / pa["ops_per_sec"] if pa and pb and pa["ops_per_sec"] else None
+            c = _test(pa, pb) if ratio else None
             w.writerow([d, t, "%.0f" % pa["ops_per_sec"] if pa else "",
                         "%.0f" % pb["ops_per_sec"] if pb else "",
                         "%.4f" % ratio if ratio is not None else "",
-                        "a" if pa is None else "b" if pb is None else ""])
+                        "a" if pa is None else "b" if pb is None else "",
+                        "%.4f" % c["low"] if c and c["low"] is not None else "",
+                        "%.4f" % c["high"] if c and c["high"] is not None else "",
+                        "%.4f" % c["level"] if c else "",
+                        "%.4g" % c["p"] if c and c["p"] is not None else "",
+                        c["verdict"] if c else ""])
         return buf.getvalue().rstrip("\n")
     out = []
     ratios = []
+    verdicts = {}
+    levels = set()
     marks = set()
     for d, t, pa, pb in rows:
         over = (pa or {}).get("oversubscribed") or (pb or {}).get("oversubscribed")
@@ -583,21 +707,37 @@ def compare_table(a, b, fmt="simple"):
         if pa and pb and pa["ops_per_sec"] and pb["ops_per_sec"]:
             r = pb["ops_per_sec"] / pa["ops_per_sec"]
             ratios.append(r)
-            noise = _within_noise(pa, pb, r)
+            c = _test(pa, pb)
+            verdicts[c["verdict"]] = verdicts.get(c["verdict"], 0) + 1
+            # the old rule of thumb, where the windows are too few to test
+            noise = c["verdict"] == "too few windows" and _within_noise(pa, pb, r)
             if noise:
                 marks.add("~")
-            line += ["%.3f%s" % (r, " ~" if noise else ""), ""]
+            interval = ""
+            if c["low"] is not None and c["high"] > c["low"]:
+                interval = "%.3f-%.3f" % (c["low"], c["high"])
+                levels.add(round(100 * c["level"]))
+            line += ["%.3f%s" % (r, " ~" if noise else ""), interval, _verdict_words(c)]
         else:
-            line += ["-", "missing in A" if pa is None else "missing in B" if pb is None else ""]
+            line += ["-", "", "missing in A" if pa is None else "missing in B" if pb is None else ""]
         out.append(line)
-    heads = ["design", "threads", "A ops/s", "B ops/s", "B/A", ""]
+    heads = ["design", "threads", "A ops/s", "B ops/s", "B/A", "interval", ""]
     text = tabulate(out, headers=heads, tablefmt=fmt, disable_numparse=True,
-                    colalign=["left", "left", "right", "right", "right", "left"])
+                    colalign=["left", "left", "right", "right", "right", "right", "left"])
     notes = []
     gm = _geomean(ratios)
     if gm is not None:
-        notes.append("geometric mean of B/A over %d point%s measured in both: %.3f"
-                     % (len(ratios), "" if len(ratios) == 1 else "s", gm))
+        notes.append("geometric mean of B/A over %d point%s measured in both: %.3f%s"
+                     % (len(ratios), "" if len(ratios) == 1 else "s", gm,
+                        " (%s)" % ", ".join("%s at %d" % (v, n) for v, n in sorted(verdicts.items()))))
+    if levels:
+        notes.append("interval: of B/A, the Hodges-Lehmann interval of the Mann-Whitney U test "
+                     "on the windows, covering %s%%; B faster or slower where the two-sided "
+                     "p is under 0.05, and then the interval excludes 1"
+                     % "/".join(str(x) for x in sorted(levels)))
+    if verdicts.get("too few windows"):
+        notes.append("too few windows: with 3 windows a side no difference can reach p < 0.05 "
+                     "(the smallest p is 0.10); 4 a side can (0.029), 5 comfortably (0.008)")
     if "~" in marks:
         notes.append("~ the change is within half the spread of the repeats: it may be noise")
     if "*" in marks:
@@ -612,6 +752,9 @@ def render_compare(a, b, fmt="simple"):
         info.append("%s: %s" % (tag, s.name))
         info += ["  " + line for line in describe_sources([s])]
         info += ["  " + line for line in status_lines([s])]
+    one_each = _one_design_each(a.doc["points"], b.doc["points"])
+    if one_each:
+        info.append("A holds %s alone and B %s alone: compared at each thread count" % one_each)
     diffs = _option_differences([a, b])
     if diffs:
         info.append("note: A and B differ in options: " + "; ".join(diffs))

@@ -18,8 +18,8 @@ import psutil
 from harness.errors import UsageError, read_input
 
 FORMAT = "iommu-stress-results"
-VERSION = 5
-READS = (1, 2, 3, 4, 5)           # versions load() accepts; older ones are upgraded
+VERSION = 6
+READS = (1, 2, 3, 4, 5, 6)           # versions load() accepts; older ones are upgraded
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -332,7 +332,8 @@ _scalar = _type((str, int, float, bool, type(None)), "a string, a number, true, 
 
 OPTIONS_READ = _dict({
     "lock": _optional(_string), "profile": _optional(_string), "workload": _optional(_string),
-    "duration": _optional(_number), "warmup": _optional(_number), "repeats": _optional(_count),
+    "duration": _optional(_number), "warmup": _optional(_number),
+    "repeats": _optional(lambda v, at: None if v == "auto" else _count(v, at)),
     "depth": _optional(_count), "domains": _optional(_count), "device_ns": _optional(_number),
     "hypercall_ns": _optional(_number), "unmap_fraction": _optional(_number),
     "sizes": _optional(_list_of(_pair, "a list of [pages, weight] pairs")),
@@ -361,7 +362,12 @@ POINT = _required(("design", "flush", "threads", "ops_per_sec"), _dict({
     "rogue_probes": _number, "stale_hits_per_sec": _number,
     "locks": _list_of(LOCK_ROW), "alloc_stats": _numbers, "footprint_bytes": _numbers,
     "exposure_ns": _numbers, "flush_stats": _numbers, "iotlb": _numbers,
-    "breakdown_ns": _numbers, "disturbance": _numbers,
+    "breakdown_ns": _numbers, "disturbance": _numbers, "machine_load": _numbers,
+    "ci": _dict({"low": _optional(_number), "high": _optional(_number), "level": _num(0, 1),
+                 "method": _string}),
+    "repeats_auto": _dict({"target_ci": _number, "reached": _boolean,
+                           "half_width": _optional(_number), "windows": _count}),
+    "window_order": _list_of(_count),
     "state_checked": _type((str, bool), "a string"), "series": _list_of(SERIES_ENTRY),
     "diag": _dict({"timing": _string}, rest=_number),
     "options": OPTIONS_READ, "machine": MACHINE_READ, "host": HOST_READ,
@@ -375,10 +381,16 @@ def _points(v, at):
         POINT(p, "point %d" % i)
 
 
+# how the workers were placed (harness/placement.py)
+PLACEMENT_READ = _dict({"policy": _string, "cpus": _list_of(_num(0, MAX_THREADS, integer=True)),
+                        "node": _optional(_count), "pinned": _boolean,
+                        "shared_core_from": _optional(_count)})
+
 DOCUMENT = _required(("points",), _dict({
     "command": _string, "started": _string, "machine": MACHINE_READ, "options": OPTIONS_READ,
     "points": _points, "failures": _list_of(_string), "complete": _boolean,
-    "timings": _dict(rest=_scalar), "cluster": CLUSTER_READ,
+    "timings": _dict(rest=_scalar), "cluster": CLUSTER_READ, "placement": PLACEMENT_READ,
+    "system": _dict({"warnings": _list_of(_string)}),
 }))
 
 
@@ -393,7 +405,9 @@ def upgrade(doc):
     Version 4 only adds keys (a point's own `options` and `machine`);
     its breakdowns' `harness` holds what version 5 splits into `loop`,
     `tick` and `unnamed`, and is read as it is.  Version 5 also adds a
-    cluster's keys (the document's `cluster`, a point's `host`)."""
+    cluster's keys (the document's `cluster`, a point's `host`); version
+    6 only adds keys (the document's `placement` and `system`, a point's
+    `machine_load` and more `disturbance`)."""
     doc.setdefault("machine", {})
     doc.setdefault("options", {})
     if doc.get("version") == 1:
@@ -406,6 +420,16 @@ def upgrade(doc):
                     if "handoffs" in lock:
                         lock["acq_bounces"] = lock.pop("handoffs")
         doc["version"] = 2
-    if doc.get("version") in (2, 3, 4):
+    if doc.get("version") in (1, 2, 3, 4, 5):
+        # options that version 6 added, as the older runs measured: their
+        # workers pinned round-robin in CPU number order, the designs'
+        # points one after another (an order seed of none), a fixed count
+        # of windows
+        opts = doc["options"]
+        opts.setdefault("placement", "round-robin")
+        opts.setdefault("order_seed", None)
+        for k, v in (("min_repeats", 6), ("max_repeats", 30), ("target_ci", 0.02)):
+            opts.setdefault(k, v)
+    if doc.get("version") in (2, 3, 4, 5):
         doc["version"] = VERSION
     return doc

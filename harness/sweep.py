@@ -8,17 +8,60 @@ measured.  A signal does not cut a write in half: it is taken once the file
 is whole (harness/signals.py).
 """
 import sys
+from dataclasses import dataclass
 
+import numpy as np
 from tqdm import tqdm
 
-from harness import readout, signals
+from harness import readout, signals, stats
 from harness.bench import PointFailed
+from harness.errors import UsageError
 
 # tqdm's monitor thread would take the signals the main thread blocks
 # (signals.deferred) and have their handlers run all the same
 tqdm.monitor_interval = 0
 
-__all__ = ["PointFailed", "measure", "run"]
+__all__ = ["PointFailed", "Repeats", "measure", "run"]
+
+
+@dataclass
+class Repeats:
+    """How many windows a point takes: `fixed` of them, or (fixed None)
+    between `least` and `most`, until the median's 95% interval is within
+    `target` of it."""
+    fixed: int = None
+    least: int = 6
+    most: int = 30
+    target: float = 0.02
+
+    @classmethod
+    def of(cls, opts):
+        if opts["repeats"] != "auto":
+            return cls(fixed=opts["repeats"])
+        if opts["min_repeats"] > opts["max_repeats"]:
+            raise UsageError("--min-repeats %d is over --max-repeats %d"
+                             % (opts["min_repeats"], opts["max_repeats"]))
+        return cls(None, opts["min_repeats"], opts["max_repeats"], opts["target_ci"])
+
+    def more(self, runs):
+        """Whether a point with windows `runs` takes another."""
+        if self.fixed is not None:
+            return len(runs) < self.fixed
+        if len(runs) < self.least:
+            return True
+        return len(runs) < self.most and not self.reached(runs)
+
+    def reached(self, runs):
+        hw = stats.half_width(runs)
+        _, _, level = stats.median_ci(runs)
+        return hw is not None and level >= stats.LEVEL and hw <= self.target
+
+    def outcome(self, runs):
+        """What a point of --repeats auto records of it."""
+        if self.fixed is not None:
+            return None
+        return {"target_ci": self.target, "reached": bool(self.reached(runs)),
+                "half_width": stats.half_width(runs), "windows": len(runs)}
 
 
 def measure(bench, i, threads, repeats):
@@ -28,11 +71,32 @@ def measure(bench, i, threads, repeats):
                          oversubscribed=bench.busy(threads) > len(bench.cores))
 
 
-def run(bench, todo, repeats, results, on_error="stop", prog="iommu-stress"):
+def groups(todo):
+    """`todo`'s (threads, design index) gathered by thread count, in order."""
+    out = []
+    for t, i in todo:
+        if out and out[-1][0] == t:
+            out[-1][1].append(i)
+        else:
+            out.append((t, [i]))
+    return out
+
+
+def run(bench, todo, repeats, results, on_error="stop", prog="iommu-stress", order_seed=None):
     """Measure every (threads, design index) of `todo` into `results` (a
-    results.ResultsFile).  A failed point is recorded and, with on_error
-    "stop", ends the sweep.  Returns True if every point was measured."""
+    results.ResultsFile).  At each thread count the designs' windows
+    are interleaved: round after round, each design that wants another
+    window takes one, in an order shuffled anew each round by a generator
+    seeded with `order_seed`, so that the machine's drift hits every
+    design alike.  `repeats` is a Repeats or a number of windows.  The
+    points of a thread count are recorded once all their windows are
+    measured.  A failed point is recorded and, with on_error "stop", ends
+    the sweep.  Returns True if every point was measured."""
+    if not isinstance(repeats, Repeats):
+        repeats = Repeats(fixed=repeats)
+    rng = np.random.default_rng(order_seed if order_seed is not None else 1)
     ok = True
+    seq = 0                   # windows measured so far in the run
 
     def record(what, *args):
         signals.check()
@@ -44,23 +108,42 @@ def run(bench, todo, repeats, results, on_error="stop", prog="iommu-stress"):
     bar = tqdm(total=len(todo), unit="point", file=sys.stderr, leave=False,
                disable=not sys.stderr.isatty(), dynamic_ncols=True)
     try:
-        for t, i in todo:
-            bar.set_description("%s at %d threads" % (bench.designs[i].name, t))
-            try:
-                pt = measure(bench, i, t, repeats)
-            except PointFailed as e:
-                ok = False
-                record(results.fail, str(e))
-                tqdm.write("%s: point failed: %s" % (prog, e), file=sys.stderr)
-                if on_error == "stop":
+        for t, designs in groups(todo):
+            windows = {i: [] for i in designs}
+            at = {i: [] for i in designs}
+            failed = set()
+            while True:
+                want = [i for i in designs if i not in failed
+                        and repeats.more([w["ops_per_sec"] for w in windows[i]])]
+                if not want:
                     break
-                continue
-            finally:
+                for i in rng.permutation(want).tolist():
+                    bar.set_description("%s at %d threads" % (bench.designs[i].name, t))
+                    try:
+                        windows[i].append(readout.window(bench.window(i, t)))
+                        at[i].append(seq)
+                        seq += 1
+                    except PointFailed as e:
+                        ok = False
+                        failed.add(i)
+                        record(results.fail, str(e))
+                        tqdm.write("%s: point failed: %s" % (prog, e), file=sys.stderr)
+                        if on_error == "stop":
+                            return False
+            for i in designs:
                 bar.update(1)
-            results.doc["timings"] = dict(bench.timings)
-            record(results.add, pt)
-            if readout.stall_warning(pt):
-                tqdm.write("%s: %s" % (prog, readout.stall_warning(pt)), file=sys.stderr)
+                if i in failed:
+                    continue
+                pt = readout.point(bench.designs[i], t, windows[i],
+                                   oversubscribed=bench.busy(t) > len(bench.cores))
+                pt["window_order"] = at[i]
+                auto = repeats.outcome(pt["runs"])
+                if auto is not None:
+                    pt["repeats_auto"] = auto
+                results.doc["timings"] = dict(bench.timings)
+                record(results.add, pt)
+                if readout.stall_warning(pt):
+                    tqdm.write("%s: %s" % (prog, readout.stall_warning(pt)), file=sys.stderr)
         if ok:
             record(results.finish)
     finally:
