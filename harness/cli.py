@@ -377,6 +377,10 @@ def build_parser():
     rp = sub.add_parser("replay", help="replay a request trace against one allocator")
     replay.add_arguments(rp)
     rp.set_defaults(func=lambda a: replay.command(a, sys.stdout, sys.stderr))
+    from harness import traceimport
+    tr = sub.add_parser("trace", help="import kernel tracepoint captures as a request trace")
+    traceimport.add_arguments(tr)
+    tr.set_defaults(func=lambda a: traceimport.command(a, sys.stdout, sys.stderr))
     ds = sub.add_parser("designs", help="list the allocators, their variants and the named "
                                         "designs")
     ds.set_defaults(func=cmd_designs)
