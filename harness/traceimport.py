@@ -14,12 +14,14 @@ and the events whose fields name a range of I/O addresses being mapped or
 unmapped, as the kernel's format strings print them:
 
   include/trace/events/iommu.h (iommu_map() and iommu_unmap(), no device):
-    map    "IOMMU: iova=0x%016llx paddr=0x%016llx size=%zu"            (3.16 to 5.12)
-           "IOMMU: iova=0x%016llx - 0x%016llx paddr=0x%016llx size=%zu" (5.13 on)
+    map    "IOMMU: iova=0x%016llx paddr=0x%016llx size=%zu"            (2013 on)
+           "IOMMU: iova=0x%016llx - 0x%016llx paddr=0x%016llx size=%zu" (the range,
+                                                                     a 2021 patch on)
     unmap  "IOMMU: iova=0x%016llx size=%zu unmapped_size=%zu"
            "IOMMU: iova=0x%016llx - 0x%016llx size=%zu unmapped_size=%zu"
+    (a vendor patch's "IOMMU: dev=%s iova=..." gives the device too)
   include/trace/events/dma.h (the DMA API, 6.12 on; device first):
-    dma_map_page, dma_map_resource (6.12), dma_map_phys (since they merged)
+    dma_map_page, dma_map_resource (6.12), dma_map_phys (which later replaced both)
            "%s dir=%s dma_addr=%llx size=%zu phys_addr=%llx attrs=%s"
     dma_unmap_page, dma_unmap_resource, dma_unmap_phys
            "%s dir=%s dma_addr=%llx size=%zu attrs=%s"
@@ -228,7 +230,7 @@ def _iommu_event(kind, rest):
     tokens = rest.split()
     if tokens[:1] == ["IOMMU:"]:
         tokens = tokens[1:]
-    # 5.13's range: "iova=0x... - 0x..." is three tokens
+    # the range: "iova=0x... - 0x..." is three tokens
     if len(tokens) >= 3 and tokens[1] == "-":
         del tokens[1:3]
     f = _fields(tokens)

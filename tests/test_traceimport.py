@@ -2,7 +2,7 @@
 the iommu: and dma: events of each kernel version, the quirks of real
 captures, trace format v2 and its replay.  The samples in
 tests/data/captures/ were written by hand from the kernel's format strings
-(include/trace/events/iommu.h before and after 5.13, include/trace/events/
+(include/trace/events/iommu.h before and after it printed the range, include/trace/events/
 dma.h of 6.12 and of the dma_map_phys / nents-ents years), in the columns
 tracefs, trace-cmd report and perf script print."""
 import argparse
@@ -34,8 +34,8 @@ def requests(text):
 
 # ------------------------------------------------------------------ the samples
 
-def test_tracefs_with_header_iommu_before_5_13():
-    text, s = imported("tracefs-iommu-4.x.txt")
+def test_tracefs_with_header_iommu_before_the_range():
+    text, s = imported("tracefs-iommu-2013.txt")
     assert requests(text) == [
         "format 2",
         "a m0 2 t=50000100000 kpfn=0xffffe",
@@ -53,8 +53,8 @@ def test_tracefs_with_header_iommu_before_5_13():
     assert s.devices == ["-"] and s.cpus == {0, 1, 3}
 
 
-def test_trace_pipe_iommu_ranges_blank_columns_tgid_and_lost_events():
-    text, s = imported("trace_pipe-iommu-5.13.txt")
+def test_trace_pipe_iommu_range_blank_columns_tgid_and_lost_events():
+    text, s = imported("trace_pipe-iommu-range.txt")
     assert requests(text) == [
         "format 2",
         "cpu 2", "a m0 1 t=60000100000 kpfn=0xfffff",
@@ -86,7 +86,7 @@ def test_trace_cmd_report_dma_6_12():
 
 
 def test_perf_script_dma_newest():
-    text, s = imported("perf-script-dma-6.19.txt")
+    text, s = imported("perf-script-dma-phys.txt")
     assert requests(text) == [
         "format 2", "device 0000:03:00.0", "cpu 2",
         "a m0 1 t=80000100000 kpfn=0xfffff",     # dma_map_phys
@@ -104,7 +104,7 @@ def test_perf_script_dma_newest():
 
 
 def test_summary_says_what_was_dropped_and_why():
-    _, s = imported("perf-script-dma-6.19.txt")
+    _, s = imported("perf-script-dma-phys.txt")
     out = s.text()
     assert "kept: 5 allocation(s), 5 free(s) on 2 CPU(s), 1 device(s) (0000:03:00.0)" in out
     assert re.search(r"\n +2  iommu: events of a capture that has dma: events", out)
@@ -113,17 +113,17 @@ def test_summary_says_what_was_dropped_and_why():
 
 
 def test_crlf_and_bytes_that_are_not_utf8(tmp_path):
-    raw = (CAPTURES / "tracefs-iommu-4.x.txt").read_bytes()
+    raw = (CAPTURES / "tracefs-iommu-2013.txt").read_bytes()
     path = tmp_path / "crlf.txt"
     path.write_bytes(raw.replace(b"\n", b"\r\n").replace(b"fio-2301", b"f\xffo-2301"))
     name, text = traceimport.read_text(path)
     assert requests(traceimport.convert([(name, text)])[0]) == \
-        requests(imported("tracefs-iommu-4.x.txt")[0])
+        requests(imported("tracefs-iommu-2013.txt")[0])
 
 
 def test_files_are_merged_by_timestamp(tmp_path):
     # the same capture as per-CPU files: the same requests
-    lines = (CAPTURES / "tracefs-iommu-4.x.txt").read_text().split("\n")
+    lines = (CAPTURES / "tracefs-iommu-2013.txt").read_text().split("\n")
     per_cpu = {}
     for ln in lines:
         m = re.search(r"\[(\d{3})\]", ln)
@@ -131,7 +131,7 @@ def test_files_are_merged_by_timestamp(tmp_path):
             per_cpu.setdefault(m.group(1), []).append(ln)
     texts = [("cpu%s" % c, "\n".join(v)) for c, v in sorted(per_cpu.items(), reverse=True)]
     assert requests(traceimport.convert(texts)[0]) == \
-        requests(imported("tracefs-iommu-4.x.txt")[0])
+        requests(imported("tracefs-iommu-2013.txt")[0])
 
 
 def test_device_selection():
@@ -140,9 +140,9 @@ def test_device_selection():
                               "a m0 1 t=70000120000 kpfn=0xfffff", "f m0 t=70000230000"]
     assert s.dropped["device"] == 7
     # iommu: events have no device: '-'
-    assert imported("tracefs-iommu-4.x.txt", devices={"-"})[1].maps == 4
+    assert imported("tracefs-iommu-2013.txt", devices={"-"})[1].maps == 4
     with pytest.raises(UsageError, match="no iommu:map/unmap or dma: map/unmap events"):
-        imported("tracefs-iommu-4.x.txt", devices={"0000:01:00.0"})
+        imported("tracefs-iommu-2013.txt", devices={"0000:01:00.0"})
 
 
 def test_flag_columns_of_every_width_and_none():
@@ -219,15 +219,15 @@ def test_replay_of_an_imported_trace_per_domain_with_the_kernel_comparison(tmp_p
 
 def test_through_the_cli(tmp_path, capsys):
     out = tmp_path / "o.trace"
-    assert cli.main(["trace", "import", str(CAPTURES / "tracefs-iommu-4.x.txt"),
-                     str(CAPTURES / "trace_pipe-iommu-5.13.txt"), "-o", str(out)]) == 0
+    assert cli.main(["trace", "import", str(CAPTURES / "tracefs-iommu-2013.txt"),
+                     str(CAPTURES / "trace_pipe-iommu-range.txt"), "-o", str(out)]) == 0
     got = capsys.readouterr()
     assert got.out.startswith("trace import: wrote %s\nread 21 line(s) of 2 file(s)" % out)
     assert parse(out.read_text()).version == 2
     assert cli.main(["trace", "import", str(tmp_path / "none.txt"), "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("iommu-stress: error: ") and err.count("\n") == 1
-    assert cli.main(["trace", "import", str(CAPTURES / "tracefs-iommu-4.x.txt")]) == 2
+    assert cli.main(["trace", "import", str(CAPTURES / "tracefs-iommu-2013.txt")]) == 2
     assert "-o/--output" in capsys.readouterr().err
 
 
@@ -247,7 +247,7 @@ lines = st.lists(st.one_of(st.sampled_from(PIECES), st.text(max_size=6)),
 @settings(deadline=None, max_examples=25,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.lists(st.one_of(lines, st.sampled_from(
-    (CAPTURES / "perf-script-dma-6.19.txt").read_text().split("\n"))), max_size=15))
+    (CAPTURES / "perf-script-dma-phys.txt").read_text().split("\n"))), max_size=15))
 @example(["  a-1 [001] 1.5: map: IOMMU: iova=0xffffffffffffffff size=4096"])
 @example(["  a-1 [001] 1.5: dma_map_sg: d dma_addrs={0xffffffffffffffff} sizes={0x10} "
           "phys_addrs={0x1}"])
