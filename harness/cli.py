@@ -381,6 +381,11 @@ def build_parser():
     tr = sub.add_parser("trace", help="import kernel tracepoint captures as a request trace")
     traceimport.add_arguments(tr)
     tr.set_defaults(func=lambda a: traceimport.command(a, sys.stdout, sys.stderr))
+    from harness import dmabench
+    db = sub.add_parser("dmabench", help="the kernel's dma_map_benchmark (its options and "
+                                         "output) over a design")
+    dmabench.add_arguments(db)
+    db.set_defaults(func=lambda a: dmabench.command(a, sys.stdout, sys.stderr))
     ds = sub.add_parser("designs", help="list the allocators, their variants and the named "
                                         "designs")
     ds.set_defaults(func=cmd_designs)
