@@ -475,12 +475,11 @@ def _untrack(starts, live, by_phys, dev, mp):
 
 
 def render(requests, summary, sources):
-    """The requests as format v2 text."""
+    """The requests as format v2 text, the summary in its header."""
     out = ["# iommu-stress request trace, format v2: imported from %s" % ", ".join(sources),
            "# " + summary.text().rstrip("\n").replace("\n", "\n# "),
            "format 2"]
     cpu, device = 0, NO_DEVICE
-    devices, cpus = [], set()
     for kind, tag, pages, c, t, dev, kpfn in requests:
         if dev != device and kind == MAP:
             out.append("device %s" % dev)
@@ -488,14 +487,11 @@ def render(requests, summary, sources):
         if c != cpu:
             out.append("cpu %d" % c)
             cpu = c
-        cpus.add(c)
-        if dev not in devices:
-            devices.append(dev)
         if kind == MAP:
             out.append("a %s %d t=%d%s" % (tag, pages, t, " kpfn=0x%x" % kpfn if kpfn >= 0 else ""))
         else:
             out.append("f %s t=%d" % (tag, t))
-    return "\n".join(out) + "\n", cpus, devices
+    return "\n".join(out) + "\n"
 
 
 def convert(texts, devices=None):
@@ -507,17 +503,15 @@ def convert(texts, devices=None):
         events += read_events(text.replace("\r\n", "\n").replace("\r", "\n"), i, summary,
                               devices)
     requests = to_requests(events, summary)
-    # the summary's counts go in the file's header: render once to learn
-    # the CPUs and devices, then with them
-    _, summary.cpus, summary.devices = render(requests, summary, [])
+    summary.cpus = {r[3] for r in requests}
+    summary.devices = list(dict.fromkeys(r[5] for r in requests))
     if not requests:
         dropped = sum(summary.dropped.values())
         raise UsageError("%s: no iommu:map/unmap or dma: map/unmap events to import (%d line(s) "
                          "read, %d such event(s) dropped, %d other event(s))"
                          % (", ".join(n for n, _ in texts), summary.lines, dropped,
                             sum(summary.others.values())))
-    text, _, _ = render(requests, summary, [n for n, _ in texts])
-    return text, summary
+    return render(requests, summary, [n for n, _ in texts]), summary
 
 
 def read_text(path):
