@@ -194,6 +194,12 @@ STEPS = _line([
     ("io_waits", np.int64),           # scratch: those waits when it began
     ("ticks_timed", np.int64),        # ticks timed, one in DIAG_SAMPLE,
     ("tick_cycles", np.int64),        # and their cycles, less their service
+    ("map_cycles", np.int64),         # the sampled maps whole, first stamp to last,
+    ("map_sq", np.int64),             # and the sum of their squares (dmabench's
+                                      # standard deviation, as map_benchmark.c keeps one)
+    ("unmaps_whole", np.int64),       # the sampled unmaps whole, waits and a full
+    ("unmap_cycles", np.int64),       # queue's flush included, those of them not over
+    ("unmap_sq", np.int64),           # SAMPLE_OUTLIER_NS: their count, sum and squares
 ])
 
 # ------------------------------------------------------------------- rings

@@ -397,6 +397,15 @@ def build_parser():
                                        "(governor, boost, SMT, THP, isolated CPUs, hypervisor)")
     system.add_arguments(sy)
     sy.set_defaults(func=lambda a: system.command(a, sys.stdout))
+    from harness import traceimport
+    tr = sub.add_parser("trace", help="import kernel tracepoint captures as a request trace")
+    traceimport.add_arguments(tr)
+    tr.set_defaults(func=lambda a: traceimport.command(a, sys.stdout, sys.stderr))
+    from harness import dmabench
+    db = sub.add_parser("dmabench", help="the kernel's dma_map_benchmark (its options and "
+                                         "output) over a design")
+    dmabench.add_arguments(db)
+    db.set_defaults(func=lambda a: dmabench.command(a, sys.stdout, sys.stderr))
     ds = sub.add_parser("designs", help="list the allocators, their variants and the named "
                                         "designs")
     ds.set_defaults(func=cmd_designs)

@@ -289,6 +289,8 @@ def dma_map(alloc, st, env, w, cpu, dom, pages, phys, sample):
             s.alloc_cycles += t2 - t1
             s.map_pte_cycles += t3 - t2
             s.maps += 1
+            s.map_cycles += t3 - t0
+            s.map_sq += (t3 - t0) * (t3 - t0)
     return iova
 
 
@@ -325,7 +327,8 @@ def dma_unmap(free, sts, env, w, cpu, owner, dom, iova, pages, sample, policy):
         # share is the rest
         s = env.steps[w]
         inv = io.stats[w * LINE + iommu.S_INV_WAIT] - inv0
-        own = stamp() - t1 - (s.flush_cycles - fl0) - (tinv if tinv > 0 else inv)
+        t2 = stamp()
+        own = t2 - t1 - (s.flush_cycles - fl0) - (tinv if tinv > 0 else inv)
         if own + tinv + t1 - t0 > cfg.outlier_cycles:
             s.outliers += 1
             s.outlier_cycles += own + tinv + t1 - t0
@@ -336,6 +339,10 @@ def dma_unmap(free, sts, env, w, cpu, owner, dom, iova, pages, sample, policy):
             if tinv > 0:
                 s.inv_submit_cycles += tinv - inv
             s.unmaps += 1
+        if t2 - t0 <= cfg.outlier_cycles:
+            s.unmaps_whole += 1
+            s.unmap_cycles += t2 - t0
+            s.unmap_sq += (t2 - t0) * (t2 - t0)
 
 
 # --- strict: invalidate, wait, free -----------------------------------------

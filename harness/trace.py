@@ -1,11 +1,25 @@
-"""Request traces, format v1: what `iommu-stress replay` reads.
+"""Request traces, formats v1 and v2: what `iommu-stress replay` reads.
 
 One request per line, fields separated by whitespace, `#` starts a comment
-(a whole line or the rest of one):
+(a whole line or the rest of one).  Format v1:
 
     cpu <n>                        the requests that follow run on CPU n (0 at first)
     a <tag> <pages> [<limit_pfn>]  allocate, remember the range under <tag>
     f <tag>                        free what <tag> got
+
+Format v2 (what `iommu-stress trace import` writes from a kernel capture)
+starts with the line `format 2` and adds what a capture knows and v1 lacks:
+
+    device <name>                  the allocations that follow are in this
+                                   device's domain ("-" at first); a free is
+                                   in the domain of what it frees
+    a <tag> <pages> [<limit_pfn>] [t=<ns>] [kpfn=<pfn>]
+    f <tag> [t=<ns>]
+
+t= is when the kernel traced the request (ns of the trace clock), kpfn= the
+pfn the traced kernel gave the allocation (its IOVA >> 12), for comparison.
+Each domain is an allocator of its own.  A file without the `format 2`
+line is v1, read as before.
 
 A limit_pfn is the highest pfn the range may reach; for pools, which
 models a device's DMA mask, it is that mask in pages (2**k - 1).  Numbers
@@ -35,7 +49,7 @@ import numpy as np
 
 from harness.errors import UsageError, read_input
 
-VERSION = 1
+VERSION = 2
 MAX_TRACE_BYTES = 1 << 30    # some 50M requests; a larger file is not a trace of ours
 OP_ALLOC = 0
 OP_FREE = 1
@@ -47,6 +61,13 @@ _EXPECT_A = "expected 'a <tag> <pages> [<limit_pfn>]'"
 _EXPECT_F = "expected 'f <tag>'"
 _EXPECT_CPU = "expected 'cpu <n>'"
 _EXPECT_ANY = "expected 'cpu <n>', 'a <tag> <pages> [<limit_pfn>]' or 'f <tag>'"
+_EXPECT_A2 = "expected 'a <tag> <pages> [<limit_pfn>] [t=<ns>] [kpfn=<pfn>]'"
+_EXPECT_F2 = "expected 'f <tag> [t=<ns>]'"
+_EXPECT_DEVICE = "expected 'device <name>'"
+_EXPECT_ANY2 = ("expected 'cpu <n>', 'device <name>', 'a <tag> <pages> [<limit_pfn>] "
+                "[t=<ns>] [kpfn=<pfn>]' or 'f <tag> [t=<ns>]'")
+NO_DEVICE = "-"           # the domain of a v2 trace's requests before any device line
+MAX_TIME = (1 << 63) - 1
 
 
 @dataclass
@@ -64,6 +85,11 @@ class Trace:
     tags: list              # tag names, by index
     peak_live: int          # most tags possibly live at once (all allocations succeeding)
     ncpus: int              # highest CPU a request runs on, + 1
+    version: int = 1
+    time: np.ndarray = None     # v2: ns of the trace clock, -1: none given
+    kpfn: np.ndarray = None     # v2: the traced kernel's pfn of an allocation, -1: none
+    domain: np.ndarray = None   # v2: index into `devices`
+    devices: list = None        # v2: device names, by index (v1: ["-"])
 
     def __len__(self):
         return len(self.op)
@@ -109,6 +135,7 @@ def parse(text, name="<trace>", pages=1 << 20, masks=False):
     format's rules in order."""
     max_limit = (1 << MASK_BITS) - 1 if masks else pages - 1
     op, tag, ref, npages, limit, cpus, lines = [], [], [], [], [], [], []
+    times, kpfns, domains = [], [], []
     tag_index = {}
     tags = []
     current = []          # per tag: its possibly-live allocation's request, or -1
@@ -118,6 +145,11 @@ def parse(text, name="<trace>", pages=1 << 20, masks=False):
     live = peak = 0
     cpu = 0
     maxcpu = 0
+    version = 1
+    seen_any = False
+    devices = [NO_DEVICE]
+    device_index = {NO_DEVICE: 0}
+    domain = 0
 
     def fail(lineno, what):
         raise UsageError("%s:%d: %s" % (name, lineno, what))
@@ -128,13 +160,26 @@ def parse(text, name="<trace>", pages=1 << 20, masks=False):
         if not f:
             continue
         kind = f[0]
+        first, seen_any = not seen_any, True
+        opts = {}
+        if version == 2 and kind in ("a", "f"):
+            # v2's key=value fields follow the positional ones
+            while len(f) > 2 and "=" in f[-1]:
+                key, _, value = f.pop().partition("=")
+                n = _number(value)
+                allowed = ("t", "kpfn") if kind == "a" else ("t",)
+                if key not in allowed or key in opts or n is None or n > MAX_TIME:
+                    fail(lineno, "%s, got %s" % (_EXPECT_A2 if kind == "a" else _EXPECT_F2,
+                                                _shown(raw)))
+                opts[key] = n
         if kind == "a":
+            expect = _EXPECT_A2 if version == 2 else _EXPECT_A
             if len(f) not in (3, 4):
-                fail(lineno, "%s, got %s" % (_EXPECT_A, _shown(raw)))
+                fail(lineno, "%s, got %s" % (expect, _shown(raw)))
             n = _number(f[2])
             lim = _number(f[3]) if len(f) == 4 else -1
             if n is None or lim is None:
-                fail(lineno, "%s, got %s" % (_EXPECT_A, _shown(raw)))
+                fail(lineno, "%s, got %s" % (expect, _shown(raw)))
             if not 1 <= n <= pages:
                 fail(lineno, "pages %d out of range 1..%d" % (n, pages))
             if len(f) == 4:
@@ -160,13 +205,18 @@ def parse(text, name="<trace>", pages=1 << 20, masks=False):
                 slot.append(free_slots.pop() if free_slots else live - 1)
             else:
                 slot.append(slot[current[t]])
+                if domains[current[t]] != domain:
+                    fail(lineno, "tag %r is still mapped in device %s"
+                         % (f[1], devices[domains[current[t]]]))
             current[t] = i
             op.append(OP_ALLOC)
             npages.append(n)
             limit.append(lim)
+            domains.append(domain)
         elif kind == "f":
             if len(f) != 2:
-                fail(lineno, "%s, got %s" % (_EXPECT_F, _shown(raw)))
+                fail(lineno, "%s, got %s" % (_EXPECT_F2 if version == 2 else _EXPECT_F,
+                                            _shown(raw)))
             t = tag_index.get(f[1])
             if t is None:
                 fail(lineno, "free of tag %r that is not mapped (never allocated)" % f[1])
@@ -183,6 +233,7 @@ def parse(text, name="<trace>", pages=1 << 20, masks=False):
             free_slots.append(slot[a])
             npages.append(npages[a])
             limit.append(-1)
+            domains.append(domains[a])
         elif kind == "cpu":
             if len(f) != 2:
                 fail(lineno, "%s, got %s" % (_EXPECT_CPU, _shown(raw)))
@@ -193,11 +244,29 @@ def parse(text, name="<trace>", pages=1 << 20, masks=False):
                 fail(lineno, "cpu %d out of range 0..%d" % (c, MAX_CPUS - 1))
             cpu = c
             continue
+        elif kind == "format":
+            if len(f) != 2 or f[1] not in ("1", "2"):
+                fail(lineno, "expected 'format 1' or 'format 2', got %s" % _shown(raw))
+            if not first:
+                fail(lineno, "the format line must come before any other")
+            version = int(f[1])
+            continue
+        elif kind == "device" and version == 2:
+            if len(f) != 2:
+                fail(lineno, "%s, got %s" % (_EXPECT_DEVICE, _shown(raw)))
+            domain = device_index.get(f[1])
+            if domain is None:
+                domain = device_index[f[1]] = len(devices)
+                devices.append(f[1])
+            continue
         else:
-            fail(lineno, "%s, got %s" % (_EXPECT_ANY, _shown(raw)))
+            fail(lineno, "%s, got %s" % (_EXPECT_ANY2 if version == 2 else _EXPECT_ANY,
+                                        _shown(raw)))
         tag.append(t)
         cpus.append(cpu)
         lines.append(lineno)
+        times.append(opts.get("t", -1))
+        kpfns.append(opts.get("kpfn", -1))
         if cpu > maxcpu:
             maxcpu = cpu
 
@@ -207,7 +276,25 @@ def parse(text, name="<trace>", pages=1 << 20, masks=False):
     return Trace(name=name, op=arr(op), tag=arr(tag), ref=arr(ref), slot=arr(slot),
                  pages=arr(npages),
                  limit=arr(limit), cpu=arr(cpus), line=arr(lines), tags=tags,
-                 peak_live=peak, ncpus=maxcpu + 1)
+                 peak_live=peak, ncpus=maxcpu + 1, version=version, time=arr(times),
+                 kpfn=arr(kpfns), domain=arr(domains), devices=devices)
+
+
+def subset(trace, keep):
+    """The requests of `trace` where the boolean array `keep` is set, as a
+    trace of their own (a domain's).  Every free must be kept with its
+    allocation.  Slots stay as they were: the tags live at once in a subset
+    are a subset of those live at once in the whole."""
+    index = np.cumsum(keep) - 1
+    ref = trace.ref[keep]
+    ref = np.where(ref >= 0, index[np.maximum(ref, 0)], -1)
+    pick = lambda a: a[keep]       # noqa: E731
+    return Trace(name=trace.name, op=pick(trace.op), tag=pick(trace.tag), ref=ref,
+                 slot=pick(trace.slot), pages=pick(trace.pages), limit=pick(trace.limit),
+                 cpu=pick(trace.cpu), line=pick(trace.line), tags=trace.tags,
+                 peak_live=trace.peak_live, ncpus=trace.ncpus, version=trace.version,
+                 time=pick(trace.time), kpfn=pick(trace.kpfn), domain=pick(trace.domain),
+                 devices=trace.devices)
 
 
 def read(path, pages=1 << 20, masks=False):
