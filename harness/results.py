@@ -337,6 +337,7 @@ OPTIONS_READ = _dict({
     "hypercall_ns": _optional(_number), "unmap_fraction": _optional(_number),
     "sizes": _optional(_list_of(_pair, "a list of [pages, weight] pairs")),
     "premapped": _optional(_boolean), "rogue_device": _optional(_boolean),
+    "dma_passes": _optional(_count), "huge": _optional(_boolean),
     "lock_timing": _optional(_boolean), "check": _optional(_boolean), "diag": _optional(_boolean),
 })
 MACHINE_READ = _dict({"cores_allowed": _optional(_num(1, MAX_THREADS, integer=True))},
