@@ -368,7 +368,7 @@ class Bench:
         iommu.init(env.io, self.ndomains, p.pages, o["tlb_entries"], o["tlb_ways"],
                    self._cycles(pr.inv_page_ns), self._cycles(pr.inv_domain_ns),
                    self._cycles(pr.pte_write_ns), self._cycles(pr.map_sync_ns),
-                   self._cycles(pr.walk_ns), huge)
+                   self._cycles(pr.walk_ns) if o["iotlb_walks"] else 0, huge)
         dma.init(env)
         env.cnt[:] = 0
         env.steps[:] = 0

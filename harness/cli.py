@@ -65,6 +65,8 @@ def _add_run_options(p, several):
                    help="a device that reads at unmapped IOVAs, counting stale IOTLB hits")
     p.add_argument("--huge", action="store_true", default=None,
                    help="map buffers of 512 pages or more with 2 MiB IOVA mappings where aligned")
+    p.add_argument("--iotlb-walks", action="store_true", default=None,
+                   help="the device's access waits for the profile's page walk on each IOTLB miss")
     p.add_argument("--lock-timing", action="store_true", default=None,
                    help="time every lock wait and hold (lock_stat's wait and hold columns)")
     p.add_argument("--json", metavar="PATH", help="write results here (rewritten after every point)")
@@ -126,7 +128,7 @@ def _options(args, several):
         opts["designs"] = [args.design]
     if args.check:
         opts["check"] = True
-    for name in ("lock_timing", "premapped", "rogue_device", "diag", "huge"):
+    for name in ("lock_timing", "premapped", "rogue_device", "diag", "huge", "iotlb_walks"):
         if getattr(args, name):
             opts[name] = True
     if not several:
