@@ -54,6 +54,8 @@ CONFIG = np.dtype([
     ("warmup_cycles", np.int64),
     ("window_cycles", np.int64),
     ("phase_every", np.int64),        # I/Os between two looks at the clock and the phase
+    ("dma_passes", np.int64),         # times the device touches every page of an I/O
+    ("slot_pages", np.int64),         # physical pages between two ring slots' buffers
 ], align=True)
 
 

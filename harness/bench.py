@@ -8,9 +8,9 @@ before any worker is forked; the pool is forked at the first window, with
 the largest number of workers the bench was made for.  After every window
 each worker has unmapped all it held and the last one out has drained the
 flush queues; the allocator must then be back to its fresh state and the
-page tables empty, or the window fails.  What a window measured leaves the
-bench as a `Raw`, copies of the counters, which `readout.py` turns into
-figures.
+page tables empty with no stale IOTLB entry, or the window fails.  What a
+window measured leaves the bench as a `Raw`, copies of the counters, which
+`readout.py` turns into figures.
 """
 import contextlib
 import functools
@@ -374,9 +374,11 @@ class Bench:
         lockmod.init(env.fq.lk, o["lock"], self._fq_classes(), o["spin_bound"], self.lock_timing,
                      preemptible)
         pr = self.profile
+        huge = o["huge"] or d.huge
         iommu.init(env.io, self.ndomains, p.pages, o["tlb_entries"], o["tlb_ways"],
                    self._cycles(pr.inv_page_ns), self._cycles(pr.inv_domain_ns),
-                   self._cycles(pr.pte_write_ns), self._cycles(pr.map_sync_ns))
+                   self._cycles(pr.pte_write_ns), self._cycles(pr.map_sync_ns),
+                   self._cycles(pr.walk_ns) if o["iotlb_walks"] else 0, huge)
         dma.init(env)
         env.cnt[:] = 0
         env.steps[:] = 0
@@ -398,7 +400,9 @@ class Bench:
                  trim_cycles=self._cycles(TRIM_PERIOD_MS * 1e6), diag=o["diag"],
                  outlier_cycles=self._cycles(abi.SAMPLE_OUTLIER_NS),
                  warmup_cycles=self._cycles(o["warmup"] * 1e9),
-                 window_cycles=self._cycles(o["duration"] * 1e9), phase_every=PHASE_EVERY)
+                 window_cycles=self._cycles(o["duration"] * 1e9), phase_every=PHASE_EVERY,
+                 dma_passes=o["dma_passes"],
+                 slot_pages=loop.HUGE_SLOT_PAGES if huge else loop.PAGES_PER_SLOT)
         env.sizes[:] = size_table(o["sizes"], o["seed"])
         # before anything is started: a rogue device forked now must not see
         # the last window's stop.  The parked workers' futex word and
@@ -629,9 +633,12 @@ class Bench:
                 mod.flush_all(st, 0)
             problems += ["domain %d: %s" % (k, m) for m in mod.check(st, p, [])]
         if mod.TRANSLATES:
-            n = np.count_nonzero(self.env.io.pt)
+            n = np.count_nonzero(self.env.io.pt) + np.count_nonzero(self.env.io.pd)
             if n:
                 problems.append("%d page-table entries still present" % n)
+            stale = sum(len(iommu.stale_entries(self.env.io, k)) for k in range(self.ndomains))
+            if stale:
+                problems.append("%d stale IOTLB entries left by the invalidations" % stale)
             n = np.count_nonzero(self.env.own)
             if n:
                 problems.append("%d pages still owned" % n)

@@ -48,6 +48,7 @@ FLAGS = [
     ("--domains", "domains", dict(metavar="N", help="devices (IOMMU domains)")),
     ("--tlb-entries", "tlb_entries", dict(metavar="N", help="IOTLB entries per domain")),
     ("--tlb-ways", "tlb_ways", dict(metavar="N", help="IOTLB associativity")),
+    ("--dma-passes", "dma_passes", dict(metavar="N", help="times the device touches every page of an I/O (1-64)")),
     ("--seed", "seed", dict(metavar="N", help="random seed of the request sizes")),
     ("--placement", "placement", dict(metavar="POLICY", help="worker CPUs: cores-first (default), compact, spread, none (unpinned)")),
     ("--cpus", "cpus", dict(metavar="LIST", help='CPUs the workers may use: "0-3,8,10-11"')),
@@ -69,6 +70,10 @@ def _add_run_options(p, several):
                    help="the driver maps a buffer pool once and recycles it")
     p.add_argument("--rogue-device", action="store_true", default=None,
                    help="a device that reads at unmapped IOVAs, counting stale IOTLB hits")
+    p.add_argument("--huge", action="store_true", default=None,
+                   help="map buffers of 512 pages or more with 2 MiB IOVA mappings where aligned")
+    p.add_argument("--iotlb-walks", action="store_true", default=None,
+                   help="the device's access waits for the profile's page walk on each IOTLB miss")
     p.add_argument("--lock-timing", action="store_true", default=None,
                    help="time every lock wait and hold (lock_stat's wait and hold columns)")
     p.add_argument("--json", metavar="PATH", help="write results here (rewritten after every point)")
@@ -130,7 +135,7 @@ def _options(args, several):
         opts["designs"] = [args.design]
     if args.check:
         opts["check"] = True
-    for name in ("lock_timing", "premapped", "rogue_device", "diag"):
+    for name in ("lock_timing", "premapped", "rogue_device", "diag", "huge", "iotlb_walks"):
         if getattr(args, name):
             opts[name] = True
     if not several:
@@ -349,7 +354,7 @@ def cmd_designs(args):
     from hwmodel.locks import KINDS
     print(tabulate(designmod.listing(), headers=["design", "what it is"], disable_numparse=True,
                    maxcolwidths=[None, 90]))
-    print("\nwrite allocator[:variant]+flush[@premapped]; flush policies: %s; lock kinds "
+    print("\nwrite allocator[:variant]+flush[@premapped][@huge]; flush policies: %s; lock kinds "
           "(--lock): %s" % (", ".join(FLUSHES), ", ".join(KINDS)))
     return 0
 

@@ -408,7 +408,7 @@ def point_argv(opts, design, threads):
         if name == "sizes":
             v = ",".join("%d:%r" % (pages, float(w)) for pages, w in v)
         argv += [flag, repr(v) if isinstance(v, float) else str(v)]
-    for name in ("check", "premapped", "rogue_device", "lock_timing", "diag"):
+    for name in ("check", "premapped", "rogue_device", "lock_timing", "diag", "huge"):
         if opts.get(name):
             argv.append("--" + name.replace("_", "-"))
     return argv

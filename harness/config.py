@@ -206,6 +206,10 @@ OPTIONS = {
     "premapped": (_bool, False, "the driver maps a buffer pool once and recycles it"),
     "tlb_entries": (_power_of_two, 512, "IOTLB entries per domain"),
     "tlb_ways": (_power_of_two, 8, "IOTLB associativity"),
+    "dma_passes": (_number(1, 64, integer=True), 1, "times the device touches every page of an I/O"),
+    "huge": (_bool, False, "map buffers of 512 pages or more with 2 MiB leaves where aligned"),
+    "iotlb_walks": (_bool, False, "the device's access waits for the profile's page walk on each "
+                                  "IOTLB miss"),
     "rogue_device": (_bool, False, "a device that reads at unmapped IOVAs: counts stale IOTLB hits"),
     "mag_size": (_choice((127, 128)), 127, "IOVA_MAG_SIZE: 127, or 128 as in the 2016 code"),
     "check": (_bool, False, "ownership map: catch any double mapping"),

@@ -1,9 +1,10 @@
 """Design names: an allocator, its variant, and a flush policy.
 
-A design is written `allocator[:variant]+flush[@premapped]`, e.g.
+A design is written `allocator[:variant]+flush[@premapped][@huge]`, e.g.
 `magazines:fixed+percpu`; a bare allocator name means `+strict`; `@premapped`
 is the driver-side optimisation of the seeds (map a buffer pool once,
-recycle it).  The names users know from the literature resolve to a spec.
+recycle it); `@huge` maps buffers of 2 MiB or more with 2 MiB IOVA
+mappings where aligned (--huge for every design of a run).  The names users know from the literature resolve to a spec.
 Allocators and their variants come from the registry (allocators/), the
 flush policies from harness/dma.py, the lock kinds from hwmodel/locks.py;
 the named designs are listed here, and only here.
@@ -32,13 +33,15 @@ class Design:
     flush: str = "strict"     # "none" for an allocator that does not translate
     variant: str = ""         # "" for an allocator without variants
     premapped: bool = False
+    huge: bool = False
 
     @property
     def spec(self):
         if self.flush == "none":
             return self.allocator
         alloc = self.allocator + (":" + self.variant if self.variant else "")
-        return "%s+%s%s" % (alloc, self.flush, "@premapped" if self.premapped else "")
+        return "%s+%s%s%s" % (alloc, self.flush, "@premapped" if self.premapped else "",
+                              "@huge" if self.huge else "")
 
     def module(self):
         return allocators.module(self.allocator)
@@ -58,11 +61,18 @@ def _unknown(text):
 def resolve(name):
     """The Design a name stands for, or a UsageError listing the valid ones."""
     text = name.strip()
-    base, at, modifier = text.partition("@")
+    base, at, modifiers = text.partition("@")
     if at:
-        if modifier != "premapped":
-            raise UsageError("design %r: unknown modifier @%s; valid: @premapped" % (text, modifier))
-        return premapped(resolve(base), text)
+        mods = modifiers.split("@")
+        for m in mods:
+            if m not in MODIFIERS or mods.count(m) > 1:
+                raise UsageError("design %r: %s modifier @%s; valid: %s"
+                                 % (text, "unknown" if m not in MODIFIERS else "repeated", m,
+                                    ", ".join("@" + x for x in MODIFIERS)))
+        d = resolve(base)
+        for m in mods:
+            d = MODIFIERS[m](d, text)
+        return d
     spec = NAMED.get(text, text)
     alloc, _, flush = spec.partition("+")
     alloc, _, variant = alloc.partition(":")
@@ -94,6 +104,19 @@ def premapped(design, name=None):
         raise UsageError("design %r: %s maps nothing, so nothing to pre-map"
                          % (name, design.allocator))
     return replace(design, name=name, premapped=True)
+
+
+def huge(design, name=None):
+    """The design with 2 MiB IOVA mappings for buffers of 512 pages or
+    more (`@huge`, --huge), or a UsageError for one that maps nothing."""
+    name = name or design.name
+    if not design.translates:
+        raise UsageError("design %r: %s maps nothing, so no 2 MiB mappings"
+                         % (name, design.allocator))
+    return replace(design, name=name, huge=True)
+
+
+MODIFIERS = {"premapped": premapped, "huge": huge}
 
 
 def listing():

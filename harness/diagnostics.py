@@ -398,6 +398,14 @@ def flush_table(point, fmt="simple"):
                      fmt_pct(tlb.get("hits", 0), lookups) + " hit rate"])
         rows.append(["IOTLB fills", fmt_count(tlb.get("fills", 0)), ""])
         rows.append(["IOTLB faults", fmt_count(tlb.get("faults", 0)), ""])
+        if tlb.get("huge_hits") or tlb.get("huge_fills"):
+            rows.append(["IOTLB 2 MiB hits", fmt_count(tlb.get("huge_hits", 0)),
+                         fmt_pct(tlb.get("huge_hits", 0), tlb.get("hits", 0)) + " of hits"])
+            rows.append(["IOTLB 2 MiB fills", fmt_count(tlb.get("huge_fills", 0)), ""])
+        if tlb.get("walk_ns"):
+            misses = tlb.get("fills", 0) + tlb.get("faults", 0)
+            rows.append(["page walks, total µs", fmt_us(tlb["walk_ns"]),
+                         "%.0f ns per miss" % (tlb["walk_ns"] / misses) if misses else ""])
     if "stale_hits" in point:
         probes = point.get("rogue_probes", 0)
         rows.append(["rogue device probes", fmt_count(probes), ""])

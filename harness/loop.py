@@ -47,6 +47,10 @@ MODE_RING, MODE_PREMAPPED, MODE_HANDOFF = range(3)
 MODES = ("ring", "premapped", "handoff")
 SPIN_BEFORE_YIELD = 200
 PAGES_PER_SLOT = 64          # physical pages apart: each ring slot its own buffer
+# with 2 MiB mappings (--huge), a slot's buffer starts on a 2 MiB physical
+# boundary, as one in a hugepage does: iommu_map uses a 2 MiB leaf only
+# where IOVA and physical address are both aligned
+HUGE_SLOT_PAGES = 512
 
 
 # ------------------------------------------------------------ small helpers
@@ -116,13 +120,16 @@ def _device_done(env, w, t_done):
 
 @hot(inner=True)
 def _access(env, w, dom, iova, pages, sample):
-    """The device's DMA: every page goes through the IOTLB."""
+    """The device's DMA: every page goes through the IOTLB, `dma_passes`
+    times over (a buffer the device reads more than once)."""
     inline_into_callers()
-    if env.cfg[0].translate == 0:
+    cfg = env.cfg[0]
+    if cfg.translate == 0:
         return
     t0 = stamp() if sample else 0
-    for i in range(pages):
-        iommu.translate(env.io, w, dom, iova + i)
+    for _ in range(cfg.dma_passes):
+        for i in range(pages):
+            iommu.translate(env.io, w, dom, iova + i)
     if sample:
         env.steps[w].access_cycles += stamp() - t0
 
@@ -309,7 +316,8 @@ def local_ring(alloc, free, trim, sts, env, w, cpu, policy):
     diag = cfg.diag != 0
     ring = env.ring
     rb = w * RING_STRIDE
-    phys = w * MAX_DEPTH * PAGES_PER_SLOT
+    stride = cfg.slot_pages
+    phys = w * MAX_DEPTH * stride
     rng = _seed(env, w)
     head = 0
     nout = 0
@@ -332,7 +340,7 @@ def local_ring(alloc, free, trim, sts, env, w, cpu, policy):
         if slot >= depth:
             slot -= depth
         iova, t_dev, t_done = _map_and_use(alloc, sts, env, w, cpu, dom, pages,
-                                           phys + slot * PAGES_PER_SLOT, sample, device, t_dev)
+                                           phys + slot * stride, sample, device, t_dev)
         if iova < 0:
             fails += 1
             if nout > 0:
@@ -379,7 +387,8 @@ def handoff_producer(alloc, free, trim, sts, env, w, cpu, policy):
     diag = cfg.diag != 0
     hand = env.hand
     hb = _hand_base(w)
-    phys = w * MAX_DEPTH * PAGES_PER_SLOT
+    stride = cfg.slot_pages
+    phys = w * MAX_DEPTH * stride
     rng = _seed(env, w)
     ops = 0
     fails = 0
@@ -397,7 +406,7 @@ def handoff_producer(alloc, free, trim, sts, env, w, cpu, policy):
         tail = hand[hb + HAND_TAIL]
         sample = diag and _sampled(rng)
         iova, t_dev, t_done = _map_and_use(alloc, sts, env, w, cpu, dom, pages,
-                                           phys + (tail % depth) * PAGES_PER_SLOT, sample,
+                                           phys + (tail % depth) * stride, sample,
                                            device, t_dev)
         if iova < 0:
             fails += 1
@@ -482,7 +491,7 @@ def premapped(alloc, free, trim, sts, env, w, cpu, policy):
     fails = 0
     while nout < depth:
         iova = dma.dma_map(alloc, pick(sts, dom), env, w, cpu, dom, big,
-                           w * MAX_DEPTH * PAGES_PER_SLOT + nout * PAGES_PER_SLOT, False)
+                           (w * MAX_DEPTH + nout) * cfg.slot_pages, False)
         if iova < 0:
             fails += 1
             break

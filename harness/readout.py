@@ -393,7 +393,10 @@ def window(raw):
         "flush_stats": _flush(raw),
         "iotlb": {"hits": int(ios[:, iommu.S_HITS].sum()),
                   "fills": int(ios[:, iommu.S_FILLS].sum()),
-                  "faults": int(ios[:, iommu.S_FAULTS].sum())},
+                  "faults": int(ios[:, iommu.S_FAULTS].sum()),
+                  "walk_ns": float(ios[:, iommu.S_WALK].sum() / cpn),
+                  "huge_hits": int(ios[:, iommu.S_HUGE_HITS].sum()),
+                  "huge_fills": int(ios[:, iommu.S_HUGE_FILLS].sum())},
         "unmaps": int(raw.cnt["unmaps"].sum()),
         "device_wait_ns": float(raw.cnt["device_wait_cycles"].sum() / cpn),
         "handoff_wait_ns": float(raw.cnt["handoff_wait_cycles"].sum() / cpn),
@@ -419,7 +422,8 @@ def window(raw):
                        "outlier_ns": SAMPLE_OUTLIER_NS}
     if mod.TRANSLATES:
         # a window whose check fails raises: one kept says so
-        out["state_checked"] = "allocator state fresh, page tables empty, no page owned"
+        out["state_checked"] = ("allocator state fresh, page tables empty, no page owned, "
+                                "no stale IOTLB entry")
     return out
 
 

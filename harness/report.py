@@ -24,7 +24,8 @@ DEFERRED = ("batched", "percpu", "single")
 # run options worth a line in a report; the rest are in the file
 SHOWN_OPTIONS = ("lock", "profile", "workload", "depth", "sizes", "duration", "warmup", "repeats",
                  "domains", "unmap_fraction", "device_ns", "hypercall_ns", "premapped",
-                 "rogue_device", "lock_timing", "check", "placement", "cpus", "node")
+                 "dma_passes", "huge", "iotlb_walks", "rogue_device", "lock_timing", "check",
+                 "placement", "cpus", "node")
 
 
 def formats():
@@ -443,7 +444,7 @@ def cluster_lines(doc, prefix=""):
 def _options_line(opts):
     parts = []
     for k in SHOWN_OPTIONS:
-        if k not in opts or opts[k] in (None, "", False):
+        if k not in opts or opts[k] in (None, "", False) or (k == "dma_passes" and opts[k] == 1):
             continue
         v = opts[k]
         if k == "sizes" and isinstance(v, list):

@@ -338,6 +338,7 @@ OPTIONS_READ = _dict({
     "hypercall_ns": _optional(_number), "unmap_fraction": _optional(_number),
     "sizes": _optional(_list_of(_pair, "a list of [pages, weight] pairs")),
     "premapped": _optional(_boolean), "rogue_device": _optional(_boolean),
+    "dma_passes": _optional(_count), "huge": _optional(_boolean),
     "lock_timing": _optional(_boolean), "check": _optional(_boolean), "diag": _optional(_boolean),
 })
 MACHINE_READ = _dict({"cores_allowed": _optional(_num(1, MAX_THREADS, integer=True))},
@@ -407,7 +408,8 @@ def upgrade(doc):
     `tick` and `unnamed`, and is read as it is.  Version 5 also adds a
     cluster's keys (the document's `cluster`, a point's `host`); version
     6 only adds keys (the document's `placement` and `system`, a point's
-    `machine_load` and more `disturbance`)."""
+    `machine_load`, more `disturbance` and `iotlb`, the options of
+    placement, repeats and the device's access)."""
     doc.setdefault("machine", {})
     doc.setdefault("options", {})
     if doc.get("version") == 1:
@@ -424,11 +426,13 @@ def upgrade(doc):
         # options that version 6 added, as the older runs measured: their
         # workers pinned round-robin in CPU number order, the designs'
         # points one after another (an order seed of none), a fixed count
-        # of windows
+        # of windows, the device touching each page once, 4 KiB mappings
+        # and no page walk charged
         opts = doc["options"]
         opts.setdefault("placement", "round-robin")
         opts.setdefault("order_seed", None)
-        for k, v in (("min_repeats", 6), ("max_repeats", 30), ("target_ci", 0.02)):
+        for k, v in (("min_repeats", 6), ("max_repeats", 30), ("target_ci", 0.02),
+                     ("dma_passes", 1), ("huge", False), ("iotlb_walks", False)):
             opts.setdefault(k, v)
     if doc.get("version") in (2, 3, 4, 5):
         doc["version"] = VERSION

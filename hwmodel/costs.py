@@ -1,6 +1,7 @@
 """Cost profiles: what userspace cannot do for real, in ns.
 
-A profile names the latency of the IOMMU's invalidations, the extra cost of
+A profile names the latency of the IOMMU's invalidations, the page walk
+that an IOTLB miss costs the device's access, the extra cost of
 a page-table write where the IOMMU's walker is not cache-coherent, the
 refresh that must follow every map where a hypervisor shadows the IOMMU's
 tables, the hypercall of a paravirtualised IOMMU, and the device's own time
@@ -15,6 +16,7 @@ FIELDS = {
     "inv_page_ns": "page-selective IOTLB invalidation, submit to completion",
     "inv_domain_ns": "domain-wide (or global) IOTLB invalidation",
     "pte_write_ns": "per page-table entry written, beyond the store itself",
+    "walk_ns": "per IOTLB miss, the page walk the device's access waits for",
     "map_sync_ns": "per map, a refresh of the new range (iotlb_sync_map: s390 under a hypervisor)",
     "hypercall_ns": "per map and per unmap, for a paravirtualised IOMMU (PVDMA)",
     "device_ns": "the device's own time per I/O",
@@ -27,6 +29,7 @@ class Profile:
     inv_page_ns: float = 0.0
     inv_domain_ns: float = 0.0
     pte_write_ns: float = 0.0
+    walk_ns: float = 0.0
     map_sync_ns: float = 0.0
     hypercall_ns: float = 0.0
     device_ns: float = 0.0

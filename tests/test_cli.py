@@ -247,3 +247,44 @@ def test_a_full_stdout_is_one_line(argv):
     # beside a compile's notice, or another run's warning: one error line
     err = [l for l in r.stderr.splitlines() if "error" in l]
     assert err == ["iommu-stress: error: cannot write standard output: No space left on device"]
+
+
+# ------------------------------------------- the device's passes, 2 MiB mappings
+
+@pytest.mark.parametrize("value", ["0", "65", "-1", "two", "1.5"])
+def test_bad_dma_passes(capsys, value):
+    line = one_error_line(capsys, ["run", "--design", "rbtree", *QUICK, "--dma-passes", value])
+    assert line.startswith("iommu-stress: error: --dma-passes: expected ")
+
+
+def test_bad_dma_passes_in_a_config_file(capsys, tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("# passes\ndma_passes = 0\n")
+    line = one_error_line(capsys, ["run", "--design", "rbtree", *QUICK, "--config", str(f)])
+    assert line.startswith("iommu-stress: error: %s:2: dma_passes: expected a number" % f)
+
+
+@pytest.mark.parametrize("design, says", [
+    ("direct@huge", "design 'direct@huge': direct maps nothing, so no 2 MiB mappings"),
+    ("rbtree@huge@huge", "design 'rbtree@huge@huge': repeated modifier @huge; valid: @premapped, @huge"),
+    ("rbtree@giant", "design 'rbtree@giant': unknown modifier @giant; valid: @premapped, @huge"),
+])
+def test_bad_huge_designs(capsys, design, says):
+    assert one_error_line(capsys, ["run", "--design", design, *QUICK]).endswith(says)
+
+
+def test_the_device_translates_every_page_once_per_pass(tmp_path):
+    # bitmap+strict's ring loop, which the sweep test above compiles too.
+    # Strict invalidation empties the IOTLB of a range before it is
+    # reused, so the first pass over a page misses and the others hit
+    out = tmp_path / "p.json"
+    r = run_cli("run", "--design", "bitmap", *QUICK, "--sizes", "2", "--dma-passes", "3",
+                "--profile", "vtd-2015", "--iotlb-walks", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    p = doc["points"][0]
+    tlb, ios = p["iotlb"], p["ops_total"]
+    assert doc["options"]["dma_passes"] == 3 and doc["options"]["iotlb_walks"] and ios > 0
+    assert (tlb["fills"], tlb["hits"], tlb["faults"]) == (2 * ios, 4 * ios, 0)
+    walk = int(330 * doc["machine"]["cycles_per_ns"])           # cycles per miss, as the bench
+    assert tlb["walk_ns"] == pytest.approx(2 * ios * walk / doc["machine"]["cycles_per_ns"])

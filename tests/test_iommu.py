@@ -313,3 +313,106 @@ def test_the_unit_is_serial_across_processes(cpn):
     assert sum(stat(io, w, S_INV) for w in range(nproc)) == nproc * each
     own = sum(stat(io, w, S_INV_WAIT) - stat(io, w, S_INV_QUEUE) for w in range(nproc))
     assert own == nproc * each * lat
+
+
+# --- page walks and 2 MiB mappings --------------------------------------------
+
+HP = iommu.HUGE_PAGES
+
+
+def make_huge_io(walk=0, huge=True, tlb_entries=64, ways=4):
+    io = iommu.make(shared_arrays(iommu.layout(NDOM, 4 * HP, tlb_entries, ways, 2)))
+    iommu.init(io, NDOM, 4 * HP, tlb_entries, ways, 0, 0, 0, 0, walk, huge)
+    return io
+
+
+def test_every_miss_costs_one_walk_and_a_hit_none(cpn):
+    io = make_huge_io(walk=ms(cpn, 0.002), huge=False)     # 2 µs a walk
+    walk = int(io.cfg[iommu.I_WALK])
+    iommu.write_ptes(io, 0, 10, 3, 500)
+    t0 = now()
+    for pfn in (10, 11, 10, 12, 11, 13, 10):              # misses: 10, 11, 12, 13 (a fault)
+        iommu.translate(io, 1, 0, pfn)
+    took = now() - t0
+    assert (stat(io, 1, S_FILLS), stat(io, 1, S_HITS), stat(io, 1, S_FAULTS)) == (3, 3, 1)
+    assert stat(io, 1, iommu.S_WALK) == 4 * walk          # fills and faults walk, hits do not
+    assert took >= 4 * walk
+    assert stat(io, 0, iommu.S_WALK) == 0
+
+
+def test_a_map_takes_2mib_leaves_where_iova_and_phys_are_aligned():
+    io = make_huge_io()
+    pd0 = iommu.pd_entries(4 * HP)
+    # pages up to the first 2 MiB boundary, two leaves, a tail of 3 pages
+    iommu.write_ptes(io, 0, HP - 5, 2 * HP + 8, 7 * HP - 5)
+    assert np.flatnonzero(io.pt[:4 * HP]).tolist() == list(range(HP - 5, HP)) + \
+        list(range(3 * HP, 3 * HP + 3))
+    assert np.flatnonzero(io.pd[:pd0]).tolist() == [1, 2]
+    assert io.pd[1] & iommu.PTE_LARGE_PAGE and io.pd[1] >> iommu.PAGE_SHIFT == 7 * HP
+    # an IOVA and a physical address that differ modulo 2 MiB: pages only
+    iommu.write_ptes(io, 1, 0, HP, 3)
+    assert np.count_nonzero(io.pd[pd0:]) == 0 and np.count_nonzero(io.pt[4 * HP:]) == HP
+    # under 512 pages, or without --huge: pages only
+    iommu.clear_ptes(io, 1, 0, HP)
+    assert np.count_nonzero(io.pt[4 * HP:]) == 0
+    small = make_huge_io(huge=False)
+    iommu.write_ptes(small, 0, 0, HP, 0)
+    assert np.count_nonzero(small.pd) == 0 and np.count_nonzero(small.pt) == HP
+    # the unmap clears what the map wrote, leaves of both sizes
+    iommu.clear_ptes(io, 0, HP - 5, 2 * HP + 8)
+    assert np.count_nonzero(io.pt) == np.count_nonzero(io.pd) == 0
+
+
+def test_a_2mib_entry_serves_its_whole_run_with_one_walk():
+    io = make_huge_io(walk=7)
+    iommu.write_ptes(io, 0, HP, HP, 3 * HP)
+    assert iommu.probe(io, 0, HP + 9) == -1
+    assert iommu.translate(io, 0, 0, HP + 9) == 3 * HP + 9     # the walk ends at the leaf
+    for pfn in (HP, HP + 1, 2 * HP - 1):
+        assert iommu.translate(io, 0, 0, pfn) == 3 * HP + pfn - HP
+        assert iommu.probe(io, 0, pfn) == 3 * HP + pfn - HP
+    assert (stat(io, 0, S_FILLS), stat(io, 0, S_HITS)) == (1, 3)
+    assert (stat(io, 0, iommu.S_HUGE_FILLS), stat(io, 0, iommu.S_HUGE_HITS)) == (1, 3)
+    assert stat(io, 0, iommu.S_WALK) == 7
+    assert iommu.probe(io, 0, 2 * HP) == -1 and iommu.probe(io, 1, HP) == -1
+    assert iommu.translate(io, 0, 0, 2 * HP) == -1             # past the run: a fault
+    assert iommu.stale_entries(io, 0) == []
+
+
+def test_a_range_invalidation_drops_entries_of_both_sizes():
+    io = make_huge_io()
+    iommu.write_ptes(io, 0, HP, HP, 3 * HP)          # a 2 MiB leaf
+    iommu.write_ptes(io, 0, 2 * HP, 4, 100)          # pages just past it
+    iommu.write_ptes(io, 1, HP, HP, 3 * HP)          # the same run in another domain
+    for dom, pfn in ((0, HP + 3), (0, 2 * HP), (0, 2 * HP + 1), (0, 2 * HP + 3), (1, HP)):
+        iommu.translate(io, 0, dom, pfn)
+    # a range that ends one page into the run drops its 2 MiB entry ...
+    iommu.clear_ptes(io, 0, 2 * HP, 2)
+    assert sorted(iommu.stale_entries(io, 0)) == [2 * HP, 2 * HP + 1]
+    iommu.invalidate(io, 0, 0, HP - 4, HP + 6)
+    assert stat(io, 0, S_INV_ENTRIES) == 3                     # the 2 MiB one and two pages
+    assert iommu.probe(io, 0, HP + 3) == -1 and iommu.probe(io, 0, 2 * HP) == -1
+    # ... and no entry outside it, nor another domain's
+    assert iommu.probe(io, 0, 2 * HP + 3) == 103
+    assert iommu.probe(io, 1, HP + 5) == 3 * HP + 5
+    assert iommu.stale_entries(io, 0) == []
+
+
+def test_the_stale_check_catches_a_stale_2mib_entry():
+    io = make_huge_io()
+    iommu.write_ptes(io, 0, 2 * HP, HP, 5 * HP)
+    iommu.translate(io, 0, 0, 2 * HP + 100)
+    iommu.clear_ptes(io, 0, 2 * HP, HP)
+    # unmapped, not yet invalidated: the device can still use it
+    assert iommu.probe(io, 0, 2 * HP + 7) == 5 * HP + 7
+    assert iommu.stale_entries(io, 0) == [2 * HP]
+    # remapped elsewhere: still stale
+    iommu.write_ptes(io, 0, 2 * HP, HP, 6 * HP)
+    assert iommu.stale_entries(io, 0) == [2 * HP]
+    assert iommu.translate(io, 0, 0, 2 * HP + 1) == 5 * HP + 1     # the stale translation
+    iommu.invalidate(io, 0, 0, 2 * HP + 511, 1)                  # one page of the run
+    assert iommu.stale_entries(io, 0) == []
+    assert iommu.translate(io, 0, 0, 2 * HP + 1) == 6 * HP + 1
+    # a domain-wide invalidation drops 2 MiB entries too
+    iommu.drop_domain(io, 0)
+    assert iommu.probe(io, 0, 2 * HP + 1) == -1
