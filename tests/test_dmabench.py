@@ -2,9 +2,7 @@
 output (tools/testing/selftests/dma/dma_map_benchmark.c), the latencies
 from the sampled steps, and one short window."""
 import argparse
-import json
 import math
-import re
 from types import SimpleNamespace
 
 import numpy as np
