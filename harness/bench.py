@@ -307,7 +307,9 @@ class Bench:
         arrays: children compiling at once would otherwise share, and reset
         under each other, one set of control words."""
         self._bind(private(self.specs))
-        self._compile_one(i, k)
+        entry, sts = self.entries[i][k], self.stacked[i]
+        with entries.compile_lock(entry, (sts, self.env, 0, 0)):
+            self._compile_one(i, k)
 
     def _compile_one(self, i, k):
         """Compile (or load) design i's loop of mode k: called with the

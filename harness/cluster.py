@@ -177,10 +177,14 @@ class Cluster:
         self.address = address(text)
         self.dist = distributed()
         # Dask's own log lines (reconnects, a worker lost) are not the
-        # command's output: what matters is said here, in one line
-        for name in [n for n in logging.root.manager.loggerDict if n.startswith("distributed")]:
+        # command's output: what matters is said here, in one line.  The
+        # same for tornado's, Dask's event loop, which logs a traceback
+        # when a callback of Dask's fails as Ctrl-C tears the client down
+        for name in [n for n in logging.root.manager.loggerDict
+                     if n.startswith(("distributed", "tornado"))]:
             logging.getLogger(name).setLevel(logging.CRITICAL)
-        logging.getLogger("distributed").setLevel(logging.CRITICAL)
+        for name in ("distributed", "tornado"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         try:
             self.client = self.dist.Client(self.address, timeout=CONNECT_TIMEOUT,
                                            set_as_default=False)
@@ -408,7 +412,7 @@ def point_argv(opts, design, threads):
         if name == "sizes":
             v = ",".join("%d:%r" % (pages, float(w)) for pages, w in v)
         argv += [flag, repr(v) if isinstance(v, float) else str(v)]
-    for name in ("check", "premapped", "rogue_device", "lock_timing", "diag", "huge"):
+    for name in ("check", "premapped", "rogue_device", "lock_timing", "diag", "huge", "iotlb_walks"):
         if opts.get(name):
             argv.append("--" + name.replace("_", "-"))
     return argv

@@ -11,6 +11,9 @@ numba's cache directory, whose name already covers every source they
 depend on) and imported from there.  An allocator module therefore needs
 nothing of the harness, and a new one needs no entry written by hand.
 """
+import contextlib
+import fcntl
+import hashlib
 import importlib.util
 import json
 import os
@@ -91,6 +94,33 @@ def cached(dispatcher, args):
                 or dispatcher._cache.load_overload(sig, dispatcher.targetctx) is not None)
     except Exception:               # numba's internals moved: compile as if not
         return False
+
+
+@contextlib.contextmanager
+def compile_lock(dispatcher, args):
+    """Held while `dispatcher` compiles for `args`: a second process that
+    needs the same machine code (another run sharing the cache, a test
+    beside it) waits and then loads it from the cache, instead of
+    compiling it again beside the first.  flock's lock goes with its
+    holder, so a compile killed midway leaves nothing locked."""
+    try:
+        sig = str(tuple(dispatcher.typeof_pyval(a) for a in args))
+    except Exception:               # noqa: BLE001  (numba's internals moved: no lock)
+        yield
+        return
+    name = hashlib.sha1(("%s %s" % (dispatcher.py_func.__qualname__, sig)).encode()).hexdigest()
+    directory = os.path.join(numba.config.CACHE_DIR, "locks")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(os.path.join(directory, name[:20]), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield                          # a cache we can write but not lock in: compile
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _times_path():

@@ -224,7 +224,8 @@ def run_domain(trace, allocator, pages=DEFAULT_PAGES, boundary=DEFAULT_BOUNDARY_
         key = "%s replay%s" % (allocator, " timed" if timed else "")
         entries.compile_notice([key], 1)
         t0 = time.perf_counter()
-        entry(*args)
+        with entries.compile_lock(entry, args):
+            entry(*args)
         entries.compile_record([key], [time.perf_counter() - t0])
     t0 = time.perf_counter_ns()
     bad = entry(st, a["req"], a["held"], *extra)

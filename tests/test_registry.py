@@ -48,13 +48,15 @@ def test_an_allocator_of_ones_own_runs_everywhere(tmp_path):
     it is a design for run, sweep and diagnose (with the ownership check
     and the state check), replays a trace, and is listed."""
     out = tmp_path / "r.json"
-    r = cli("sweep", "--designs", "firstfit,firstfit+percpu", "--threads", "1,2",
+    # one flush policy: each more is a loop to compile (a minute of CI);
+    # the policies themselves are the built-in allocators' tests' business
+    r = cli("sweep", "--designs", "firstfit+percpu", "--threads", "1,2",
             "--duration", "0.1", "--warmup", "0", "--repeats", "1", "--pages", "4096",
             "--sizes", "1:3,5:1", "--check", "--profile", "none", "--json", str(out))
     assert r.returncode == 0, r.stderr
     doc = json.loads(out.read_text())
     assert {(p["design"], p["threads"]) for p in doc["points"]} == \
-        {("firstfit", 1), ("firstfit", 2), ("firstfit+percpu", 1), ("firstfit+percpu", 2)}
+        {("firstfit+percpu", 1), ("firstfit+percpu", 2)}
     for p in doc["points"]:
         assert p["ops_per_sec"] > 0 and p["state_checked"]
         assert p["alloc_stats"]["allocs"] > 0
