@@ -9,7 +9,7 @@ from harness.config import defaults
 from harness import sweep
 from harness.bench import Bench
 
-THREADS = [1, 2, 16, 64, 256]
+THREADS = [1, 2, 64, 256]
 # two groups, so that two test processes share the work; each group forks
 # its 256 workers once
 GROUPS = [["direct", "bitmap", "pools", "rbtree", "lockfree"],
