@@ -29,6 +29,8 @@ The window is timed by the workers: the last to reach the start line writes
 the deadlines of the warm-up and of the window on the cycle counter, and the
 first to see one pass moves the phase on.
 """
+import numpy as np
+
 from harness import dma
 from harness.compose import pick
 from harness.abi import (CTL_ATTACHED, CTL_FINISHED, CTL_NACTIVE, CTL_PHASE, CTL_PRODUCERS_LEFT,
@@ -46,6 +48,13 @@ from hwmodel.locks import CTL_ABORT
 MODE_RING, MODE_PREMAPPED, MODE_HANDOFF = range(3)
 MODES = ("ring", "premapped", "handoff")
 SPIN_BEFORE_YIELD = 200
+# Values numba types plainly (bool, int64): a `False` or `0` written in a
+# call, or a variable's first value while typing a loop, is typed as a
+# literal, and numba compiles the whole call tree below once for it and once
+# again for the plain type (an unmap's, a tick's: a tenth of a loop's compile)
+UNTIMED = np.bool_(False)
+ZERO = np.int64(0)
+WARMUP = np.int64(PH_WARMUP)
 PAGES_PER_SLOT = 64          # physical pages apart: each ring slot its own buffer
 # with 2 MiB mappings (--huge), a slot's buffer starts on a 2 MiB physical
 # boundary, as one in a hugepage does: iommu_map uses a 2 MiB leaf only
@@ -321,10 +330,10 @@ def local_ring(alloc, free, trim, sts, env, w, cpu, policy):
     rng = _seed(env, w)
     head = 0
     nout = 0
-    ops = 0
+    ops = ZERO
     fails = 0
     t_dev = 0
-    seen = PH_WARMUP
+    seen = WARMUP
     it = 0
     rng = _xorshift(rng)
     while True:
@@ -344,7 +353,7 @@ def local_ring(alloc, free, trim, sts, env, w, cpu, policy):
         if iova < 0:
             fails += 1
             if nout > 0:
-                _unmap(free, sts, env, w, cpu, w, rb + head * RING_WORDS, ring, False, policy)
+                _unmap(free, sts, env, w, cpu, w, rb + head * RING_WORDS, ring, UNTIMED, policy)
                 head = head + 1 if head + 1 < depth else 0
                 nout -= 1
             else:
@@ -363,7 +372,7 @@ def local_ring(alloc, free, trim, sts, env, w, cpu, policy):
             if sample:
                 _io_end(env, w, t_io)
     while nout > 0:
-        _unmap(free, sts, env, w, cpu, w, rb + head * RING_WORDS, ring, False, policy)
+        _unmap(free, sts, env, w, cpu, w, rb + head * RING_WORDS, ring, UNTIMED, policy)
         head = head + 1 if head + 1 < depth else 0
         nout -= 1
     return ops, fails
@@ -390,10 +399,10 @@ def handoff_producer(alloc, free, trim, sts, env, w, cpu, policy):
     stride = cfg.slot_pages
     phys = w * MAX_DEPTH * stride
     rng = _seed(env, w)
-    ops = 0
+    ops = ZERO
     fails = 0
     t_dev = 0
-    seen = PH_WARMUP
+    seen = WARMUP
     it = 0
     while True:
         if it & mask == 0:
@@ -437,7 +446,7 @@ def _serve(free, sts, env, w, cpu, k, first, stride, policy):
         hb = _hand_base(p)
         head = hand[hb + HAND_HEAD]
         if head != load(hand, hb + HAND_TAIL):
-            _unmap(free, sts, env, w, cpu, p, hb + (head % MAX_DEPTH) * RING_WORDS, hand, False,
+            _unmap(free, sts, env, w, cpu, p, hb + (head % MAX_DEPTH) * RING_WORDS, hand, UNTIMED,
                    policy)
             store(hand, hb + HAND_HEAD, head + 1)
             busy = True
@@ -453,7 +462,7 @@ def unmap_worker(free, trim, sts, env, w, cpu, first, policy):
     k = w - first
     stride = ctl[CTL_NACTIVE] - first
     mask = env.cfg[0].phase_every - 1
-    seen = PH_WARMUP
+    seen = WARMUP
     spins = 0
     it = 0
     while True:
@@ -491,16 +500,16 @@ def premapped(alloc, free, trim, sts, env, w, cpu, policy):
     fails = 0
     while nout < depth:
         iova = dma.dma_map(alloc, pick(sts, dom), env, w, cpu, dom, big,
-                           (w * MAX_DEPTH + nout) * cfg.slot_pages, False)
+                           (w * MAX_DEPTH + nout) * cfg.slot_pages, UNTIMED)
         if iova < 0:
             fails += 1
             break
         _put(ring, rb + nout * RING_WORDS, iova, big, 0, dom)
         nout += 1
     rng = _seed(env, w)
-    ops = 0
+    ops = ZERO
     t_dev = 0
-    seen = PH_WARMUP
+    seen = WARMUP
     it = 0
     k = 0
     while True:
@@ -513,14 +522,14 @@ def premapped(alloc, free, trim, sts, env, w, cpu, policy):
             sched_yield()
             continue
         rng = _xorshift(rng)
-        _access(env, w, dom, ring[rb + k * RING_WORDS + RING_IOVA], _size(env, rng), False)
+        _access(env, w, dom, ring[rb + k * RING_WORDS + RING_IOVA], _size(env, rng), UNTIMED)
         k = k + 1 if k + 1 < nout else 0
         if device > 0:
             t_dev = _device_ready(env, device, cycles(), t_dev)
             _device_done(env, w, t_dev)
         ops += 1
     for i in range(nout):
-        _unmap(free, sts, env, w, cpu, w, rb + i * RING_WORDS, ring, False, policy)
+        _unmap(free, sts, env, w, cpu, w, rb + i * RING_WORDS, ring, UNTIMED, policy)
     return ops, fails
 
 

@@ -11,9 +11,11 @@ from harness.bench import Bench
 
 THREADS = [1, 2, 64, 256]
 # two groups, so that two test processes share the work; each group forks
-# its 256 workers once
-GROUPS = [["direct", "bitmap", "pools", "rbtree", "lockfree"],
-          ["magazines:fixed", "magazines:list", "magazines:prealloc"]]
+# its 256 workers once.  The deferred policies ride on two of the
+# allocators, so that tests/test_flush.py's run of the policies loads these
+# loops instead of compiling its own.
+GROUPS = [["direct", "bitmap", "pools+batched", "rbtree", "lockfree"],
+          ["magazines:fixed+percpu", "magazines:list+percpu", "magazines:prealloc+percpu"]]
 
 
 @pytest.mark.parametrize("names", GROUPS, ids=["+".join(g) for g in GROUPS])
