@@ -428,6 +428,8 @@ def table(doc, plan, fmt="simple"):
 
     from harness import report
     from harness.diagnostics import fmt_ops
+    if fmt == "csv":
+        return _csv(doc)
     rows = []
     for pt in doc["points"]:
         r = pt.get("replay") or {}
@@ -456,6 +458,23 @@ def table(doc, plan, fmt="simple"):
         notes.append("folded: %d traced CPUs replayed by %d workers (see above)"
                      % (len(plan.cpus), plan.workers))
     return text + ("\n" + "\n".join(notes) if notes else "")
+
+
+def _csv(doc):
+    """The replay's table as CSV: raw numbers, for a script."""
+    import csv
+    import io
+    keys = ("workers", "traced_cpus", "folded", "pace", "cross_worker_unmaps", "unmaps_done",
+            "unmap_waits", "unmap_wait_ns", "pace_wait_ns", "failed_unmaps")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["design", "maps_per_sec", "passes", "window_s", "alloc_fails"] + list(keys))
+    for pt in doc["points"]:
+        r = pt.get("replay") or {}
+        w.writerow([pt["design"], pt["ops_per_sec"], len(pt.get("runs", [])),
+                    pt.get("window_s", ""), pt.get("alloc_fails", "")]
+                   + [r.get(k, "") for k in keys])
+    return buf.getvalue().rstrip("\n")
 
 
 def print_results(doc, plan, opts, out=sys.stdout, fmt="simple"):
