@@ -575,6 +575,9 @@ def replay_command(args, stdout, stderr, validate, read):
     name, pages, boundary, variant, mag_size = validate(args)
     # the bench's space: a power of two, in the bench's range
     pages = config.convert("pages", str(pages), "--pages")
+    if args.design and args.variant:
+        raise UsageError("--variant: with --design, name the variant there "
+                         "(allocator:variant+flush)")
     spec = args.design or (name + (":" + variant if variant else ""))
     design = designmod.resolve(spec)
     opts = config.defaults()
