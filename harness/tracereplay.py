@@ -104,9 +104,10 @@ class Plan:
             groups = {}
             for c, w in self.worker_of_cpu().items():
                 groups.setdefault(w, []).append(str(c))
-            lines.append("folded: %d traced CPUs onto %d workers (the CPU of rank r on worker "
+            lines.append("folded: %d traced CPUs onto %d worker%s (the CPU of rank r on worker "
                          "r mod %d: %s), each worker running its CPUs' requests merged in trace "
-                         "order" % (len(self.cpus), self.workers, self.workers,
+                         "order" % (len(self.cpus), self.workers,
+                                    "" if self.workers == 1 else "s", self.workers,
                                     "; ".join("%s -> %d" % (",".join(cs), w)
                                               for w, cs in sorted(groups.items()))))
         else:
@@ -438,8 +439,11 @@ def table(doc, plan, fmt="simple"):
         maps = max(1, pt.get("ops_total", 0))
         lock_wait = sum(lk.get("wait_ns_total", 0.0) for lk in pt.get("locks", []))
         over = "*" if pt.get("oversubscribed") else ""
+        marks = "".join(m for m, on in (("!", pt.get("disturbed")),
+                                        ("&", pt.get("concurrent_runs"))) if on)
         rows.append([pt["design"], "%d%s" % (pt["threads"], over),
-                     fmt_ops(pt["ops_per_sec"]) + (" ±%s" % report.fmt_share(hw) if hw else ""),
+                     fmt_ops(pt["ops_per_sec"]) + (" ±%s" % report.fmt_share(hw) if hw else "")
+                     + (" " + marks if marks else ""),
                      "%d" % len(pt.get("runs", [])),
                      "%.1f" % (pt.get("window_s", 0.0) * 1e3),
                      "%d/%d" % (r.get("cross_worker_unmaps", 0), r.get("unmaps_done", 0)),
@@ -452,11 +456,17 @@ def table(doc, plan, fmt="simple"):
              "waited for the map", "mean wait µs", "map fails", "lock wait ns/map", "state"]
     text = tabulate(rows, headers=heads, tablefmt=report.table_format(fmt), disable_numparse=True)
     notes = []
+    if any(report.ci_half_width(pt) for pt in doc["points"]):
+        notes.append(report.CI_NOTE)
+    if any(pt.get("disturbed") for pt in doc["points"]):
+        notes.append(report.DISTURBED_NOTE)
+    if any(pt.get("concurrent_runs") for pt in doc["points"]):
+        notes.append(report.CONCURRENT_NOTE)
     if any(pt.get("oversubscribed") for pt in doc["points"]):
         notes.append("* more workers than cores: they share cores")
     if plan.folded:
-        notes.append("folded: %d traced CPUs replayed by %d workers (see above)"
-                     % (len(plan.cpus), plan.workers))
+        notes.append("folded: %d traced CPUs replayed by %d worker%s (see above)"
+                     % (len(plan.cpus), plan.workers, "" if plan.workers == 1 else "s"))
     return text + ("\n" + "\n".join(notes) if notes else "")
 
 
