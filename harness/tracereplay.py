@@ -132,11 +132,6 @@ def plan(trace, width, pace):
     n = len(trace)
     if trace.nallocs == 0:
         raise UsageError("%s: no map to replay" % trace.name)
-    if (trace.limit >= 0).any():
-        i = int(np.flatnonzero(trace.limit >= 0)[0])
-        raise UsageError("%s: a concurrent replay maps under the design's own limit, and this "
-                         "request names a limit_pfn; replay it without --concurrent"
-                         % trace.where(i))
     if pace == "recorded":
         if trace.version < 2:
             raise UsageError("--pace recorded: %s is a format 1 trace, which records no times; "
@@ -145,6 +140,11 @@ def plan(trace, width, pace):
             i = int(np.flatnonzero(trace.time < 0)[0])
             raise UsageError("--pace recorded: %s: the request has no recorded time (t=)"
                              % trace.where(i))
+    if (trace.limit >= 0).any():
+        i = int(np.flatnonzero(trace.limit >= 0)[0])
+        raise UsageError("%s: a concurrent replay maps under the design's own limit, and this "
+                         "request names a limit_pfn; replay it without --concurrent"
+                         % trace.where(i))
     cpus = np.unique(trace.cpu)
     workers = len(cpus) if width is None else max(1, min(width, len(cpus)))
     wk = np.searchsorted(cpus, trace.cpu) % workers
