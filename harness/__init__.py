@@ -8,6 +8,7 @@ from pathlib import Path
 import allocators  # noqa: F401  (its sources enter the cache key first)
 from hwmodel import compiled_sources
 
-COMPILED = ("compose.py", "dma.py", "loop.py", "entries.py", "replay.py", "rogue.py")
+COMPILED = ("compose.py", "dma.py", "loop.py", "entries.py", "replay.py", "replayloop.py",
+            "rogue.py")
 
 compiled_sources(Path(__file__).resolve().parent / name for name in COMPILED)

@@ -95,6 +95,13 @@ def _add_run_options(p, several):
         p.add_argument("--allow-mixed", action="store_true",
                        help="with --cluster: spread the points over machines of more than one "
                             "kind (CPU, cores, memory, kernel, versions) all the same")
+    if several:
+        p.add_argument("--trace", metavar="TRACE",
+                       help="replay this request trace concurrently under each design, one "
+                            "worker per traced CPU (--threads: one fold width), as `replay "
+                            "--concurrent` does")
+        p.add_argument("--pace", choices=("max", "recorded"),
+                       help="with --trace: as fast as possible (default) or at the recorded times")
     p.add_argument("--on-error", choices=("stop", "continue"), default="stop",
                    help="after a failed point: stop (default) or go on with the next")
     p.add_argument("-v", "--verbose", action="store_true",
@@ -203,6 +210,11 @@ def cmd_sweep(args, several=True):
     opts = _options(args, several)
     designs = _designs(opts, several)
     opts["designs"] = [d.name for d in designs]
+    if getattr(args, "trace", None) is not None:
+        from harness import tracereplay
+        return tracereplay.sweep_command(args, opts, designs, _say if args.verbose else None)
+    if getattr(args, "pace", None) is not None:
+        raise UsageError("--pace: only with --trace")
     if getattr(args, "cluster", None):
         from harness import cluster
         return cluster.command(args, opts)

@@ -420,6 +420,9 @@ def window(raw):
                        "sampled": int(st["maps"].sum() + st["unmaps"].sum()),
                        "outliers": int(st["outliers"].sum()),
                        "outlier_ns": SAMPLE_OUTLIER_NS}
+    if getattr(raw, "replay", None) is not None:
+        # a trace's concurrent replay (harness/tracereplay.py)
+        out["replay"] = dict(raw.replay)
     if mod.TRANSLATES:
         # a window whose check fails raises: one kept says so
         out["state_checked"] = ("allocator state fresh, page tables empty, no page owned, "

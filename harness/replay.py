@@ -317,6 +317,8 @@ def add_arguments(parser):
                              "e.g. zhang2022): its trace generated, replayed under each of "
                              "its variants with --op-timing, the published figures beside "
                              "ours")
+    from harness import tracereplay
+    tracereplay.add_replay_arguments(parser)
     return parser
 
 
@@ -348,6 +350,11 @@ def command(args, stdout, stderr):
     """Run the replay subcommand: the output on `stdout`, `--timing` on
     `stderr`.  Bad input raises UsageError; an allocator whose state is
     wrong after the replay raises RuntimeError (a bug of ours)."""
+    if getattr(args, "concurrent", False):
+        from harness import tracereplay
+        return tracereplay.replay_command(args, stdout, stderr, _validate, read)
+    from harness.tracereplay import concurrent_only
+    concurrent_only(args)
     if args.preset:
         return preset_command(args, stdout)
     if args.trace is None:
