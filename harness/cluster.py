@@ -124,7 +124,9 @@ def measure(argv, stop_name):
     w = dist.get_worker()
     key = w.get_current_task()
     stop = dist.Event(stop_name)
-    with tempfile.TemporaryDirectory(prefix="iommu-stress-cluster-") as d:
+    # in the Dask worker's own directory: a worker killed mid-point leaves
+    # this one behind, and Dask purges a dead worker's directory
+    with tempfile.TemporaryDirectory(prefix="iommu-stress-cluster-", dir=w.local_directory) as d:
         out = os.path.join(d, "point.json")
         p = subprocess.Popen([sys.executable, "-m", "harness.cli", "sweep", *argv, "--json", out],
                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
