@@ -33,6 +33,7 @@ BREAKDOWN_PARTS = (
     ("stalls", "stalls of over 100 µs, less preemption (a preempted lock holder)"),
     ("exposure_stamp", "the exposure window's start (a clock read per unmap)"),
     ("diag_timing", "timing the sampled steps (--diag's own cost)"),
+    ("diag_histograms", "recording the sampled maps and unmaps (--diag's own cost)"),
     ("loop", "the harness's loop, between the steps (timed whole I/Os less their steps)"),
     ("tick", "the loop's look at the clock, one I/O in 16"),
     ("unnamed", "not named (the loop where it is not timed)"),
@@ -256,6 +257,64 @@ def attributed(b):
         return None
     parts, _ = breakdown_parts(b)
     return sum(v for k, _, v in parts if k not in UNNAMED) / total
+
+
+# ------------------------------------------------------------------ latency
+
+LATENCY_COLUMNS = (("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("p99_9", "p99.9"),
+                   ("max", "max"))
+
+
+def latency_rows(point):
+    """[(label, distribution)] of a point's latency distributions: the map,
+    the unmap, then each lock class's wait and hold.  [] when the point has
+    none (a file of format version 6 or older, or a run without --diag)."""
+    lat = point.get("latency_ns")
+    if not isinstance(lat, dict):
+        return []
+    rows = [(k, lat[k]) for k in ("map", "unmap") if isinstance(lat.get(k), dict)]
+    for name, d in sorted((lat.get("locks") or {}).items()):
+        for k in ("wait", "hold"):
+            if isinstance(d.get(k), dict):
+                rows.append(("%s %s" % (name, k), d[k]))
+    return rows
+
+
+def latency_table(point, fmt="simple"):
+    """Percentiles of the sampled maps and unmaps and of each lock class's
+    waits and holds, in µs, with what collecting them cost; None when the
+    point has none."""
+    rows = latency_rows(point)
+    if not rows:
+        if isinstance(point.get("diag"), dict):
+            return "not recorded: this point was written before results format version 7"
+        return None
+    out = []
+    for label, d in rows:
+        n = d.get("count", 0)
+        out.append([label, fmt_count(n)]
+                   + [fmt_us(d.get(k)) if n else "-" for k, _ in LATENCY_COLUMNS])
+    lat = point["latency_ns"]
+    notes = ["µs; a percentile is its histogram bucket's upper edge (within 12.5%), never "
+             "above the max; samples over 100 µs (preemptions) are kept; wait: contended "
+             "acquisitions only, from the first failed attempt; '-': none in the point"]
+    if lat.get("sampling"):
+        notes.append("sampled: %s" % lat["sampling"])
+    if "cost_ns_per_io" in lat:
+        share = lat.get("cost_share")
+        notes.append("collecting them cost %.2f ns per I/O%s: %s value(s) recorded at %.1f ns "
+                     "each (measured at the run's start)"
+                     % (lat["cost_ns_per_io"], " (%.2f%% of the I/O's time)" % (100 * share)
+                        if share is not None else "",
+                        fmt_count(sum(d.get("count", 0) for _, d in rows)),
+                        lat.get("record_ns", 0.0)))
+    b = point.get("breakdown_ns")
+    if isinstance(b, dict) and b.get("total"):
+        own = b.get("diag_timing", 0.0) + b.get("diag_histograms", 0.0)
+        notes.append("--diag's own cost in all, its clock reads and records: %.1f ns per I/O, "
+                     "%s of the I/O's time" % (own, fmt_pct(own, b["total"])))
+    return (_table(out, ["", "samples"] + [h for _, h in LATENCY_COLUMNS], fmt)
+            + "\n" + "\n".join(notes))
 
 
 # ---------------------------------------------------------------- allocators
@@ -552,6 +611,7 @@ def render_point(point, machine=None, options=None, fmt="simple"):
         out.append(line)
     sections = (("locks", lock_table(point, fmt, options)),
                 ("time per I/O", breakdown_table(point, fmt)),
+                ("latency", latency_table(point, fmt)),
                 ("allocator", alloc_table(point, fmt)),
                 ("magazines", magazine_table(point, fmt)),
                 ("flush and exposure", flush_table(point, fmt)),

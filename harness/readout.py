@@ -14,6 +14,7 @@ from harness import dma, stats
 from harness.abi import (CTL_ERR_CLAIMANT, CTL_ERR_HOLDER, CTL_ERR_KIND, CTL_ERR_PAGE,
                          CTL_ROGUE_PROBES, CTL_ROGUE_STALE, CTL_T_MEASURE, CTL_T_STOP,
                          DIAG_SAMPLE, ERR_DOUBLE_MAP, ERR_EARLY_REUSE, SAMPLE_OUTLIER_NS)
+from hwmodel import hist as histmod
 from hwmodel import iommu
 
 
@@ -34,11 +35,85 @@ def ownership_error(ctl, design, threads):
 
 def percentile(hist, q):
     """The q-th percentile (upper bucket edge) of a histogram."""
-    total = hist.sum()
-    if total == 0:
-        return 0
-    idx = int(np.searchsorted(np.cumsum(hist), q * total))
-    return dma.bucket_upper(min(idx, len(hist) - 1))
+    return histmod.percentile(hist, q)
+
+
+# the percentiles of a latency distribution: (key, quantile)
+QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99_9", 0.999))
+
+
+def distribution(h, cpn, offset=0.0):
+    """A latency histogram (hwmodel/hist.py's words, or rows of them to
+    sum) as the results file holds it, in ns: `count`, `mean`, the
+    QUANTILES (a bucket's upper edge, within 12.5%, never above the
+    maximum), `max` (exact), and `buckets`, [upper edge, count] of every
+    bucket that holds any.  `offset` cycles, a constant the timing itself
+    added (its clock reads), are taken off every figure."""
+    count, total, top = histmod.totals(h)
+    if not count:
+        return {"count": 0}
+    b = histmod.merged(h)
+
+    def ns(c):
+        return max(0.0, c - offset) / cpn
+    out = {"count": count, "mean": ns(total / count)}
+    for key, q in QUANTILES:
+        out[key] = ns(histmod.percentile(b, q, top))
+    out["max"] = ns(top)
+    out["buckets"] = [[ns(min(histmod.bucket_upper(k), top)), int(n)]
+                      for k, n in enumerate(b) if n]
+    return out
+
+
+def latency(raw):
+    """--diag's latency distributions: the sampled maps and unmaps, each
+    timed whole (its steps' stamps, a constant, taken off as dmabench
+    does), and per lock class its contended waits and timed holds.  None
+    when the window kept none."""
+    cpn = raw.cycles_per_ns
+    out = {}
+    if raw.lat is not None and raw.series is not None:
+        lat = raw.lat.reshape(len(raw.lat), 2, histmod.WORDS)
+        strict = raw.design.flush == "strict"
+        out["map"] = distribution(lat[:, dma.LAT_MAP], cpn, 3 * raw.stamp_cycles)
+        out["unmap"] = distribution(lat[:, dma.LAT_UNMAP], cpn,
+                                    (3 + strict) * raw.stamp_cycles)
+    locks = {}
+    classes = raw.design.module().LOCK_CLASSES
+    for c, pair in enumerate(raw.alloc_lock_hists or []):
+        if c < len(classes):
+            locks[classes[c]] = pair
+    if raw.fq_lock_hists and raw.design.flush in dma.FQ_CLASS_OF:
+        c = dma.FQ_CLASS_OF[raw.design.flush]
+        locks[dma.FQ_LOCK_CLASSES[c]] = raw.fq_lock_hists[c]
+    if raw.alloc_lock_hists is not None or raw.fq_lock_hists is not None:
+        out["locks"] = {name: {"wait": distribution(w, cpn), "hold": distribution(h, cpn)}
+                        for name, (w, h) in locks.items()}
+    if not out:
+        return None
+    out["sampling"] = "; ".join(
+        (["maps and unmaps: one I/O in %d, at random, each timed whole" % DIAG_SAMPLE]
+         if "map" in out else [])
+        + (["locks: every contended wait, %s" % ("every hold" if raw.lock_timing == 1 else
+                                                 "one hold in %d" % raw.lock_timing)]
+           if "locks" in out else []))
+    out["record_ns"] = raw.record_cycles / cpn
+    out["cost_ns_per_io"] = collection_cost(raw, out)
+    return out
+
+
+def collection_cost(raw, lat, locks=True):
+    """What filling the latency histograms cost the window, in ns per
+    I/O: each value recorded (the sampled maps and unmaps; with `locks`,
+    the contended waits and timed holds too) at what one record costs on
+    this machine, measured when the run started (hwmodel/hist.py
+    record_cost)."""
+    n = lat.get("map", {}).get("count", 0) + lat.get("unmap", {}).get("count", 0)
+    if locks:
+        n += sum(d["wait"]["count"] + d["hold"]["count"]
+                 for d in lat.get("locks", {}).values())
+    ops_all = max(1, int(raw.cnt["ops"].sum()))
+    return n * raw.record_cycles / ops_all / raw.cycles_per_ns
 
 
 # ------------------------------------------------------------------ locks
@@ -409,9 +484,17 @@ def window(raw):
         out["stale_hits"] = int(raw.ctl[CTL_ROGUE_STALE])
         out["rogue_probes"] = int(raw.ctl[CTL_ROGUE_PROBES])
         out["stale_hits_per_sec"] = out["stale_hits"] / seconds if seconds > 0 else 0.0
+    lat = latency(raw)
     if raw.series is not None:
         out["series"] = series(raw)
         out["breakdown_ns"] = breakdown(raw, lock_rows)
+        if lat is not None and "map" in lat:
+            # the maps' and unmaps' records are outside every timed step:
+            # a part of the breakdown of their own, out of what was not
+            # named (the locks' fall inside allocate, free and the timers)
+            b = out["breakdown_ns"]
+            b["diag_histograms"] = collection_cost(raw, lat, locks=False)
+            b["unnamed"] = max(0.0, b["unnamed"] - b["diag_histograms"])
         timing = ("every lock hold timed" if raw.lock_timing == 1 else
                   "one lock hold in %d timed, totals scaled" % raw.lock_timing)
         st = raw.steps
@@ -420,6 +503,12 @@ def window(raw):
                        "sampled": int(st["maps"].sum() + st["unmaps"].sum()),
                        "outliers": int(st["outliers"].sum()),
                        "outlier_ns": SAMPLE_OUTLIER_NS}
+    if lat is not None:
+        # its cost, as a share of a mapping worker's time per I/O
+        ops = worker_ops(raw)
+        total = seconds * 1e9 * len(ops) / max(1, int(ops.sum()))
+        lat["cost_share"] = lat["cost_ns_per_io"] / total if total else 0.0
+        out["latency_ns"] = lat
     if mod.TRANSLATES:
         # a window whose check fails raises: one kept says so
         out["state_checked"] = ("allocator state fresh, page tables empty, no page owned, "

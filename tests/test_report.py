@@ -539,5 +539,5 @@ def test_older_versions_read_as_the_current_one(tmp_path):
     b = doc["points"][0]["breakdown_ns"]
     assert b == p["breakdown_ns"] and diagnostics.attributed(b) == pytest.approx(0.8)
     assert "harness (the loop; direct's cost)" in diagnostics.breakdown_table(doc["points"][0])
-    with pytest.raises(UsageError, match="version 99, this tool reads versions 1, 2, 3, 4, 5, 6"):
+    with pytest.raises(UsageError, match="version 99, this tool reads versions 1, 2, 3, 4, 5, 6, 7"):
         results.load(write(tmp_path, "v99.json", dict(v1, version=99)))
