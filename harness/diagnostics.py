@@ -274,6 +274,8 @@ def latency_rows(point):
         return []
     rows = [(k, lat[k]) for k in ("map", "unmap") if isinstance(lat.get(k), dict)]
     for name, d in sorted((lat.get("locks") or {}).items()):
+        if not any(isinstance(d.get(k), dict) and d[k].get("count") for k in ("wait", "hold")):
+            continue                # a class the design never took, or never timed
         for k in ("wait", "hold"):
             if isinstance(d.get(k), dict):
                 rows.append(("%s %s" % (name, k), d[k]))

@@ -24,7 +24,8 @@ workers' loops test, so they fire whether or not more unmaps arrive.
 
 The exposure of an unmap is the time from its page-table clear to the
 completion of the invalidation covering it; it is recorded per worker in a
-log-linear histogram.
+log-linear histogram (hwmodel/hist.py).  Under --diag the sampled maps and
+unmaps, already timed whole, go into two more: their latency distributions.
 
 With `--check` every page is also claimed in an ownership map with a
 compare-and-swap from 0 to the claimant's id and released on unmap: a failed

@@ -16,6 +16,7 @@ from harness.abi import (CTL_ERR_CLAIMANT, CTL_ERR_HOLDER, CTL_ERR_KIND, CTL_ERR
                          DIAG_SAMPLE, ERR_DOUBLE_MAP, ERR_EARLY_REUSE, SAMPLE_OUTLIER_NS)
 from hwmodel import hist as histmod
 from hwmodel import iommu
+from hwmodel import locks as lockmod
 
 
 def ownership_error(ctl, design, threads):
@@ -94,9 +95,8 @@ def latency(raw):
     out["sampling"] = "; ".join(
         (["maps and unmaps: one I/O in %d, at random, each timed whole" % DIAG_SAMPLE]
          if "map" in out else [])
-        + (["locks: every contended wait, %s" % ("every hold" if raw.lock_timing == 1 else
-                                                 "one hold in %d" % raw.lock_timing)]
-           if "locks" in out else []))
+        + (["locks: every contended wait, one hold in %d"
+            % max(raw.lock_timing, lockmod.HIST_PERIOD)] if "locks" in out else []))
     out["record_ns"] = raw.record_cycles / cpn
     out["cost_ns_per_io"] = collection_cost(raw, out)
     return out

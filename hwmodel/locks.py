@@ -26,7 +26,10 @@ holder's line, already in the holder's cache; the wait is
 out of line, and only there is the cycle counter read, as lock_stat times
 only contentions.  Hold times cost two clock reads per acquisition, so they
 are kept only when the timing flag (`C_TIMING`) is set.  `class_stats` says
-what each figure means.
+what each figure means.  With the timing flag, the contended waits and the
+timed holds of one acquisition in HIST_PERIOD also go into a log-linear
+histogram per (class, worker) (hwmodel/hist.py), for their percentiles:
+`class_hists`.
 
 A replay's locks are `Quiet`: the same words, but no acquisition count, no
 last holder, no timed hold, since the kernel keeps none of these and a
@@ -84,7 +87,8 @@ C_TIMING = 2     # 0: off; n: time the hold of one acquisition in n
 C_NWORKERS = 3
 C_NCLASSES = 4
 C_VIRT = 5       # qspinlock: its CPUs can lose their core while they wait
-C_HIST = 6       # 1: timed waits and holds also go into their class's histograms
+C_HIST = 6       # 0: no histograms; n (a power of two): every contended wait, and the
+                 # timed holds of one acquisition in n, go into their class's histograms
 
 CTL_ABORT = 0    # index in the run's control array that every wait watches
 
@@ -96,6 +100,12 @@ TTAS_BACKOFF_MAX = 1024   # pauses; the kernel's arch spinlocks cap similarly
 # timing, or a Quiet one, has a line that it never writes.
 H_WAIT, H_HOLD = 0, 1
 NO_HIST = LINE
+# The holds recorded: one acquisition in HIST_PERIOD at most.  With one
+# hold in 16 timed (--diag) that is every timed one; with every hold timed
+# (--lock-timing) a record per acquisition would cost a few percent of a
+# short critical section's I/O, for a distribution that one in 16 of
+# millions of holds draws as well.
+HIST_PERIOD = 16
 
 Locks = namedtuple("Locks", ["word", "qnode", "stats", "cfg", "ctl", "hist"])
 Quiet = namedtuple("Quiet", Locks._fields)
@@ -158,7 +168,8 @@ def init(lk, kind, classes, spin_bound=1000, timing=0, preemptible=False, histog
     lk.cfg[C_NCLASSES] = nclasses
     lk.cfg[C_NWORKERS] = nworkers_classes // nclasses
     room = len(lk.hist) >= hist_words(nclasses, lk.cfg[C_NWORKERS])
-    lk.cfg[C_HIST] = int(bool(histograms and timing and counted(lk) and room))
+    lk.cfg[C_HIST] = max(timing, HIST_PERIOD) if histograms and timing and counted(lk) and room \
+        else 0
     if lk.cfg[C_HIST]:
         lk.hist[:] = 0
     if kind == "qspinlock" and lk.cfg[C_NWORKERS] > Q_TAIL_CPU_MAX:
@@ -496,7 +507,8 @@ def _hold_account(lk, b, w, t0):
     s = _stat_base(lk, cls, w)
     st[s + S_TIMED] += 1
     _account(st, s + S_HOLD, s + S_HOLD_MIN, s + S_HOLD_MAX, hold)
-    if lk.cfg[C_HIST] != 0:
+    period = lk.cfg[C_HIST]
+    if period != 0 and lk.word[b + W_ACQ] & (period - 1) == 0:
         histmod.record(lk.hist, _hist_base(lk, cls, w, H_HOLD), hold)
 
 
