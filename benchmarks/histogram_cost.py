@@ -15,7 +15,8 @@ Mann-Whitney verdict over the windows, and what the run itself says the
 histograms cost (`latency_ns.cost_share`: the values recorded times what
 one record costs, measured when the run starts).  The histograms are
 turned off by the bench's `histograms` flag, which only the cost
-measurement uses: the code and the clock reads are otherwise the same.
+measurement uses, window by window in one bench: the machine code, the
+clock reads, the arena and the workers are the same.
 """
 import contextlib
 import statistics
@@ -31,10 +32,30 @@ from harness.config import defaults
 from harness.errors import UsageError
 
 DEFAULT = "linux-2008,peleg-2015"
-# (name, options, histograms filled)
-SETTINGS = (("diag", {"diag": True}, True), ("diag, no histograms", {"diag": True}, False),
-            ("lock-timing", {"lock_timing": True}, True),
-            ("lock-timing, no histograms", {"lock_timing": True}, False))
+SETTINGS = (("--diag", {"diag": True}), ("--lock-timing", {"lock_timing": True}))
+
+
+def on_cpu_rate(raw):
+    """I/Os per second of the mapping workers' time on a CPU: each one's
+    I/Os over its window less its wait on a run queue.  On a machine
+    shared with other work, most of the windows' spread is that wait,
+    which the histograms have no part in."""
+    seconds = readout.window_seconds(raw)
+    delays = raw.run_delay_ns or []
+    out = 0.0
+    for w, ops in enumerate(readout.worker_ops(raw)):
+        on = seconds - (delays[w] / 1e9 if w < len(delays) else 0.0)
+        out += ops / on if on > 0.05 * seconds else 0.0
+    return out
+
+
+def timed_io_ns(raw):
+    """--diag's sampled I/Os of the local ring timed whole (loop._io_end),
+    ns each: with the histograms, their map's and unmap's records are in
+    it; a preempted one is left out, so this is the quiet measure."""
+    s = raw.steps
+    ios = int(s["ios"].sum())
+    return s["io_cycles"].sum() / ios / raw.cycles_per_ns if ios else None
 
 
 def _pairs(on, off):
@@ -72,43 +93,80 @@ def main():
         designs = [designmod.resolve(n) for n in names]
     except UsageError as e:
         raise Failed(str(e), 2)
-    runs = {(n, s[0]): [] for n in names for s in SETTINGS}
-    share = {n: [] for n in names}
+    # (design, setting, histograms filled): its windows' ops/s
+    runs = {(n, s, f): [] for n in names for s, _ in SETTINGS for f in (True, False)}
+    cpu = {k: [] for k in runs}
+    whole = {k: [] for k in runs}
+    per_io = {n: [] for n in names}
+    share = {(n, s): [] for n in names for s, _ in SETTINGS}
     with contextlib.ExitStack() as stack:
         benches = []
-        for label, over, filled in SETTINGS:
+        for label, over in SETTINGS:
             o = defaults()
             o.update(threads=[args.threads], duration=args.duration, warmup=0.1, repeats=1,
                      profile=args.profile, **over)
-            bench = stack.enter_context(Bench(o, designs))
-            bench.histograms = filled
-            benches.append((label, bench))
+            benches.append((label, stack.enter_context(Bench(o, designs))))
         for k in range(args.repeats):
             for i, n in enumerate(names):
-                # every other round in the reverse order: no setting always
-                # runs first
-                for label, bench in (benches if k % 2 == 0 else benches[::-1]):
-                    w = readout.window(bench.window(i, args.threads))
-                    runs[(n, label)].append(w["ops_per_sec"])
-                    if label == "diag":
-                        share[n].append(100 * w["latency_ns"]["cost_share"])
+                for label, bench in benches:
+                    # one bench, its arena and its workers, the histograms
+                    # filled in one window and not in the next; every other
+                    # round the other first
+                    for filled in ((True, False) if k % 2 == 0 else (False, True)):
+                        bench.histograms = filled
+                        raw = bench.window(i, args.threads)
+                        w = readout.window(raw)
+                        runs[(n, label, filled)].append(w["ops_per_sec"])
+                        cpu[(n, label, filled)].append(on_cpu_rate(raw))
+                        if label == "--diag":
+                            whole[(n, label, filled)].append(timed_io_ns(raw))
+                            if filled:
+                                b = w["breakdown_ns"]
+                                # an I/O's time on a CPU
+                                per_io[n].append((b["total"] - b["preempted"] - b["stalls"],
+                                                  int(raw.steps["ios"].sum()),
+                                                  int(raw.cnt["ops"].sum())))
+                        if filled:
+                            share[(n, label)].append(100 * w["latency_ns"]["cost_share"])
     print(machine_line())
     rows = []
     for n in names:
-        r = {s[0]: runs[(n, s[0])] for s in SETTINGS}
-        rows.append(_row(n, "--diag", r["diag"], r["diag, no histograms"],
-                         "%.2f%%" % statistics.median(share[n])))
-        rows.append(_row(n, "--lock-timing", r["lock-timing"], r["lock-timing, no histograms"],
-                         ""))
+        for label, _ in SETTINGS:
+            own = "%.2f%%" % statistics.median(share[(n, label)])
+            rows.append(_row(n, label, runs[(n, label, True)], runs[(n, label, False)], own))
+            rows.append(_row("", "  on a CPU", cpu[(n, label, True)], cpu[(n, label, False)], ""))
     print(tabulate(rows, headers=["design", "setting", "ops/s", "no histograms",
                                   "ratio [95%]", "cost", "at most", "windows", "run's own"],
                    disable_numparse=True))
     print("%d worker(s); %d interleaved rounds of %.1f s windows; ops/s: medians; ratio: the "
           "median of each round's with-over-without, with its 95%% interval; cost: the "
           "throughput the histograms lose (bound: 3%%), and at most: at the interval's low "
-          "end; windows: Mann-Whitney U over the windows; run's own: what --diag's output "
-          "states (values recorded x one record's measured cost)"
+          "end; windows: Mann-Whitney U over the windows; run's own: what the output "
+          "states (values recorded x one record's measured cost, over the I/O's time); on a "
+          "CPU: the same, each worker's I/Os over its window less its wait for a CPU"
           % (args.threads, args.repeats, args.duration))
+    print()
+    rows = []
+    for n in names:
+        on, off = whole[(n, "--diag", True)], whole[(n, "--diag", False)]
+        if None in on or None in off:
+            continue
+        d = [a - b for a, b in zip(on, off)]
+        med = statistics.median(d)
+        lo, hi, _ = stats.median_ci(d)
+        total = statistics.median(t for t, _, _ in per_io[n])
+        share = statistics.median(ios / ops for _, ios, ops in per_io[n])
+        rows.append([n, "%.1f" % statistics.median(on), "%.1f" % statistics.median(off),
+                     "%+.1f [%+.1f, %+.1f]" % (med, lo, hi), "%.2f" % (med * share),
+                     "%.3f%%" % (100 * med * share / total),
+                     "%.3f%%" % (100 * max(hi, 0) * share / total)])
+    print(tabulate(rows, headers=["--diag", "timed I/O, ns", "no histograms",
+                                  "difference [95%]", "ns per I/O", "cost", "at most"],
+                   disable_numparse=True))
+    print("a sampled I/O timed whole (map to unmap, preempted ones left out): with the "
+          "histograms it holds its map's and unmap's records; their difference, paired by "
+          "round, times the share of I/Os so timed, is what the records cost an I/O, "
+          "measured where they run")
 
 
 if __name__ == "__main__":

@@ -102,16 +102,13 @@ def latency(raw):
     return out
 
 
-def collection_cost(raw, lat, locks=True):
+def collection_cost(raw, lat):
     """What filling the latency histograms cost the window, in ns per
-    I/O: each value recorded (the sampled maps and unmaps; with `locks`,
-    the contended waits and timed holds too) at what one record costs on
-    this machine, measured when the run started (hwmodel/hist.py
-    record_cost)."""
+    I/O: each value recorded (the sampled maps and unmaps, the contended
+    waits and timed holds) at what one record costs on this machine,
+    measured when the run started (hwmodel/hist.py record_cost)."""
     n = lat.get("map", {}).get("count", 0) + lat.get("unmap", {}).get("count", 0)
-    if locks:
-        n += sum(d["wait"]["count"] + d["hold"]["count"]
-                 for d in lat.get("locks", {}).values())
+    n += sum(d["wait"]["count"] + d["hold"]["count"] for d in lat.get("locks", {}).values())
     ops_all = max(1, int(raw.cnt["ops"].sum()))
     return n * raw.record_cycles / ops_all / raw.cycles_per_ns
 
@@ -226,13 +223,22 @@ def _tick(raw, s, read, sread):
     return ticks * max(read, s["tick_cycles"].sum() / timed - sread + read)
 
 
+def _latency_recorded(raw):
+    """Whether the window's sampled maps and unmaps went into their
+    latency histograms (--diag, unless turned off to measure the cost)."""
+    return raw.lat is not None and bool(
+        raw.lat.reshape(len(raw.lat), 2, histmod.WORDS)[:, :, histmod.BUCKETS + histmod.H_COUNT]
+        .sum())
+
+
 def _loop(raw, s, sread):
     """The harness's own loop per I/O, ns: a sampled I/O of the local ring
     timed whole, less its waits counted elsewhere (loop._io_end), less its
     steps as timed and the in-order reads that open them (a map's, its
     translations', an unmap's) and close the whole; less the device model's
-    two plain reads.  0 where no I/O was timed whole (the hand-off and
-    premapped modes): their loop stays in what is not named."""
+    two plain reads, and its map's and unmap's records in their latency
+    histograms (a part of their own).  0 where no I/O was timed whole (the
+    hand-off and premapped modes): their loop stays in what is not named."""
     ios = int(s["ios"].sum())
     if not ios:
         return 0.0
@@ -247,7 +253,8 @@ def _loop(raw, s, sread):
                   + s["inv_submit_cycles"].sum()) / unmaps
     opening = 1 + (2 if maps else 0) + (1 if unmaps else 0)
     device = 2 * raw.clock_read_cycles if raw.device_modelled else 0.0
-    own = s["io_cycles"].sum() / ios - steps - opening * sread - device
+    records = 2 * raw.record_cycles if _latency_recorded(raw) else 0.0
+    own = s["io_cycles"].sum() / ios - steps - opening * sread - device - records
     return max(0.0, own) / raw.cycles_per_ns
 
 
@@ -313,6 +320,12 @@ def breakdown(raw, lock_rows):
     out["loop"] = _loop(raw, s, sread)
     out["tick"] = _tick(raw, s, read, sread) / ops_all / cpn
     out["diag_timing"] += 2 * int(s["ticks_timed"].sum()) * sread / ops_all / cpn
+    # the sampled maps' and unmaps' records in their latency histograms,
+    # outside every step (the locks' fall inside allocate, free, timers)
+    if _latency_recorded(raw):
+        lat = raw.lat.reshape(len(raw.lat), 2, histmod.WORDS)
+        n = int(lat[:, :, histmod.BUCKETS + histmod.H_COUNT].sum())
+        out["diag_histograms"] = n * raw.record_cycles / ops_all / cpn
     total = window_seconds(raw) * 1e9 * len(ops) / window_ops
     out["unnamed"] = max(0.0, total - sum(out.values()))
     out["total"] = total
@@ -488,13 +501,6 @@ def window(raw):
     if raw.series is not None:
         out["series"] = series(raw)
         out["breakdown_ns"] = breakdown(raw, lock_rows)
-        if lat is not None and "map" in lat:
-            # the maps' and unmaps' records are outside every timed step:
-            # a part of the breakdown of their own, out of what was not
-            # named (the locks' fall inside allocate, free and the timers)
-            b = out["breakdown_ns"]
-            b["diag_histograms"] = collection_cost(raw, lat, locks=False)
-            b["unnamed"] = max(0.0, b["unnamed"] - b["diag_histograms"])
         timing = ("every lock hold timed" if raw.lock_timing == 1 else
                   "one lock hold in %d timed, totals scaled" % raw.lock_timing)
         st = raw.steps
