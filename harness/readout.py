@@ -66,6 +66,16 @@ def distribution(h, cpn, offset=0.0):
     return out
 
 
+def on_cpu_ns(w):
+    """A mapping worker's time per I/O on a CPU: with a breakdown, its
+    total less the time preempted and the stalls; else the whole."""
+    b = w.get("breakdown_ns")
+    if b:
+        return max(0.0, b["total"] - b.get("preempted", 0.0) - b.get("stalls", 0.0))
+    ops = w["per_worker_ops"]
+    return w["window_s"] * 1e9 * len(ops) / max(1, sum(ops))
+
+
 def latency(raw):
     """--diag's latency distributions: the sampled maps and unmaps, each
     timed whole (its steps' stamps, a constant, taken off as dmabench
@@ -510,10 +520,10 @@ def window(raw):
                        "outliers": int(st["outliers"].sum()),
                        "outlier_ns": SAMPLE_OUTLIER_NS}
     if lat is not None:
-        # its cost, as a share of a mapping worker's time per I/O
-        ops = worker_ops(raw)
-        total = seconds * 1e9 * len(ops) / max(1, int(ops.sum()))
-        lat["cost_share"] = lat["cost_ns_per_io"] / total if total else 0.0
+        # its cost, as a share of a mapping worker's time per I/O on a CPU
+        # (preempted, it costs nothing: the share would shrink with the
+        # machine's load)
+        lat["cost_share"] = lat["cost_ns_per_io"] / on_cpu_ns(out) if on_cpu_ns(out) else 0.0
         out["latency_ns"] = lat
     if mod.TRANSLATES:
         # a window whose check fails raises: one kept says so

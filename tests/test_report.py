@@ -573,8 +573,9 @@ def test_latency_table_percentiles_and_cost():
     # samples, then p50 p90 p99 p99.9 max in µs
     assert rows["map 1000"][2:7] == ["0.600", "1.200", "3.000", "5.400", "12.00"]
     assert rows["rbtree wait"][2:4] == ["50", "0.300"]
-    assert "collecting them cost 0.50 ns per I/O (0.10% of the I/O's time)" in text
-    assert "--diag's own cost in all, its clock reads and records: 10.3 ns per I/O, 1.03%" in text
+    assert "collecting them cost 0.50 ns per I/O (0.10% of the I/O's time on a CPU)" in text
+    assert ("--diag's own cost in all, its clock reads and these records: 10.5 ns per I/O, "
+            "1.05% of the I/O's time on a CPU") in text
 
 
 def test_a_version_6_file_renders_without_distributions(tmp_path, capsys):
