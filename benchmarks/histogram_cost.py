@@ -127,7 +127,9 @@ def main():
                                                   int(raw.steps["ios"].sum()),
                                                   int(raw.cnt["ops"].sum())))
                         if filled:
-                            share[(n, label)].append(100 * w["latency_ns"]["cost_share"])
+                            lat = w["latency_ns"]
+                            share[(n, label)].append(
+                                100 * lat.get("cost_share_on_cpu", lat["cost_share"]))
     print(machine_line())
     rows = []
     for n in names:
@@ -142,7 +144,8 @@ def main():
           "median of each round's with-over-without, with its 95%% interval; cost: the "
           "throughput the histograms lose (bound: 3%%), and at most: at the interval's low "
           "end; windows: Mann-Whitney U over the windows; run's own: what the output "
-          "states (values recorded x one record's measured cost, over the I/O's time); on a "
+          "states (values recorded x one record's measured cost, over the I/O's time on a "
+          "CPU); on a "
           "CPU: the same, each worker's I/Os over its window less its wait for a CPU"
           % (args.threads, args.repeats, args.duration))
     print()

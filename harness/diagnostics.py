@@ -307,8 +307,10 @@ def latency_table(point, fmt="simple"):
         notes.append("collecting them cost %.2f ns per I/O%s: %s value(s) recorded at %.1f ns "
                      "each (one record measured at the run's start, out of level-1 cache: a "
                      "floor; benchmarks/histogram_cost.py measures them where they run)"
-                     % (lat["cost_ns_per_io"], " (%.2f%% of the I/O's time on a CPU)"
-                        % (100 * share) if share is not None else "",
+                     % (lat["cost_ns_per_io"], "" if share is None else
+                        " (%.2f%% of the I/O's time%s)" % (100 * share, "" if
+                        lat.get("cost_share_on_cpu") is None else ", %.2f%% of its time on "
+                        "a CPU" % (100 * lat["cost_share_on_cpu"])),
                         fmt_count(sum(d.get("count", 0) for _, d in rows)),
                         lat.get("record_ns", 0.0)))
     b = point.get("breakdown_ns")
@@ -316,7 +318,9 @@ def latency_table(point, fmt="simple"):
         own = b.get("diag_timing", 0.0) + lat["cost_ns_per_io"]
         on_cpu = b["total"] - b.get("preempted", 0.0) - b.get("stalls", 0.0)
         notes.append("--diag's own cost in all, its clock reads and these records: %.1f ns per "
-                     "I/O, %s of the I/O's time on a CPU" % (own, fmt_pct(own, on_cpu)))
+                     "I/O, %s of the I/O's time%s" % (
+                         own, fmt_pct(own, b["total"]), "" if on_cpu <= 0.1 * b["total"] else
+                         ", %s of its time on a CPU" % fmt_pct(own, on_cpu)))
     return (_table(out, ["", "samples"] + [h for _, h in LATENCY_COLUMNS], fmt)
             + "\n" + "\n".join(notes))
 

@@ -520,10 +520,16 @@ def window(raw):
                        "outliers": int(st["outliers"].sum()),
                        "outlier_ns": SAMPLE_OUTLIER_NS}
     if lat is not None:
-        # its cost, as a share of a mapping worker's time per I/O on a CPU
-        # (preempted, it costs nothing: the share would shrink with the
-        # machine's load)
-        lat["cost_share"] = lat["cost_ns_per_io"] / on_cpu_ns(out) if on_cpu_ns(out) else 0.0
+        # its cost, as a share of a mapping worker's time per I/O, and of
+        # that time on a CPU (preempted, it costs nothing: the first share
+        # shrinks with the machine's load) where the wait for a CPU, read
+        # around the window, leaves enough of it to divide by
+        ops = worker_ops(raw)
+        total = seconds * 1e9 * len(ops) / max(1, int(ops.sum()))
+        lat["cost_share"] = lat["cost_ns_per_io"] / total if total else 0.0
+        on_cpu = on_cpu_ns(out)
+        if on_cpu > 0.1 * total:
+            lat["cost_share_on_cpu"] = lat["cost_ns_per_io"] / on_cpu
         out["latency_ns"] = lat
     if mod.TRANSLATES:
         # a window whose check fails raises: one kept says so
