@@ -56,6 +56,8 @@ CONFIG = np.dtype([
     ("phase_every", np.int64),        # I/Os between two looks at the clock and the phase
     ("dma_passes", np.int64),         # times the device touches every page of an I/O
     ("slot_pages", np.int64),         # physical pages between two ring slots' buffers
+    ("lat_hist", np.int64),           # 1: --diag's sampled maps and unmaps go into their
+                                      # latency histograms (0 only to measure their cost)
 ], align=True)
 
 

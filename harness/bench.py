@@ -35,7 +35,7 @@ from harness.errors import UsageError
 from harness.pool import (HelperDied, Pool, Watchdog, WorkerDied, allowed_cores, child_setup,
                           run_in_children)
 from harness.rogue import rogue_loop
-from hwmodel import iommu
+from hwmodel import hist, iommu
 from hwmodel import locks as lockmod
 from hwmodel.cpu import calibrate, clock_read_cost, read_cycles, stamp_cost
 
@@ -86,6 +86,11 @@ class Raw:
     stamp_cycles: float = 0.0         # what one in-order read (--diag's steps) costs
     steal_ns: float = 0.0             # the hypervisor's, on those cores
     other_load: dict = None           # the machine's other load (disturbance.Snapshot.since)
+    lat: np.ndarray = None            # (workers, dma.LAT_WORDS): --diag's map and unmap
+                                      # latency histograms
+    alloc_lock_hists: list = None     # per lock class: lockmod.class_hists, all domains
+    fq_lock_hists: list = None        # ... of the flush queues' locks
+    record_cycles: float = 0.0        # what recording one value in a histogram costs
 
 
 def consumers(threads, fraction):
@@ -145,6 +150,9 @@ class Bench:
         # --lock-timing times every hold; --diag one in DIAG_SAMPLE, so
         # that diagnostics barely move the figures they explain
         self.lock_timing = 1 if opts["lock_timing"] else (abi.DIAG_SAMPLE if opts["diag"] else 0)
+        # the latency histograms of --diag and lock timing: off only to
+        # measure what they cost (benchmarks/histogram_cost.py)
+        self.histograms = True
         n = self.max_threads
         self.ndomains = opts["domains"]
         self.ncpus_fq = n if any(d.flush == "percpu" for d in designs) else 1
@@ -154,7 +162,13 @@ class Bench:
                             opts["tlb_ways"], single=any(d.flush == "single" for d in designs))
         specs += [("fq.lock." + name, np.int64, shape)
                   for name, shape in lockmod.layout(len(self._fq_classes()), n,
-                                                    len(dma.FQ_LOCK_CLASSES))]
+                                                    len(dma.FQ_LOCK_CLASSES),
+                                                    hist=bool(self.lock_timing))]
+        if self.lock_timing:
+            # one set of the allocators' lock histograms, shared by every
+            # domain and design (one design runs at a time)
+            ncls = max(len(d.module().LOCK_CLASSES) for d in designs)
+            specs.append(("lock.hist", np.int64, (lockmod.hist_words(ncls, n),)))
         for i, (d, p) in enumerate(zip(designs, self.params)):
             with _buildable(d):
                 specs += compose.stacked_specs(d.module(), p, self._prefix(i), self.ndomains)
@@ -170,6 +184,7 @@ class Bench:
         self.cycles_per_ns = None
         self.clock_read_cycles = 0.0
         self.stamp_cycles = 0.0
+        self.record_cycles = 0.0
         self.timings = {"compile_s": 0.0, "fork_s": 0.0}
         self.runs_warned = set()      # other runs already named on stderr
 
@@ -208,6 +223,7 @@ class Bench:
             self.cycles_per_ns = calibrate()
             self.clock_read_cycles = clock_read_cost()
             self.stamp_cycles = stamp_cost()
+            self.record_cycles = hist.record_cost()
             t0 = time.perf_counter()
             self._compile_ahead()
             self._compile()
@@ -236,7 +252,7 @@ class Bench:
     def _bind(self, views=None):
         v = views or self.arena.views
         fq_lk = lockmod.Locks(v["fq.lock.word"], v["fq.lock.qnode"], v["fq.lock.stats"],
-                              v["fq.lock.cfg"], v["ctl"])
+                              v["fq.lock.cfg"], v["ctl"], v["fq.lock.hist"])
         self.env = dma.make(v, fq_lk)
         o = self.opts
         self.stacked = []
@@ -244,7 +260,8 @@ class Bench:
         for i, (d, p) in enumerate(zip(self.designs, self.params)):
             with _buildable(d):
                 sts, each = compose.bind_stacked(d.module(), p, v, self._prefix(i), self.ndomains,
-                                                 self.env.ctl, o["lock"], o["spin_bound"])
+                                                 self.env.ctl, o["lock"], o["spin_bound"],
+                                                 v.get("lock.hist"))
             self.stacked.append(sts)
             self.states.append(each)
         # per design, its loop of each mode (loop.MODE_*)
@@ -371,10 +388,10 @@ class Bench:
         for st in self.states[i]:
             mod.init(st, p)
             lockmod.init(st.lk, o["lock"], mod.locks(p), o["spin_bound"], self.lock_timing,
-                         preemptible)
+                         preemptible, self.histograms)
         env = self.env
         lockmod.init(env.fq.lk, o["lock"], self._fq_classes(), o["spin_bound"], self.lock_timing,
-                     preemptible)
+                     preemptible, self.histograms)
         pr = self.profile
         huge = o["huge"] or d.huge
         iommu.init(env.io, self.ndomains, p.pages, o["tlb_entries"], o["tlb_ways"],
@@ -404,7 +421,8 @@ class Bench:
                  warmup_cycles=self._cycles(o["warmup"] * 1e9),
                  window_cycles=self._cycles(o["duration"] * 1e9), phase_every=PHASE_EVERY,
                  dma_passes=o["dma_passes"],
-                 slot_pages=loop.HUGE_SLOT_PAGES if huge else loop.PAGES_PER_SLOT)
+                 slot_pages=loop.HUGE_SLOT_PAGES if huge else loop.PAGES_PER_SLOT,
+                 lat_hist=int(self.histograms))
         env.sizes[:] = size_table(o["sizes"], o["seed"])
         # before anything is started: a rogue device forked now must not see
         # the last window's stop.  The parked workers' futex word and
@@ -544,6 +562,11 @@ class Bench:
                    steps=env.steps[:threads].copy(),
                    io_stats=env.io.stats.reshape(-1, LINE)[:threads].copy(),
                    exp=env.exp.reshape(-1, dma.EXP_WORDS)[:threads].copy(),
+                   lat=env.lat.reshape(-1, dma.LAT_WORDS)[:threads].copy(),
+                   # the domains share their histograms: the first holds all
+                   alloc_lock_hists=lockmod.class_hists(self.states[i][0].lk),
+                   fq_lock_hists=lockmod.class_hists(env.fq.lk),
+                   record_cycles=self.record_cycles,
                    fq_meta=env.fq.meta.reshape(-1, LINE).copy(),
                    alloc_locks=[lockmod.class_stats(st.lk) for st in self.states[i]],
                    fq_locks=lockmod.class_stats(env.fq.lk), alloc_stats=alloc_stats,

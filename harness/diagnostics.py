@@ -33,6 +33,7 @@ BREAKDOWN_PARTS = (
     ("stalls", "stalls of over 100 µs, less preemption (a preempted lock holder)"),
     ("exposure_stamp", "the exposure window's start (a clock read per unmap)"),
     ("diag_timing", "timing the sampled steps (--diag's own cost)"),
+    ("diag_histograms", "recording the sampled maps and unmaps (--diag's own cost)"),
     ("loop", "the harness's loop, between the steps (timed whole I/Os less their steps)"),
     ("tick", "the loop's look at the clock, one I/O in 16"),
     ("unnamed", "not named (the loop where it is not timed)"),
@@ -256,6 +257,72 @@ def attributed(b):
         return None
     parts, _ = breakdown_parts(b)
     return sum(v for k, _, v in parts if k not in UNNAMED) / total
+
+
+# ------------------------------------------------------------------ latency
+
+LATENCY_COLUMNS = (("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("p99_9", "p99.9"),
+                   ("max", "max"))
+
+
+def latency_rows(point):
+    """[(label, distribution)] of a point's latency distributions: the map,
+    the unmap, then each lock class's wait and hold.  [] when the point has
+    none (a file of format version 6 or older, or a run without --diag)."""
+    lat = point.get("latency_ns")
+    if not isinstance(lat, dict):
+        return []
+    rows = [(k, lat[k]) for k in ("map", "unmap") if isinstance(lat.get(k), dict)]
+    for name, d in sorted((lat.get("locks") or {}).items()):
+        if not any(isinstance(d.get(k), dict) and d[k].get("count") for k in ("wait", "hold")):
+            continue                # a class the design never took, or never timed
+        for k in ("wait", "hold"):
+            if isinstance(d.get(k), dict):
+                rows.append(("%s %s" % (name, k), d[k]))
+    return rows
+
+
+def latency_table(point, fmt="simple"):
+    """Percentiles of the sampled maps and unmaps and of each lock class's
+    waits and holds, in µs, with what collecting them cost; None when the
+    point has none."""
+    rows = latency_rows(point)
+    if not rows:
+        if isinstance(point.get("diag"), dict):
+            return "not recorded: this point was written before results format version 7"
+        return None
+    out = []
+    for label, d in rows:
+        n = d.get("count", 0)
+        out.append([label, fmt_count(n)]
+                   + [fmt_us(d.get(k)) if n else "-" for k, _ in LATENCY_COLUMNS])
+    lat = point["latency_ns"]
+    notes = ["µs; a percentile is its histogram bucket's upper edge (within 12.5%), never "
+             "above the max; samples over 100 µs (preemptions) are kept; wait: contended "
+             "acquisitions only, from the first failed attempt; '-': none in the point"]
+    if lat.get("sampling"):
+        notes.append("sampled: %s" % lat["sampling"])
+    if "cost_ns_per_io" in lat:
+        share = lat.get("cost_share")
+        notes.append("collecting them cost %.2f ns per I/O%s: %s value(s) recorded at %.1f ns "
+                     "each (one record measured at the run's start, out of level-1 cache: a "
+                     "floor; benchmarks/histogram_cost.py measures them where they run)"
+                     % (lat["cost_ns_per_io"], "" if share is None else
+                        " (%.2f%% of the I/O's time%s)" % (100 * share, "" if
+                        lat.get("cost_share_on_cpu") is None else ", %.2f%% of its time on "
+                        "a CPU" % (100 * lat["cost_share_on_cpu"])),
+                        fmt_count(sum(d.get("count", 0) for _, d in rows)),
+                        lat.get("record_ns", 0.0)))
+    b = point.get("breakdown_ns")
+    if isinstance(b, dict) and b.get("total") and "cost_ns_per_io" in lat:
+        own = b.get("diag_timing", 0.0) + lat["cost_ns_per_io"]
+        on_cpu = b["total"] - b.get("preempted", 0.0) - b.get("stalls", 0.0)
+        notes.append("--diag's own cost in all, its clock reads and these records: %.1f ns per "
+                     "I/O, %s of the I/O's time%s" % (
+                         own, fmt_pct(own, b["total"]), "" if on_cpu <= 0.1 * b["total"] else
+                         ", %s of its time on a CPU" % fmt_pct(own, on_cpu)))
+    return (_table(out, ["", "samples"] + [h for _, h in LATENCY_COLUMNS], fmt)
+            + "\n" + "\n".join(notes))
 
 
 # ---------------------------------------------------------------- allocators
@@ -552,6 +619,7 @@ def render_point(point, machine=None, options=None, fmt="simple"):
         out.append(line)
     sections = (("locks", lock_table(point, fmt, options)),
                 ("time per I/O", breakdown_table(point, fmt)),
+                ("latency", latency_table(point, fmt)),
                 ("allocator", alloc_table(point, fmt)),
                 ("magazines", magazine_table(point, fmt)),
                 ("flush and exposure", flush_table(point, fmt)),

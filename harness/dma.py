@@ -24,7 +24,8 @@ workers' loops test, so they fire whether or not more unmaps arrive.
 
 The exposure of an unmap is the time from its page-table clear to the
 completion of the invalidation covering it; it is recorded per worker in a
-log-linear histogram.
+log-linear histogram (hwmodel/hist.py).  Under --diag the sampled maps and
+unmaps, already timed whole, go into two more: their latency distributions.
 
 With `--check` every page is also claimed in an ownership map with a
 compare-and-swap from 0 to the claimant's id and released on unmap: a failed
@@ -37,8 +38,8 @@ import numpy as np
 from harness.abi import (CTL_ERR, CTL_ERR_CLAIMANT, CTL_ERR_HOLDER, CTL_ERR_KIND, CTL_ERR_PAGE,
                          ERR_DOUBLE_MAP, ERR_EARLY_REUSE, ERR_NOT_HELD, LINE)
 from harness.compose import pick
-from hwmodel import iommu
-from hwmodel.cpu import (busy_wait_cycles, cas, chosen, clz, cycles, fetch_add, hot,
+from hwmodel import hist, iommu
+from hwmodel.cpu import (busy_wait_cycles, cas, chosen, cycles, fetch_add, hot,
                          inline_into_callers, load, stamp, store, xchg)
 from hwmodel.locks import CTL_ABORT, acquire, release
 
@@ -73,13 +74,17 @@ M_FLUSHED_ENTRIES = 6
 M_TIMER_FLUSHES = 7
 FLUSH_ENDS = 1024            # completion cycle of recent flushes, by finish count
 
-# exposure histogram, per worker: log2 buckets split in 8 (values are within
-# 12.5% of their bucket's upper edge)
-EXP_SUB_BITS = 3
-EXP_SUB = 1 << EXP_SUB_BITS
-EXP_BUCKETS = 64 * EXP_SUB
-EXP_WORDS = EXP_BUCKETS + LINE          # histogram, then a line of totals
-E_COUNT, E_SUM, E_MAX = 0, 1, 2
+# exposure histogram, per worker: hwmodel/hist.py's, log2 buckets split in 8
+# (values are within 12.5% of their bucket's upper edge)
+EXP_SUB_BITS = hist.SUB_BITS
+EXP_SUB = hist.SUB
+EXP_BUCKETS = hist.BUCKETS
+EXP_WORDS = hist.WORDS                  # histogram, then a line of totals
+E_COUNT, E_SUM, E_MAX = hist.H_COUNT, hist.H_SUM, hist.H_MAX
+# --diag's latency histograms, per worker: the sampled maps', then the
+# sampled unmaps', each timed whole
+LAT_MAP, LAT_UNMAP = 0, 1
+LAT_WORDS = 2 * hist.WORDS
 
 # rogue device: recently unmapped IOVAs, two words each: (domain, IOVA) and
 # the generation of the mapping that was unmapped
@@ -90,7 +95,7 @@ FlushQ = namedtuple("FlushQ", ["q", "meta", "ends", "ring", "lk"])
 # the run's arrays as compiled code sees them: those of harness/abi.py, then
 # map and unmap's own
 Env = namedtuple("Env", ["ctl", "cfg", "cnt", "steps", "ring", "hand", "sizes",
-                         "own", "exp", "recent", "gen", "io", "fq"])
+                         "own", "exp", "lat", "recent", "gen", "io", "fq"])
 
 
 # The kernel's memory for a queue (x86-64, 6.7+): struct iova_fq_entry is
@@ -129,11 +134,12 @@ def fq_layout(ndomains, ncpus, single=False):
 
 
 def layout(nworkers, ndomains, pages, ncpus, tlb_entries, ways, single=False):
-    """The arrays of map and unmap: the ownership map, exposure histograms,
-    the rogue device's list, the IOMMU and the flush queues (`single`: room
-    for the single queues)."""
+    """The arrays of map and unmap: the ownership map, exposure and latency
+    histograms, the rogue device's list, the IOMMU and the flush queues
+    (`single`: room for the single queues)."""
     return ([("own", np.int64, (ndomains * pages,)),
              ("exp", np.int64, (nworkers * EXP_WORDS,)),
+             ("lat", np.int64, (nworkers * LAT_WORDS,)),
              ("recent", np.int64, (2 * RECENT + LINE,)),
              ("gen", np.int64, (ndomains * pages,))]
             + [("io." + n, d, s) for n, d, s in iommu.layout(ndomains, pages, tlb_entries,
@@ -156,7 +162,8 @@ def make(views, fq_lk):
     io = iommu.make({n[3:]: v for n, v in views.items() if n.startswith("io.")})
     fq = FlushQ(views["fq.q"], views["fq.meta"], views["fq.ends"], views["fq.ring"], fq_lk)
     return Env(views["ctl"], views["cfg"], views["cnt"], views["steps"], views["ring"],
-               views["hand"], views["sizes"], views["own"], views["exp"], views["recent"],
+               views["hand"], views["sizes"], views["own"], views["exp"], views["lat"],
+               views["recent"],
                views["gen"], io, fq)
 
 
@@ -209,29 +216,18 @@ def _settle(env, w, dom, iova, pages):
 @hot(inner=True)
 def _exposure(env, w, c):
     inline_into_callers()
-    if c < 0:
-        c = 0
-    if c < EXP_SUB:
-        b = c
-    else:
-        shift = 63 - clz(np.uint64(c)) - EXP_SUB_BITS
-        b = shift * EXP_SUB + (c >> shift)
-    e = w * EXP_WORDS
-    env.exp[e + b] += 1
-    t = e + EXP_BUCKETS
-    env.exp[t + E_COUNT] += 1
-    env.exp[t + E_SUM] += c
-    if c > env.exp[t + E_MAX]:
-        env.exp[t + E_MAX] = c
+    hist.record(env.exp, w * EXP_WORDS, c)
 
 
-def bucket_upper(b):
-    """The largest value (cycles) histogram bucket b holds."""
-    if b < EXP_SUB:
-        return b
-    shift = b // EXP_SUB - 1
-    q = b % EXP_SUB + EXP_SUB
-    return ((q + 1) << shift) - 1
+bucket_upper = hist.bucket_upper
+
+
+@hot(inline="always", inner=True)
+def _latency(env, w, which, c):
+    """A sampled map or unmap, timed whole, into its worker's histogram
+    (--diag; `lat_hist` off only to measure what filling it costs)."""
+    if env.cfg[0].lat_hist != 0:
+        hist.record(env.lat, w * LAT_WORDS + which * hist.WORDS, c)
 
 
 @hot(inner=True)
@@ -281,6 +277,7 @@ def dma_map(alloc, st, env, w, cpu, dom, pages, phys, sample):
     if sample:
         s = env.steps[w]
         t3 = stamp()
+        _latency(env, w, LAT_MAP, t3 - t0)
         if t3 - t0 > cfg.outlier_cycles:
             s.outliers += 1
             s.outlier_cycles += t3 - t0
@@ -328,6 +325,7 @@ def dma_unmap(free, sts, env, w, cpu, owner, dom, iova, pages, sample, policy):
         s = env.steps[w]
         inv = io.stats[w * LINE + iommu.S_INV_WAIT] - inv0
         t2 = stamp()
+        _latency(env, w, LAT_UNMAP, t2 - t0)
         own = t2 - t1 - (s.flush_cycles - fl0) - (tinv if tinv > 0 else inv)
         if own + tinv + t1 - t0 > cfg.outlier_cycles:
             s.outliers += 1
@@ -745,6 +743,7 @@ def init(env):
     env.fq.ends[:] = 0
     env.fq.ring[:] = 0
     env.exp[:] = 0
+    env.lat[:] = 0
     env.recent[:] = 0
     env.own[:] = 0
     env.gen[:] = 0

@@ -1,6 +1,7 @@
 """Figures of a results file: throughput against threads beside linear
 scaling and `direct`, and where the time per I/O goes (or, without a
-breakdown, how long unmapped IOVAs stay exposed)."""
+breakdown, how long unmapped IOVAs stay exposed); with `--latency`, the
+latency distributions of --diag as CDFs, a line per design."""
 import math
 from pathlib import Path
 
@@ -324,11 +325,97 @@ def _by_machine(Figure, groups, colors):
     return fig
 
 
-def write(sources, out):
+# ------------------------------------------------------------------ latency
+
+LOCK_STYLES = ("-", "--", ":", "-.")
+
+
+def _has_latency(p):
+    lat = p.get("latency_ns")
+    return isinstance(lat, dict) and any(
+        isinstance(lat.get(k), dict) and lat[k].get("count") for k in ("map", "unmap"))
+
+
+def _cdf(ax, dist, **kw):
+    """A distribution's CDF from its buckets: at each bucket's upper edge
+    the share of samples at or below it (µs, log x).  False if empty."""
+    buckets = (dist or {}).get("buckets") or []
+    n = sum(c for _, c in buckets)
+    if not n:
+        return False
+    xs, ys, run = [], [], 0
+    for edge, c in buckets:
+        run += c
+        xs.append(max(edge, 1.0) / 1e3)
+        ys.append(run / n)
+    # from the first bucket's lower edge (within 12.5% below its upper one)
+    ax.plot([xs[0] / 1.125] + xs, [0.0] + ys, **kw)
+    return True
+
+
+def latency_figure(sources):
+    """The CDFs of the sampled maps and unmaps, and of each lock class's
+    waits and holds, a line per design (one point each: the thread count
+    at which the most designs have distributions)."""
+    from matplotlib.lines import Line2D
+    entries, _ = report.merge(sources)
+    points = [p for p, _ in entries]
+    t = _reference_threads(points, _has_latency)
+    if t is None:
+        raise UsageError("%s: no latency distributions to plot (run with --diag; files of "
+                         "format version 6 or older have none)"
+                         % ", ".join(s.name for s in sources))
+    pts = [p for p in points if p["threads"] == t and _has_latency(p)]
+    designs = [(d, report._is_direct(next(p for p in pts if p["design"] == d)))
+               for d in report._designs(pts)]
+    colors = _colors(designs)
+    locks = any((p["latency_ns"].get("locks") or {}) for p in pts)
+    Figure = _figure_class()
+    fig = Figure(figsize=(13, 10 if locks else 5.4), layout="constrained")
+    axes = fig.subplots(2 if locks else 1, 2, squeeze=False)
+    panels = [(axes[0][0], "map", "map"), (axes[0][1], "unmap", "unmap")]
+    for ax, key, title in panels:
+        for p in pts:
+            _cdf(ax, p["latency_ns"].get(key), color=colors[p["design"]], lw=2,
+                 label=p["design"])
+        ax.set_title("%s latency, %d thread%s (sampled, one I/O in 16)"
+                     % (title, t, "" if t == 1 else "s"), fontsize=11)
+    if locks:
+        for ax, which in ((axes[1][0], "wait"), (axes[1][1], "hold")):
+            handles = []
+            for p in pts:
+                classes = sorted((p["latency_ns"].get("locks") or {}).items())
+                for k, (name, d) in enumerate(classes):
+                    style = LOCK_STYLES[k % len(LOCK_STYLES)]
+                    if _cdf(ax, d.get(which), color=colors[p["design"]], lw=1.8, ls=style):
+                        handles.append(Line2D([], [], color=colors[p["design"]], ls=style,
+                                              label="%s: %s" % (p["design"], name)))
+            ax.set_title("lock %s by class, %d thread%s%s"
+                         % (which, t, "" if t == 1 else "s",
+                            " (contended acquisitions)" if which == "wait" else
+                            " (timed acquisitions)"), fontsize=11)
+            if handles:
+                ax.legend(handles=handles, fontsize=8, loc="lower right")
+            else:
+                ax.text(0.5, 0.5, "none recorded", transform=ax.transAxes, ha="center",
+                        color="0.4")
+    for row in axes:
+        for ax in row:
+            ax.set_xscale("log")
+            ax.set_ylim(0, 1.02)
+            ax.set_xlabel("µs (log)")
+            ax.set_ylabel("share of samples at or below")
+            ax.grid(True, which="major", alpha=0.3)
+    axes[0][0].legend(fontsize=8.5, loc="lower right")
+    fig.suptitle("latency distributions (CDF): " + _title(sources), fontsize=12)
+    return fig
+
+
+def write(sources, out, latency=False):
     out = Path(out)
     if out.suffix.lower() not in SUFFIXES:
         raise UsageError("-o %s: the file name must end in %s" % (out, ", ".join(SUFFIXES)))
-    fig = figure(sources)
+    fig = latency_figure(sources) if latency else figure(sources)
     try:
         fig.savefig(out, dpi=130)
     except OSError as e:
@@ -340,11 +427,14 @@ def add_plot_arguments(p):
                    help="results files (--json); several are merged, the later file winning")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="the figure to write: a .png, .svg or .pdf")
+    p.add_argument("--latency", action="store_true",
+                   help="the latency distributions of --diag (map, unmap, lock wait and "
+                        "hold) as CDFs on a log axis, a line per design")
 
 
 def cmd_plot(args):
     if Path(args.output).suffix.lower() not in SUFFIXES:
         raise UsageError("-o %s: the file name must end in %s" % (args.output, ", ".join(SUFFIXES)))
-    write(report.load_sources(args.files), args.output)
+    write(report.load_sources(args.files), args.output, latency=args.latency)
     print("wrote %s" % args.output)
     return 0

@@ -14,7 +14,9 @@ from harness import dma, stats
 from harness.abi import (CTL_ERR_CLAIMANT, CTL_ERR_HOLDER, CTL_ERR_KIND, CTL_ERR_PAGE,
                          CTL_ROGUE_PROBES, CTL_ROGUE_STALE, CTL_T_MEASURE, CTL_T_STOP,
                          DIAG_SAMPLE, ERR_DOUBLE_MAP, ERR_EARLY_REUSE, SAMPLE_OUTLIER_NS)
+from hwmodel import hist as histmod
 from hwmodel import iommu
+from hwmodel import locks as lockmod
 
 
 def ownership_error(ctl, design, threads):
@@ -34,11 +36,91 @@ def ownership_error(ctl, design, threads):
 
 def percentile(hist, q):
     """The q-th percentile (upper bucket edge) of a histogram."""
-    total = hist.sum()
-    if total == 0:
-        return 0
-    idx = int(np.searchsorted(np.cumsum(hist), q * total))
-    return dma.bucket_upper(min(idx, len(hist) - 1))
+    return histmod.percentile(hist, q)
+
+
+# the percentiles of a latency distribution: (key, quantile)
+QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99_9", 0.999))
+
+
+def distribution(h, cpn, offset=0.0):
+    """A latency histogram (hwmodel/hist.py's words, or rows of them to
+    sum) as the results file holds it, in ns: `count`, `mean`, the
+    QUANTILES (a bucket's upper edge, within 12.5%, never above the
+    maximum), `max` (exact), and `buckets`, [upper edge, count] of every
+    bucket that holds any.  `offset` cycles, a constant the timing itself
+    added (its clock reads), are taken off every figure."""
+    count, total, top = histmod.totals(h)
+    if not count:
+        return {"count": 0}
+    b = histmod.merged(h)
+
+    def ns(c):
+        return max(0.0, c - offset) / cpn
+    out = {"count": count, "mean": ns(total / count)}
+    for key, q in QUANTILES:
+        out[key] = ns(histmod.percentile(b, q, top))
+    out["max"] = ns(top)
+    out["buckets"] = [[ns(min(histmod.bucket_upper(k), top)), int(n)]
+                      for k, n in enumerate(b) if n]
+    return out
+
+
+def on_cpu_ns(w):
+    """A mapping worker's time per I/O on a CPU: with a breakdown, its
+    total less the time preempted and the stalls; else the whole."""
+    b = w.get("breakdown_ns")
+    if b:
+        return max(0.0, b["total"] - b.get("preempted", 0.0) - b.get("stalls", 0.0))
+    ops = w["per_worker_ops"]
+    return w["window_s"] * 1e9 * len(ops) / max(1, sum(ops))
+
+
+def latency(raw):
+    """--diag's latency distributions: the sampled maps and unmaps, each
+    timed whole (its steps' stamps, a constant, taken off as dmabench
+    does), and per lock class its contended waits and timed holds.  None
+    when the window kept none."""
+    cpn = raw.cycles_per_ns
+    out = {}
+    if raw.lat is not None and raw.series is not None:
+        lat = raw.lat.reshape(len(raw.lat), 2, histmod.WORDS)
+        strict = raw.design.flush == "strict"
+        out["map"] = distribution(lat[:, dma.LAT_MAP], cpn, 3 * raw.stamp_cycles)
+        out["unmap"] = distribution(lat[:, dma.LAT_UNMAP], cpn,
+                                    (3 + strict) * raw.stamp_cycles)
+    locks = {}
+    classes = raw.design.module().LOCK_CLASSES
+    for c, pair in enumerate(raw.alloc_lock_hists or []):
+        if c < len(classes):
+            locks[classes[c]] = pair
+    if raw.fq_lock_hists and raw.design.flush in dma.FQ_CLASS_OF:
+        c = dma.FQ_CLASS_OF[raw.design.flush]
+        locks[dma.FQ_LOCK_CLASSES[c]] = raw.fq_lock_hists[c]
+    if raw.alloc_lock_hists is not None or raw.fq_lock_hists is not None:
+        out["locks"] = {name: {"wait": distribution(w, cpn), "hold": distribution(h, cpn)}
+                        for name, (w, h) in locks.items()}
+    if not out:
+        return None
+    out["sampling"] = "; ".join(
+        (["maps and unmaps: one I/O in %d, at random, each timed whole" % DIAG_SAMPLE]
+         if "map" in out else [])
+        + (["locks: every contended wait, one hold in %d"
+            % max(raw.lock_timing, lockmod.HIST_PERIOD)] if "locks" in out else []))
+    out["record_ns"] = raw.record_cycles / cpn
+    out["cost_ns_per_io"] = collection_cost(raw, out)
+    return out
+
+
+def collection_cost(raw, lat):
+    """What filling the latency histograms cost the window, in ns per
+    I/O: each value recorded (the sampled maps and unmaps, the contended
+    waits and timed holds) at what one record costs on this machine,
+    measured when the run started (hwmodel/hist.py record_cost)."""
+    n = lat.get("map", {}).get("count", 0) + lat.get("unmap", {}).get("count", 0)
+    n += sum(d["wait"]["count"] + d["hold"]["count"] for d in lat.get("locks", {}).values())
+    ops_all = max(1, int(raw.cnt["ops"].sum()))
+    return n * raw.record_cycles / ops_all / raw.cycles_per_ns
 
 
 # ------------------------------------------------------------------ locks
@@ -151,13 +233,22 @@ def _tick(raw, s, read, sread):
     return ticks * max(read, s["tick_cycles"].sum() / timed - sread + read)
 
 
+def _latency_recorded(raw):
+    """Whether the window's sampled maps and unmaps went into their
+    latency histograms (--diag, unless turned off to measure the cost)."""
+    return raw.lat is not None and bool(
+        raw.lat.reshape(len(raw.lat), 2, histmod.WORDS)[:, :, histmod.BUCKETS + histmod.H_COUNT]
+        .sum())
+
+
 def _loop(raw, s, sread):
     """The harness's own loop per I/O, ns: a sampled I/O of the local ring
     timed whole, less its waits counted elsewhere (loop._io_end), less its
     steps as timed and the in-order reads that open them (a map's, its
     translations', an unmap's) and close the whole; less the device model's
-    two plain reads.  0 where no I/O was timed whole (the hand-off and
-    premapped modes): their loop stays in what is not named."""
+    two plain reads, and its map's and unmap's records in their latency
+    histograms (a part of their own).  0 where no I/O was timed whole (the
+    hand-off and premapped modes): their loop stays in what is not named."""
     ios = int(s["ios"].sum())
     if not ios:
         return 0.0
@@ -172,7 +263,8 @@ def _loop(raw, s, sread):
                   + s["inv_submit_cycles"].sum()) / unmaps
     opening = 1 + (2 if maps else 0) + (1 if unmaps else 0)
     device = 2 * raw.clock_read_cycles if raw.device_modelled else 0.0
-    own = s["io_cycles"].sum() / ios - steps - opening * sread - device
+    records = 2 * raw.record_cycles if _latency_recorded(raw) else 0.0
+    own = s["io_cycles"].sum() / ios - steps - opening * sread - device - records
     return max(0.0, own) / raw.cycles_per_ns
 
 
@@ -238,6 +330,12 @@ def breakdown(raw, lock_rows):
     out["loop"] = _loop(raw, s, sread)
     out["tick"] = _tick(raw, s, read, sread) / ops_all / cpn
     out["diag_timing"] += 2 * int(s["ticks_timed"].sum()) * sread / ops_all / cpn
+    # the sampled maps' and unmaps' records in their latency histograms,
+    # outside every step (the locks' fall inside allocate, free, timers)
+    if _latency_recorded(raw):
+        lat = raw.lat.reshape(len(raw.lat), 2, histmod.WORDS)
+        n = int(lat[:, :, histmod.BUCKETS + histmod.H_COUNT].sum())
+        out["diag_histograms"] = n * raw.record_cycles / ops_all / cpn
     total = window_seconds(raw) * 1e9 * len(ops) / window_ops
     out["unnamed"] = max(0.0, total - sum(out.values()))
     out["total"] = total
@@ -409,6 +507,7 @@ def window(raw):
         out["stale_hits"] = int(raw.ctl[CTL_ROGUE_STALE])
         out["rogue_probes"] = int(raw.ctl[CTL_ROGUE_PROBES])
         out["stale_hits_per_sec"] = out["stale_hits"] / seconds if seconds > 0 else 0.0
+    lat = latency(raw)
     if raw.series is not None:
         out["series"] = series(raw)
         out["breakdown_ns"] = breakdown(raw, lock_rows)
@@ -423,6 +522,18 @@ def window(raw):
     if getattr(raw, "replay", None) is not None:
         # a trace's concurrent replay (harness/tracereplay.py)
         out["replay"] = dict(raw.replay)
+    if lat is not None:
+        # its cost, as a share of a mapping worker's time per I/O, and of
+        # that time on a CPU (preempted, it costs nothing: the first share
+        # shrinks with the machine's load) where the wait for a CPU, read
+        # around the window, leaves enough of it to divide by
+        ops = worker_ops(raw)
+        total = seconds * 1e9 * len(ops) / max(1, int(ops.sum()))
+        lat["cost_share"] = lat["cost_ns_per_io"] / total if total else 0.0
+        on_cpu = on_cpu_ns(out)
+        if on_cpu > 0.1 * total:
+            lat["cost_share_on_cpu"] = lat["cost_ns_per_io"] / on_cpu
+        out["latency_ns"] = lat
     if mod.TRANSLATES:
         # a window whose check fails raises: one kept says so
         out["state_checked"] = ("allocator state fresh, page tables empty, no page owned, "

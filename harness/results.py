@@ -18,8 +18,8 @@ import psutil
 from harness.errors import UsageError, read_input
 
 FORMAT = "iommu-stress-results"
-VERSION = 6
-READS = (1, 2, 3, 4, 5, 6)           # versions load() accepts; older ones are upgraded
+VERSION = 7
+READS = (1, 2, 3, 4, 5, 6, 7)           # versions load() accepts; older ones are upgraded
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -353,6 +353,13 @@ LOCK_ROW = _dict({"name": _string, "wait_scope": _string}, rest=_optional(_numbe
 SERIES_ENTRY = _dict({"t": _optional(_number), "ops_per_sec": _optional(_number),
                       "top_lock": _optional(_string), "top_lock_wait_ns": _optional(_number)})
 
+# a latency distribution (readout.distribution): figures, and its buckets
+# as [upper edge, count] pairs
+DISTRIBUTION = _dict({"buckets": _list_of(_list_of(_number))}, rest=_number)
+LATENCY = _dict({"map": DISTRIBUTION, "unmap": DISTRIBUTION,
+                 "locks": _dict(rest=_dict({"wait": DISTRIBUTION, "hold": DISTRIBUTION})),
+                 "sampling": _string}, rest=_number)
+
 POINT = _required(("design", "flush", "threads", "ops_per_sec"), _dict({
     "design": _string, "spec": _string, "allocator": _string, "variant": _string,
     "flush": _string, "threads": _num(1, MAX_THREADS, integer=True), "ops_per_sec": _number,
@@ -370,7 +377,7 @@ POINT = _required(("design", "flush", "threads", "ops_per_sec"), _dict({
                            "half_width": _optional(_number), "windows": _count}),
     "window_order": _list_of(_count),
     "state_checked": _type((str, bool), "a string"), "series": _list_of(SERIES_ENTRY),
-    "diag": _dict({"timing": _string}, rest=_number),
+    "diag": _dict({"timing": _string}, rest=_number), "latency_ns": LATENCY,
     "options": OPTIONS_READ, "machine": MACHINE_READ, "host": HOST_READ,
 }))
 
@@ -409,7 +416,9 @@ def upgrade(doc):
     cluster's keys (the document's `cluster`, a point's `host`); version
     6 only adds keys (the document's `placement` and `system`, a point's
     `machine_load`, more `disturbance` and `iotlb`, the options of
-    placement, repeats and the device's access)."""
+    placement, repeats and the device's access).  Version 7 only adds
+    keys (a point's `latency_ns`): an older point has no distributions,
+    which its readers show as absent."""
     doc.setdefault("machine", {})
     doc.setdefault("options", {})
     if doc.get("version") == 1:
@@ -434,6 +443,6 @@ def upgrade(doc):
         for k, v in (("min_repeats", 6), ("max_repeats", 30), ("target_ci", 0.02),
                      ("dma_passes", 1), ("huge", False), ("iotlb_walks", False)):
             opts.setdefault(k, v)
-    if doc.get("version") in (2, 3, 4, 5):
+    if doc.get("version") in (2, 3, 4, 5, 6):
         doc["version"] = VERSION
     return doc

@@ -26,7 +26,10 @@ holder's line, already in the holder's cache; the wait is
 out of line, and only there is the cycle counter read, as lock_stat times
 only contentions.  Hold times cost two clock reads per acquisition, so they
 are kept only when the timing flag (`C_TIMING`) is set.  `class_stats` says
-what each figure means.
+what each figure means.  With the timing flag, the contended waits and the
+timed holds of one acquisition in HIST_PERIOD also go into a log-linear
+histogram per (class, worker) (hwmodel/hist.py), for their percentiles:
+`class_hists`.
 
 A replay's locks are `Quiet`: the same words, but no acquisition count, no
 last holder, no timed hold, since the kernel keeps none of these and a
@@ -42,6 +45,7 @@ from collections import namedtuple
 import numpy as np
 from numba.extending import overload
 
+from hwmodel import hist as histmod
 from hwmodel.cpu import (cas, cycles, fetch_add, fetch_or, hot, load, out_of_line, pause,
                          sched_yield, store, store8, store16, uidx, xchg, xchg16)
 
@@ -83,12 +87,27 @@ C_TIMING = 2     # 0: off; n: time the hold of one acquisition in n
 C_NWORKERS = 3
 C_NCLASSES = 4
 C_VIRT = 5       # qspinlock: its CPUs can lose their core while they wait
+C_HIST = 6       # 0: no histograms; n (a power of two): every contended wait, and the
+                 # timed holds of one acquisition in n, go into their class's histograms
 
 CTL_ABORT = 0    # index in the run's control array that every wait watches
 
 TTAS_BACKOFF_MAX = 1024   # pauses; the kernel's arch spinlocks cap similarly
 
-Locks = namedtuple("Locks", ["word", "qnode", "stats", "cfg", "ctl"])
+# The latency histograms (hwmodel/hist.py), one wait and one hold per
+# (class, worker), in `hist`: with lock timing on, a run's lock sets of one
+# kind share one array big enough for them (hist_words); a set without
+# timing, or a Quiet one, has a line that it never writes.
+H_WAIT, H_HOLD = 0, 1
+NO_HIST = LINE
+# The holds recorded: one acquisition in HIST_PERIOD at most.  With one
+# hold in 16 timed (--diag) that is every timed one; with every hold timed
+# (--lock-timing) a record per acquisition would cost a few percent of a
+# short critical section's I/O, for a distribution that one in 16 of
+# millions of holds draws as well.
+HIST_PERIOD = 16
+
+Locks = namedtuple("Locks", ["word", "qnode", "stats", "cfg", "ctl", "hist"])
 Quiet = namedtuple("Quiet", Locks._fields)
 
 
@@ -104,21 +123,31 @@ def _counted(lk):
     return lambda lk: keep
 
 
-def layout(nlocks, nworkers, nclasses):
-    """(name, shape) of every array a set of locks needs."""
+def hist_words(nclasses, nworkers):
+    """Words of the wait and hold histograms of every (class, worker)."""
+    return nclasses * nworkers * 2 * histmod.WORDS
+
+
+def layout(nlocks, nworkers, nclasses, hist=False):
+    """(name, shape) of every array a set of locks needs; `hist`: room for
+    its latency histograms (else a line, and a run that times its locks
+    hands it a shared array)."""
     return [("word", (nlocks * STRIDE,)),
             ("qnode", (nworkers * nclasses * LINE,)),
             ("stats", (nclasses * nworkers * LINE,)),
-            ("cfg", (LINE,))]
+            ("cfg", (LINE,)),
+            ("hist", (hist_words(nclasses, nworkers) if hist else NO_HIST,))]
 
 
-def init(lk, kind, classes, spin_bound=1000, timing=0, preemptible=False):
+def init(lk, kind, classes, spin_bound=1000, timing=0, preemptible=False, histograms=True):
     """Reset every lock to free and every statistic to zero.
     `classes[i]` is the class of lock i; `timing`: 0 off, n (a power of
     two) to time one acquisition in n (True: every one).  `preemptible`:
     the workers outnumber their cores, so a waiter can lose its core; a
     qspinlock then waits as the kernel's does where that is so
-    (virt_spin_lock, below)."""
+    (virt_spin_lock, below).  With timing on and room for them in
+    `lk.hist`, waits and timed holds also fill the latency histograms,
+    unless `histograms` is False (to measure what they cost)."""
     timing = int(timing)
     if not counted(lk) and kind != QUIET_KIND:
         raise ValueError("a Quiet lock is %s, not %s" % (QUIET_KIND, kind))
@@ -138,6 +167,11 @@ def init(lk, kind, classes, spin_bound=1000, timing=0, preemptible=False):
     lk.cfg[C_VIRT] = int(bool(preemptible))
     lk.cfg[C_NCLASSES] = nclasses
     lk.cfg[C_NWORKERS] = nworkers_classes // nclasses
+    room = len(lk.hist) >= hist_words(nclasses, lk.cfg[C_NWORKERS])
+    lk.cfg[C_HIST] = max(timing, HIST_PERIOD) if histograms and timing and counted(lk) and room \
+        else 0
+    if lk.cfg[C_HIST]:
+        lk.hist[:] = 0
     if kind == "qspinlock" and lk.cfg[C_NWORKERS] > Q_TAIL_CPU_MAX:
         raise ValueError("a qspinlock's tail names at most %d CPUs, not %d"
                          % (Q_TAIL_CPU_MAX, lk.cfg[C_NWORKERS]))
@@ -150,6 +184,11 @@ def init(lk, kind, classes, spin_bound=1000, timing=0, preemptible=False):
 @hot(inline="always")
 def _stat_base(lk, cls, w):
     return (cls * lk.cfg[C_NWORKERS] + w) * LINE
+
+
+@hot(inline="always")
+def _hist_base(lk, cls, w, which):
+    return ((cls * lk.cfg[C_NWORKERS] + w) * 2 + which) * histmod.WORDS
 
 
 @hot
@@ -425,6 +464,8 @@ def _contended(lk, b, cls, w, kind, token):
     s = _stat_base(lk, cls, w)
     st[s + S_CONTENDED] += 1
     _account(st, s + S_WAIT, s + S_WAIT_MIN, s + S_WAIT_MAX, wait)
+    if lk.cfg[C_HIST] != 0:
+        histmod.record(lk.hist, _hist_base(lk, cls, w, H_WAIT), wait)
     last = lk.word[b + W_LAST]
     if last != 0 and last != w + 1:
         st[s + S_CON_BOUNCES] += 1
@@ -462,9 +503,13 @@ def _hold_account(lk, b, w, t0):
     hold = cycles() - t0
     lk.word[b + W_T_ACQ] = 0
     st = lk.stats
-    s = _stat_base(lk, lk.word[b + W_CLASS], w)
+    cls = lk.word[b + W_CLASS]
+    s = _stat_base(lk, cls, w)
     st[s + S_TIMED] += 1
     _account(st, s + S_HOLD, s + S_HOLD_MIN, s + S_HOLD_MAX, hold)
+    period = lk.cfg[C_HIST]
+    if period != 0 and lk.word[b + W_ACQ] & (period - 1) == 0:
+        histmod.record(lk.hist, _hist_base(lk, cls, w, H_HOLD), hold)
 
 
 @hot(inline="always")
@@ -517,6 +562,26 @@ def release(lk, i, w):
         _release_qspin(lk, b)
     else:
         _release_mcs(lk, b, lk.word[uidx(b + W_CLASS)], w)
+
+
+def class_hists(lk):
+    """Per class, (wait, hold): each the WORDS of a hwmodel/hist.py
+    histogram summed over workers; None when the set kept none."""
+    if not lk.cfg[C_HIST]:
+        return None
+    ncls = int(lk.cfg[C_NCLASSES])
+    nw = int(lk.cfg[C_NWORKERS])
+    h = np.asarray(lk.hist)[:hist_words(ncls, nw)].reshape(ncls, nw, 2, histmod.WORDS)
+    out = []
+    for c in range(ncls):
+        pair = []
+        for which in (H_WAIT, H_HOLD):
+            rows = h[c, :, which]
+            one = rows.sum(axis=0)
+            one[histmod.BUCKETS + histmod.H_MAX] = rows[:, histmod.BUCKETS + histmod.H_MAX].max()
+            pair.append(one)
+        out.append(tuple(pair))
+    return out
 
 
 def class_stats(lk):

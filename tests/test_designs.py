@@ -6,7 +6,7 @@ import pytest
 
 from harness import designs
 from harness.config import defaults
-from harness import sweep
+from harness import results, sweep
 from harness.bench import Bench
 
 THREADS = [1, 2, 64, 256]
@@ -48,7 +48,34 @@ def test_diag_times_the_loop_between_the_steps(no_leaks):
     o = defaults()
     o.update(threads=[1], duration=0.2, warmup=0.0, repeats=1, diag=True, profile="none")
     with Bench(o, [designs.resolve("bitmap")]) as bench:
-        b = sweep.measure(bench, 0, 1, 1)["breakdown_ns"]
+        w = sweep.measure(bench, 0, 1, 1)
+    b = w["breakdown_ns"]
     assert 0 < b["loop"] < b["total"]
     assert 0 < b["tick"] < b["loop"] + b["tick"] < b["total"]
     assert b["allocate"] > 0 and b["unnamed"] >= 0
+    _latency_distributions(w, o["depth"])
+
+
+def _latency_distributions(w, depth):
+    """The same window's latency distributions, as the results file
+    holds them: every sampled map and unmap, in order; with one worker,
+    no lock was ever contended, and the timed holds were recorded."""
+    results.POINT(w, "point")
+    lat = w["latency_ns"]
+    d = w["diag"]
+    # each sampled map and unmap is in its histogram, outliers included
+    assert lat["map"]["count"] + lat["unmap"]["count"] == d["sampled"] + d["outliers"]
+    # a ring of `depth`: the first sampled maps had no unmap beside them
+    assert 0 <= lat["map"]["count"] - lat["unmap"]["count"] <= depth
+    for k in ("map", "unmap"):
+        x = lat[k]
+        assert x["count"] > 0
+        assert 0 < x["p50"] <= x["p90"] <= x["p99"] <= x["p99_9"] <= x["max"]
+        assert sum(c for _, c in x["buckets"]) == x["count"]
+    taken = {l["name"] for l in w["locks"] if l["acquisitions"]}
+    assert taken and set(lat["locks"]) >= taken
+    for name in taken:
+        assert lat["locks"][name]["wait"] == {"count": 0}
+        assert lat["locks"][name]["hold"]["count"] > 0
+    assert 0 < w["breakdown_ns"]["diag_histograms"] <= lat["cost_ns_per_io"]
+    assert 0 < lat["cost_share"] <= lat.get("cost_share_on_cpu", 1) and lat["cost_share"] < 0.03

@@ -35,7 +35,7 @@ def _child(lk, counter, w, rounds):
 
 def _make(arena, kind, timing, kind_of_set=locks.Locks, preemptible=False):
     v = arena.views
-    lk = kind_of_set(v["word"], v["qnode"], v["stats"], v["cfg"], v["ctl"])
+    lk = kind_of_set(v["word"], v["qnode"], v["stats"], v["cfg"], v["ctl"], v["hist"])
     locks.init(lk, kind, [0], spin_bound=50, timing=timing, preemptible=preemptible)
     return lk
 
@@ -120,7 +120,8 @@ def _drop(lk, i, w):
 
 def _private_locks(nworkers, kind, timing=0, kind_of_set=locks.Locks):
     v = {n: np.zeros(s, dtype=np.int64) for n, s in locks.layout(1, nworkers, 1)}
-    lk = kind_of_set(v["word"], v["qnode"], v["stats"], v["cfg"], np.zeros(16, dtype=np.int64))
+    lk = kind_of_set(v["word"], v["qnode"], v["stats"], v["cfg"], np.zeros(16, dtype=np.int64),
+                     v["hist"])
     locks.init(lk, kind, [0], spin_bound=10, timing=timing)
     return lk
 
@@ -294,7 +295,7 @@ def test_qspinlock_on_preemptible_cpus_never_queues(no_leaks):
 
 def test_qspinlock_tail_names_a_bounded_number_of_cpus():
     v = {n: np.zeros(s, dtype=np.int64) for n, s in locks.layout(1, 1 << 14, 1)}
-    lk = locks.Locks(v["word"], v["qnode"], v["stats"], v["cfg"], np.zeros(16, np.int64))
+    lk = locks.Locks(v["word"], v["qnode"], v["stats"], v["cfg"], np.zeros(16, np.int64), v["hist"])
     with pytest.raises(ValueError, match="names at most 16383 CPUs, not 16384"):
         locks.init(lk, "qspinlock", [0])
 
@@ -304,7 +305,7 @@ def test_abort_ends_a_wait():
     specs = [(n, np.int64, s) for n, s in locks.layout(1, 2, 1)] + [("ctl", np.int64, (16,))]
     with Arena(specs) as arena:
         v = arena.views
-        lk = locks.Locks(v["word"], v["qnode"], v["stats"], v["cfg"], v["ctl"])
+        lk = locks.Locks(v["word"], v["qnode"], v["stats"], v["cfg"], v["ctl"], v["hist"])
         locks.init(lk, "ttas", [0], spin_bound=10)
         locks.acquire(lk, 0, 0)              # held, never released
         v["ctl"][locks.CTL_ABORT] = 1

@@ -15,7 +15,7 @@ def lock_rows(acq, con):
     nw = 2
     lk = locks.Locks(np.zeros(locks.STRIDE, np.int64), np.zeros(nw * LINE, np.int64),
                      np.zeros(nw * LINE, np.int64), np.zeros(LINE, np.int64),
-                     np.zeros(LINE, np.int64))
+                     np.zeros(LINE, np.int64), np.zeros(LINE, np.int64))
     locks.init(lk, "ttas", [0])
     lk.word[locks.W_ACQ] = acq
     lk.stats.reshape(nw, LINE)[0, locks.S_CONTENDED] = con

@@ -12,7 +12,7 @@ import pytest
 
 matplotlib.use("Agg")
 
-from harness import diagnostics, plot, report  # noqa: E402
+from harness import diagnostics, plot, report, results  # noqa: E402
 from harness.errors import UsageError  # noqa: E402
 
 MACHINE = {"cpu_model": "Test CPU 9000", "cores_allowed": 4, "cpus_online": 8,
@@ -539,5 +539,66 @@ def test_older_versions_read_as_the_current_one(tmp_path):
     b = doc["points"][0]["breakdown_ns"]
     assert b == p["breakdown_ns"] and diagnostics.attributed(b) == pytest.approx(0.8)
     assert "harness (the loop; direct's cost)" in diagnostics.breakdown_table(doc["points"][0])
-    with pytest.raises(UsageError, match="version 99, this tool reads versions 1, 2, 3, 4, 5, 6"):
+    with pytest.raises(UsageError, match="version 99, this tool reads versions 1, 2, 3, 4, 5, 6, 7"):
         results.load(write(tmp_path, "v99.json", dict(v1, version=99)))
+
+
+# ------------------------------------------------------------------- latency
+
+def _dist(p50, n=1000):
+    """A latency distribution as readout.distribution writes it."""
+    qs = {"p50": p50, "p90": 2 * p50, "p99": 5 * p50, "p99_9": 9 * p50, "max": 20 * p50}
+    return dict(qs, count=n, mean=1.5 * p50,
+                buckets=[[p50, n // 2], [2 * p50, 4 * n // 10], [5 * p50, 9 * n // 100],
+                         [9 * p50, 9 * n // 1000], [20 * p50, n // 1000]])
+
+
+def latency_point(design, p50, threads=2):
+    diag = {"timing": "on: one lock hold in 16 timed", "sampled": 2000, "outliers": 0,
+            "outlier_ns": 100000}
+    lat = {"map": _dist(p50), "unmap": _dist(p50 / 4),
+           "locks": {"rbtree": {"wait": _dist(300.0, 50), "hold": _dist(90.0)}},
+           "sampling": "maps and unmaps: one I/O in 16", "record_ns": 2.0,
+           "cost_ns_per_io": 0.5, "cost_share": 0.0005, "cost_share_on_cpu": 0.001}
+    return point(design, threads, 1e6, diag=diag, latency_ns=lat,
+                 breakdown_ns={"allocate": 300.0, "diag_timing": 10.0,
+                               "diag_histograms": 0.3, "total": 1000.0})
+
+
+def test_latency_table_percentiles_and_cost():
+    text = diagnostics.render_point(latency_point("linux-2008", 600.0), MACHINE, OPTIONS)
+    assert "-- latency" in text
+    rows = {line.split()[0] + " " + line.split()[1]: line.split()
+            for line in text.splitlines() if line.startswith(("map ", "unmap ", "rbtree "))}
+    # samples, then p50 p90 p99 p99.9 max in µs
+    assert rows["map 1000"][2:7] == ["0.600", "1.200", "3.000", "5.400", "12.00"]
+    assert rows["rbtree wait"][2:4] == ["50", "0.300"]
+    assert ("collecting them cost 0.50 ns per I/O (0.05% of the I/O's time, 0.10% of its "
+            "time on a CPU)") in text
+    assert ("--diag's own cost in all, its clock reads and these records: 10.5 ns per I/O, "
+            "1.05% of the I/O's time") in text
+
+
+def test_a_version_6_file_renders_without_distributions(tmp_path, capsys):
+    p = latency_point("linux-2008", 600.0)
+    del p["latency_ns"]
+    f = write(tmp_path, "v6.json", dict(document([p]), version=6))
+    doc = results.load(f)
+    assert "latency_ns" not in doc["points"][0]
+    out, _ = run_report(capsys, [f, "--diag"])
+    assert "not recorded: this point was written before results format version 7" in out
+    assert "p99.9" not in out
+    with pytest.raises(UsageError) as e:
+        plot.cmd_plot(parse(plot.add_plot_arguments, [f, "--latency", "-o",
+                                                      str(tmp_path / "l.png")]))
+    assert "no latency distributions" in one_line(e)
+
+
+def test_plot_latency_writes_a_file(tmp_path):
+    pytest.importorskip("matplotlib")
+    f = write(tmp_path, "l.json", dict(document([latency_point("linux-2008", 600.0),
+                                                 latency_point("peleg-2015", 200.0)]),
+                                       version=7))
+    out = tmp_path / "lat.png"
+    assert plot.cmd_plot(parse(plot.add_plot_arguments, [f, "--latency", "-o", str(out)])) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
