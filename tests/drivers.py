@@ -2,10 +2,16 @@
 row of `ops` (the rows of tests/ref_iova.py), the result of row i in out[i].
 The harness's own replay (harness/replay.py) reads traces, which have no
 verbs for the magazines' trim and flush; these rows do."""
+import numpy as np
 from numba import njit
 
 from allocators import lockfree, magazines, rbtree
 from tests.ref_iova import OP_ALLOC, OP_FREE, OP_TRIM
+
+
+# the first row, as a value numba types plainly: a 0 written in the call
+# would be compiled for on its own, _drive_cache's second call for the int
+FIRST = np.int64(0)
 
 
 @njit
@@ -28,13 +34,13 @@ def _drive(alloc, free, st, w, ops, out, i):
 # one cached entry each: see harness/entries.py on numba's cache
 @njit(cache=True)
 def drive_rbtree(st, w, ops, out):
-    _drive(rbtree.alloc, rbtree.free, st, w, ops, out, 0)
+    _drive(rbtree.alloc, rbtree.free, st, w, ops, out, FIRST)
 
 
 @njit
 def _drive_cache(alloc, free, trim, flush_all, st, w, ops, out):
     """_drive, with the rows for a cache's trim and flush too."""
-    i = _drive(alloc, free, st, w, ops, out, 0)
+    i = _drive(alloc, free, st, w, ops, out, FIRST)
     while i < ops.shape[0]:
         if ops[i, 0] == OP_TRIM:
             out[i] = trim(st, w, ops[i, 2])

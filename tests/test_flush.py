@@ -86,74 +86,50 @@ def f_map(sts, env, w, dom, pages, phys):
                        False)
 
 
+def _policy(env):
+    return int(env.cfg[0]["flush"])
+
+
 def f_unmap(sts, env, w, dom, iova, pages):
-    policy = int(env.cfg[0]["flush"])
-    if policy == dma.FLUSH_SINGLE:
-        f_single(sts, env, S_UNMAP, np.array([w]), w, dom, np.array([iova]), np.array([pages]), 0)
-    else:
-        _f_unmap(sts, env, w, dom, iova, pages, policy)
+    f_ops(sts, env, S_UNMAP, np.array([w]), w, dom, np.array([iova]), np.array([pages]), 0,
+          _policy(env))
 
 
 def f_timers(sts, env, w, t):
-    policy = int(env.cfg[0]["flush"])
-    if policy == dma.FLUSH_SINGLE:
-        _single_op(sts, env, S_TIMERS, w, t)
-    else:
-        _f_timers(sts, env, w, t, policy)
+    _op(sts, env, S_TIMERS, w, t)
 
 
 def f_drain(sts, env, w):
-    policy = int(env.cfg[0]["flush"])
-    if policy == dma.FLUSH_SINGLE:
-        _single_op(sts, env, S_DRAIN, w)
-    else:
-        _f_drain(sts, env, w, policy)
+    _op(sts, env, S_DRAIN, w)
 
 
-# the flush policy compiled in, as the loop has it (hwmodel.cpu.chosen)
-@hot(cache=True)
-def _f_unmap(sts, env, w, dom, iova, pages, policy):
-    literally(policy)
-    dma.dma_unmap(_this.spy_free, sts, env, w, w, w, dom, iova, pages, False, policy)
-
-
-@hot(cache=True)
-def _f_timers(sts, env, w, t, policy):
-    literally(policy)
-    dma.timers(_this.spy_free, sts, env, w, w, t, policy)
-
-
-@hot(cache=True)
-def _f_drain(sts, env, w, policy):
-    literally(policy)
-    dma.drain(_this.spy_free, sts, env, w, w, policy)
-
-
-# The single queue's operations in one compiled function (one compile, not
-# three): its tests need tens of thousands of unmaps, and a call from Python
-# that chooses the policy (`literally`) costs milliseconds.  The policy is
-# written as a number, as the harness's loop has it (dma.FLUSH_SINGLE);
-# f_unmap, f_timers and f_drain under `single` come here.
+# A policy's operations in one compiled function, the policy compiled in as
+# the loop has it (hwmodel.cpu.chosen): one compile per policy, not one per
+# policy and operation (each a link and optimization of the whole unmap).
+# The single queue's tests need tens of thousands of unmaps, and a call
+# from Python that chooses the policy (`literally`) costs milliseconds: an
+# unmap's arguments are arrays, all unmapped in one call.
 S_UNMAP, S_TIMERS, S_DRAIN = range(3)
 
 
 @hot(cache=True)
-def f_single(sts, env, op, cpus, owner, dom, iovas, pages, t):
+def f_ops(sts, env, op, cpus, owner, dom, iovas, pages, t, policy):
     """S_UNMAP: unmap iovas[k] (pages[k] pages) on CPU cpus[k]; S_TIMERS:
     fire the timers due at t on CPU cpus[0]; S_DRAIN: drain on it."""
+    literally(policy)
     if op == S_UNMAP:
         for k in range(len(iovas)):
             dma.dma_unmap(_this.spy_free, sts, env, cpus[k], cpus[k], owner, dom, iovas[k],
-                          pages[k], False, 4)
+                          pages[k], False, policy)
     elif op == S_TIMERS:
-        dma.timers(_this.spy_free, sts, env, cpus[0], cpus[0], t, 4)
+        dma.timers(_this.spy_free, sts, env, cpus[0], cpus[0], t, policy)
     else:
-        dma.drain(_this.spy_free, sts, env, cpus[0], cpus[0], 4)
+        dma.drain(_this.spy_free, sts, env, cpus[0], cpus[0], policy)
 
 
-def _single_op(sts, env, op, w, t=0):
+def _op(sts, env, op, w, t=0):
     none = np.zeros(0, np.int64)
-    f_single(sts, env, op, np.array([w]), w, 0, none, none, t)
+    f_ops(sts, env, op, np.array([w]), w, 0, none, none, t, _policy(env))
 
 
 def maps(sts, env, w, dom, n):
@@ -163,8 +139,8 @@ def maps(sts, env, w, dom, n):
 
 def unmaps_single(sts, env, cpus, owner, dom, iovas):
     iovas = np.asarray(iovas, np.int64)
-    f_single(sts, env, S_UNMAP, np.asarray(cpus, np.int64), owner, dom, iovas,
-             np.ones(len(iovas), np.int64), 0)
+    f_ops(sts, env, S_UNMAP, np.asarray(cpus, np.int64), owner, dom, iovas,
+          np.ones(len(iovas), np.int64), 0, dma.FLUSH_SINGLE)
 
 
 @hot(cache=True)
@@ -536,7 +512,7 @@ def test_single_constants_are_the_kernels():
     assert (IOVA_SINGLE_FQ_SIZE, IOVA_SINGLE_FQ_TIMEOUT) == (32768, 1000)
     assert (IOVA_FQ_SIZE, IOVA_FQ_TIMEOUT) == (256, 10)
     assert dma.TIMEOUT_MS == {"batched": 10, "percpu": 10, "single": 1000}
-    assert FLUSH_NAMES.index("single") == dma.FLUSH_SINGLE == 4     # as f_single has it
+    assert FLUSH_NAMES.index("single") == dma.FLUSH_SINGLE == 4
     assert dma.FQ_LOCK_CLASSES[dma.FQ_CLASS_OF["single"]] == "single_fq"
     assert designs.resolve("schnelle-2023").spec == "magazines:list+single"
     assert designs.resolve("rbtree+single").flush == "single"

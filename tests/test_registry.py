@@ -50,19 +50,19 @@ def test_an_allocator_of_ones_own_runs_everywhere(tmp_path):
     out = tmp_path / "r.json"
     # one flush policy: each more is a loop to compile (a minute of CI);
     # the policies themselves are the built-in allocators' tests' business
-    r = cli("sweep", "--designs", "firstfit+percpu", "--threads", "1,2",
+    r = cli("sweep", "--designs", "firstfit+strict", "--threads", "1,2",
             "--duration", "0.1", "--warmup", "0", "--repeats", "1", "--pages", "4096",
             "--sizes", "1:3,5:1", "--check", "--profile", "none", "--json", str(out))
     assert r.returncode == 0, r.stderr
     doc = json.loads(out.read_text())
     assert {(p["design"], p["threads"]) for p in doc["points"]} == \
-        {("firstfit+percpu", 1), ("firstfit+percpu", 2)}
+        {("firstfit+strict", 1), ("firstfit+strict", 2)}
     for p in doc["points"]:
         assert p["ops_per_sec"] > 0 and p["state_checked"]
         assert p["alloc_stats"]["allocs"] > 0
         assert [l["name"] for l in p["locks"]][0] == "firstfit"
     # the sweep's loops are in the cache now: diagnose compiles nothing new
-    r = cli("diagnose", "--design", "firstfit+percpu", "--threads", "2", "--duration", "0.1",
+    r = cli("diagnose", "--design", "firstfit+strict", "--threads", "2", "--duration", "0.1",
             "--repeats", "1", "--pages", "4096", "--profile", "none")
     assert r.returncode == 0, r.stderr
     assert "firstfit" in r.stdout and "-- locks" in r.stdout
