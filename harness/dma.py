@@ -76,8 +76,6 @@ FLUSH_ENDS = 1024            # completion cycle of recent flushes, by finish cou
 
 # exposure histogram, per worker: hwmodel/hist.py's, log2 buckets split in 8
 # (values are within 12.5% of their bucket's upper edge)
-EXP_SUB_BITS = hist.SUB_BITS
-EXP_SUB = hist.SUB
 EXP_BUCKETS = hist.BUCKETS
 EXP_WORDS = hist.WORDS                  # histogram, then a line of totals
 E_COUNT, E_SUM, E_MAX = hist.H_COUNT, hist.H_SUM, hist.H_MAX

@@ -34,11 +34,6 @@ def ownership_error(ctl, design, threads):
             % (page, where, claimant, holder + 1))
 
 
-def percentile(hist, q):
-    """The q-th percentile (upper bucket edge) of a histogram."""
-    return histmod.percentile(hist, q)
-
-
 # the percentiles of a latency distribution: (key, quantile)
 QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99_9", 0.999))
 
@@ -364,13 +359,11 @@ def series(raw):
 
 def _exposure(raw):
     cpn = raw.cycles_per_ns
-    hist = raw.exp[:, :dma.EXP_BUCKETS].sum(axis=0)
-    tot = raw.exp[:, dma.EXP_BUCKETS:]
-    n = int(tot[:, dma.E_COUNT].sum())
+    n, total, top = histmod.totals(raw.exp)
     return {"count": n,
-            "mean": float(tot[:, dma.E_SUM].sum() / n / cpn) if n else 0.0,
-            "p99": percentile(hist, 0.99) / cpn,
-            "max": float(tot[:, dma.E_MAX].max() / cpn) if n else 0.0}
+            "mean": float(total / n / cpn) if n else 0.0,
+            "p99": histmod.percentile(histmod.merged(raw.exp), 0.99) / cpn,
+            "max": float(top / cpn) if n else 0.0}
 
 
 def _flush(raw):
