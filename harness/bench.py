@@ -187,6 +187,7 @@ class Bench:
         self.record_cycles = 0.0
         self.timings = {"compile_s": 0.0, "fork_s": 0.0}
         self.runs_warned = set()      # other runs already named on stderr
+        self.launches = 1             # segments and pools this bench has had (relaunch)
 
     def _params(self, d):
         o = self.opts
@@ -214,11 +215,7 @@ class Bench:
             # can remove it
             with signals.deferred():
                 self.arena.create()
-            if self.placement.node is not None:
-                # before the first touch places a page
-                name = next(iter(self.arena.offsets))
-                numa.bind_range(self.arena.views[name].ctypes.data - self.arena.offsets[name],
-                                self.arena.size, self.placement.node)
+            self._bind_node()
             self._bind()
             self.cycles_per_ns = calibrate()
             self.clock_read_cycles = clock_read_cost()
@@ -248,6 +245,33 @@ class Bench:
                 self.pool = None
         finally:
             self.arena.unlink()
+
+    def relaunch(self):
+        """A new launch: a new segment (fresh pages, wherever the kernel
+        puts them now) bound to the same compiled loops, and new workers
+        at the next window.  Two launches of the same bench differ by more
+        than two windows of one launch do (docs/performance.md), so a
+        figure that is to stand for the machine, not for one launch, is
+        measured over several."""
+        self.say("launching anew: a fresh segment, fresh workers")
+        with signals.deferred():
+            if self.pool is not None:
+                self.pool.close()
+                self.pool = None
+            old, self.arena = self.arena, Arena(self.specs)
+            old.unlink()
+            self.arena.create()
+        self._bind_node()
+        self._bind()
+        self.launches += 1
+
+    def _bind_node(self):
+        """--node: the segment's memory on that node, before the first
+        touch places a page."""
+        if self.placement.node is not None:
+            name = next(iter(self.arena.offsets))
+            numa.bind_range(self.arena.views[name].ctypes.data - self.arena.offsets[name],
+                            self.arena.size, self.placement.node)
 
     def _bind(self, views=None):
         v = views or self.arena.views

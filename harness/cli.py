@@ -33,6 +33,7 @@ FLAGS = [
     ("--max-repeats", "max_repeats", dict(metavar="N", help="--repeats auto: at most N windows (default 30)")),
     ("--target-ci", "target_ci", dict(metavar="SHARE", help="--repeats auto: until the median's 95%% interval is within SHARE (2%% or 0.02)")),
     ("--order-seed", "order_seed", dict(metavar="N", help="seed of the shuffled order of the designs' windows")),
+    ("--launches", "launches", dict(metavar="N", help="spread a point's windows over N launches, a fresh segment and fresh workers each (default 3)")),
     ("--lock", "lock", dict(metavar="KIND", help="qspinlock (the kernel's), tas, ttas, ticket or mcs")),
     ("--spin-bound", "spin_bound", dict(metavar="N", help="spins before a lock waiter yields")),
     ("--depth", "depth", dict(metavar="K", help="mappings in flight per worker")),

@@ -224,6 +224,8 @@ OPTIONS = {
     "target_ci": (_fraction, 0.02, "--repeats auto: the median's 95% interval, over it"),
     "order_seed": (_number(0, 2**31, integer=True), 1,
                    "seed of the shuffled order of the designs' windows at a thread count"),
+    "launches": (_number(1, MAX_REPEATS, integer=True), 3,
+                 "launches (a fresh segment and fresh workers each) a point's windows span"),
 }
 
 

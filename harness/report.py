@@ -23,7 +23,7 @@ DEFERRED = ("batched", "percpu", "single")
 
 # run options worth a line in a report; the rest are in the file
 SHOWN_OPTIONS = ("lock", "profile", "workload", "depth", "sizes", "duration", "warmup", "repeats",
-                 "domains", "unmap_fraction", "device_ns", "hypercall_ns", "premapped",
+                 "launches", "domains", "unmap_fraction", "device_ns", "hypercall_ns", "premapped",
                  "dma_passes", "huge", "iotlb_walks", "rogue_device", "lock_timing", "check",
                  "placement", "cpus", "node")
 
@@ -44,8 +44,9 @@ def table_format(name):
 
 
 CI_NOTE = ("± the larger side of the median's 95% confidence interval, over the median "
-           "(order statistics of the windows; under 6 windows [min, max], which covers "
-           "less: 75% for 3; `ci` in the results)")
+           "(order statistics of the windows, whichever launch took them; under 6 windows "
+           "[min, max], which covers less: 75% for 3; `ci` in the results; `compare` tests "
+           "launch against launch)")
 
 
 def ci_half_width(p):
@@ -650,12 +651,26 @@ def _within_noise(a, b, ratio):
     return abs(ratio - 1.0) <= max(spread(a.get("runs", [])), spread(b.get("runs", []))) / 2
 
 
-def _test(pa, pb):
-    """stats.compare of two points' windows (their median alone if a file
-    kept no runs)."""
+def _test(pa, pb, alpha):
+    """stats.compare of two points: their launches where each spans two or
+    more, else their windows (their median alone if a file kept no
+    runs)."""
     from harness import stats
     return stats.compare(pa.get("runs") or [pa["ops_per_sec"]],
-                         pb.get("runs") or [pb["ops_per_sec"]])
+                         pb.get("runs") or [pb["ops_per_sec"]],
+                         pa.get("window_launch"), pb.get("window_launch"), alpha)
+
+
+def _family_alpha(rows):
+    """Each point's level, Bonferroni over the points tested together:
+    a table of m points calls a difference where p < 0.05 / m, and each
+    interval covers 1 - 0.05 / m, so that two runs of the same sweep show
+    a false difference somewhere in the table at most 5% of the time, not
+    at 5% of its points."""
+    from harness import stats
+    m = sum(1 for _, _, pa, pb in rows
+            if pa and pb and pa["ops_per_sec"] and pb["ops_per_sec"])
+    return (1 - stats.LEVEL) / max(1, m)
 
 
 def _verdict_words(c):
@@ -670,20 +685,28 @@ def _p(p):
     return "%.2g" % p if p is not None else "-"
 
 
+def _pct(x):
+    return "%s%%" % ("%.2f" % (100 * x)).rstrip("0").rstrip(".")
+
+
 def compare_table(a, b, fmt="simple"):
     """Two sources side by side: ops/s of each and B/A per (design,
-    threads), with B/A's interval and a verdict of the Mann-Whitney U test
-    on the two points' windows (harness/stats.py)."""
+    threads), with B/A's interval and a verdict: Welch's t test on the
+    two points' launches, or the Mann-Whitney U test on their windows
+    where a side has one launch (harness/stats.py), at a level shared by
+    the table's points (_family_alpha)."""
+    from harness import stats
     fmt = table_format(fmt)
     rows = compare_rows(a.doc["points"], b.doc["points"])
+    alpha = _family_alpha(rows)
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["design", "threads", "a_ops_per_sec", "b_ops_per_sec", "b_over_a", "missing_in",
-                    "ci_low", "ci_high", "ci_level", "p", "verdict"])
+                    "ci_low", "ci_high", "ci_level", "p", "verdict", "unit", "a_n", "b_n"])
         for d, t, pa, pb in rows:
             ratio = pb["ops_per_sec"] / pa["ops_per_sec"] if pa and pb and pa["ops_per_sec"] else None
-            c = _test(pa, pb) if ratio else None
+            c = _test(pa, pb, alpha) if ratio else None
             w.writerow([d, t, "%.0f" % pa["ops_per_sec"] if pa else "",
                         "%.0f" % pb["ops_per_sec"] if pb else "",
                         "%.4f" % ratio if ratio is not None else "",
@@ -692,13 +715,15 @@ def compare_table(a, b, fmt="simple"):
                         "%.4f" % c["high"] if c and c["high"] is not None else "",
                         "%.4f" % c["level"] if c else "",
                         "%.4g" % c["p"] if c and c["p"] is not None else "",
-                        c["verdict"] if c else ""])
+                        c["verdict"] if c else "", c["unit"] if c else "",
+                        c["n"][0] if c else "", c["n"][1] if c else ""])
         return buf.getvalue().rstrip("\n")
     out = []
     ratios = []
     verdicts = {}
     levels = set()
     marks = set()
+    units = set()
     for d, t, pa, pb in rows:
         over = (pa or {}).get("oversubscribed") or (pb or {}).get("oversubscribed")
         if over:
@@ -708,8 +733,9 @@ def compare_table(a, b, fmt="simple"):
         if pa and pb and pa["ops_per_sec"] and pb["ops_per_sec"]:
             r = pb["ops_per_sec"] / pa["ops_per_sec"]
             ratios.append(r)
-            c = _test(pa, pb)
+            c = _test(pa, pb, alpha)
             verdicts[c["verdict"]] = verdicts.get(c["verdict"], 0) + 1
+            units.add(c["unit"])
             # the old rule of thumb, where the windows are too few to test
             noise = c["verdict"] == "too few windows" and _within_noise(pa, pb, r)
             if noise:
@@ -717,7 +743,8 @@ def compare_table(a, b, fmt="simple"):
             interval = ""
             if c["low"] is not None and c["high"] > c["low"]:
                 interval = "%.3f-%.3f" % (c["low"], c["high"])
-                levels.add(round(100 * c["level"]))
+                if c["unit"] == "windows":
+                    levels.add(round(100 * c["level"], 2))
             line += ["%.3f%s" % (r, " ~" if noise else ""), interval, _verdict_words(c)]
         else:
             line += ["-", "", "missing in A" if pa is None else "missing in B" if pb is None else ""]
@@ -731,14 +758,31 @@ def compare_table(a, b, fmt="simple"):
         notes.append("geometric mean of B/A over %d point%s measured in both: %.3f%s"
                      % (len(ratios), "" if len(ratios) == 1 else "s", gm,
                         " (%s)" % ", ".join("%s at %d" % (v, n) for v, n in sorted(verdicts.items()))))
-    if levels:
-        notes.append("interval: of B/A, the Hodges-Lehmann interval of the Mann-Whitney U test "
+    family = ("" if alpha >= 1 - stats.LEVEL else
+              " (0.05 over the %d points tested together, so that the table as a whole "
+              "calls a false difference at most 5%% of the time)" % round((1 - stats.LEVEL) / alpha))
+    if "launches" in units:
+        notes.append("interval: of B/A, from Welch's t test on the logs of each launch's median "
+                     "(a launch: a fresh segment and fresh workers; its windows are not "
+                     "independent draws), covering %s; B faster or slower where the two-sided "
+                     "p is under %s%s, and then the interval excludes 1"
+                     % (_pct(1 - alpha), _pct(alpha), family))
+    if "windows" in units and levels:
+        notes.append("interval%s: of B/A, the Hodges-Lehmann interval of the Mann-Whitney U test "
                      "on the windows, covering %s%%; B faster or slower where the two-sided "
-                     "p is under 0.05, and then the interval excludes 1"
-                     % "/".join(str(x) for x in sorted(levels)))
+                     "p is under %s%s, and then the interval excludes 1"
+                     % (" of points of one launch" if "launches" in units else "",
+                        "/".join("%g" % x for x in sorted(levels)), _pct(alpha),
+                        family if "launches" not in units else ""))
+    if "windows" in units:
+        notes.append("one launch a side%s: the test takes the windows as independent, but a "
+                     "launch's windows share its luck (its pages, its workers): a difference "
+                     "it finds may be that of two launches; measure both with --launches 3 "
+                     "or more" % (" at some points" if "launches" in units else ""))
     if verdicts.get("too few windows"):
-        notes.append("too few windows: with 3 windows a side no difference can reach p < 0.05 "
-                     "(the smallest p is 0.10); 4 a side can (0.029), 5 comfortably (0.008)")
+        notes.append("too few windows: no difference could reach p < %s: the smallest two-sided "
+                     "p of the Mann-Whitney U test is 0.10 with 3 windows a side, 0.029 with 4, "
+                     "0.008 with 5" % _pct(alpha))
     if "~" in marks:
         notes.append("~ the change is within half the spread of the repeats: it may be noise")
     if "*" in marks:

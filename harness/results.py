@@ -18,8 +18,8 @@ import psutil
 from harness.errors import UsageError, read_input
 
 FORMAT = "iommu-stress-results"
-VERSION = 7
-READS = (1, 2, 3, 4, 5, 6, 7)           # versions load() accepts; older ones are upgraded
+VERSION = 8
+READS = (1, 2, 3, 4, 5, 6, 7, 8)          # versions load() accepts; older ones are upgraded
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -334,6 +334,7 @@ OPTIONS_READ = _dict({
     "lock": _optional(_string), "profile": _optional(_string), "workload": _optional(_string),
     "duration": _optional(_number), "warmup": _optional(_number),
     "repeats": _optional(lambda v, at: None if v == "auto" else _count(v, at)),
+    "launches": _optional(_count),
     "depth": _optional(_count), "domains": _optional(_count), "device_ns": _optional(_number),
     "hypercall_ns": _optional(_number), "unmap_fraction": _optional(_number),
     "sizes": _optional(_list_of(_pair, "a list of [pages, weight] pairs")),
@@ -375,7 +376,7 @@ POINT = _required(("design", "flush", "threads", "ops_per_sec"), _dict({
                  "method": _string}),
     "repeats_auto": _dict({"target_ci": _number, "reached": _boolean,
                            "half_width": _optional(_number), "windows": _count}),
-    "window_order": _list_of(_count),
+    "window_order": _list_of(_count), "window_launch": _list_of(_count),
     "state_checked": _type((str, bool), "a string"), "series": _list_of(SERIES_ENTRY),
     "diag": _dict({"timing": _string}, rest=_number), "latency_ns": LATENCY,
     "options": OPTIONS_READ, "machine": MACHINE_READ, "host": HOST_READ,
@@ -418,7 +419,9 @@ def upgrade(doc):
     `machine_load`, more `disturbance` and `iotlb`, the options of
     placement, repeats and the device's access).  Version 7 only adds
     keys (a point's `latency_ns`): an older point has no distributions,
-    which its readers show as absent."""
+    which its readers show as absent.  Version 8 spreads a point's windows
+    over launches (`window_launch`, `options.launches`): an older run took
+    all its windows in one launch."""
     doc.setdefault("machine", {})
     doc.setdefault("options", {})
     if doc.get("version") == 1:
@@ -443,6 +446,7 @@ def upgrade(doc):
         for k, v in (("min_repeats", 6), ("max_repeats", 30), ("target_ci", 0.02),
                      ("dma_passes", 1), ("huge", False), ("iotlb_walks", False)):
             opts.setdefault(k, v)
-    if doc.get("version") in (2, 3, 4, 5, 6):
+    if doc.get("version") in (2, 3, 4, 5, 6, 7):
+        doc["options"].setdefault("launches", 1)
         doc["version"] = VERSION
     return doc

@@ -9,13 +9,21 @@ a preemption or a lock convoy makes a long tail on one side.
   1 - 2 P(Bin(n, 1/2) < k), whatever the distribution.  Under 6 windows
   no k reaches 95%; the interval is then [min, max] and its `level` says
   what it does cover (75% for 3 windows).
-- Two points are compared by the Mann-Whitney U test on their windows,
-  and the ratio B/A gets the Hodges-Lehmann interval that goes with it:
-  the order statistics of every pairwise log(b / a), cut where U's exact
-  null distribution puts alpha/2 on each side.  The interval excludes 1
-  exactly when the test rejects at that alpha, so the two never disagree.
-  With 3 windows on each side the smallest two-sided p is 0.10: no
-  verdict at 5% is possible, and `compare` says so.
+- Two points whose windows span two launches or more on each side are
+  compared launch by launch: the windows of one launch share its
+  segment's pages and its workers, and two launches differ by more than
+  two windows of one do, so the windows are not independent draws and a
+  test on them calls a launch's luck a difference.  Each launch gives one
+  value, the median of its windows, and Welch's t test on their logs
+  decides; the ratio B/A gets the interval of the difference of the
+  mean logs, which excludes 1 exactly when the test rejects.
+- Points of one launch a side (older files, --launches 1) are compared by
+  the Mann-Whitney U test on their windows, and the ratio B/A gets the
+  Hodges-Lehmann interval that goes with it: the order statistics of
+  every pairwise log(b / a), cut where U's exact null distribution puts
+  alpha/2 on each side.  Again the interval excludes 1 exactly when the
+  test rejects.  With 3 windows on each side the smallest two-sided p is
+  0.10: no verdict at 5% is possible, and `compare` says so.
 """
 import math
 
@@ -79,17 +87,32 @@ def _u_null(m, n):
     return counts / counts.sum()
 
 
-def compare(a_runs, b_runs, alpha=1 - LEVEL):
+def launch_medians(runs, launch=None):
+    """The median of each launch's windows, launches in order; `launch`
+    (a launch index per window) None: the windows of one launch."""
+    runs = np.asarray(runs, dtype=float)
+    if launch is None or len(launch) != len(runs):
+        return [float(np.median(runs))] if len(runs) else []
+    launch = np.asarray(launch)
+    return [float(np.median(runs[launch == k])) for k in sorted(set(launch.tolist()))]
+
+
+def compare(a_runs, b_runs, a_launch=None, b_launch=None, alpha=1 - LEVEL):
     """B against A: {ratio (of the medians), low, high (the interval of
-    B/A), level (what it covers), p (Mann-Whitney U, two-sided), verdict}.
-    verdict: "faster", "slower", "no significant difference", or
-    "too few windows" when no p under alpha is possible."""
+    B/A), level (what it covers), p (two-sided), verdict, unit ("launches"
+    or "windows": what the test took as its draws), n (their count on each
+    side)}.  `a_launch`, `b_launch`: each window's launch.  verdict:
+    "faster", "slower", "no significant difference", or "too few windows"
+    when no p under alpha is possible."""
     a = np.asarray(a_runs, dtype=float)
     b = np.asarray(b_runs, dtype=float)
     m, n = len(a), len(b)
     ratio = float(np.median(b) / np.median(a)) if m and n and np.median(a) else None
+    la, lb = launch_medians(a, a_launch), launch_medians(b, b_launch)
+    if len(la) >= 2 and len(lb) >= 2 and min(la + lb) > 0:
+        return _welch(la, lb, ratio, alpha)
     out = {"ratio": ratio, "low": None, "high": None, "level": 0.0, "p": None,
-           "verdict": "too few windows"}
+           "verdict": "too few windows", "unit": "windows", "n": [m, n]}
     if m < 1 or n < 1 or (a <= 0).any() or (b <= 0).any():
         return out
     d = np.sort(np.log(b)[None, :] - np.log(a)[:, None], axis=None)
@@ -112,6 +135,25 @@ def compare(a_runs, b_runs, alpha=1 - LEVEL):
             "faster" if ratio > 1 else "slower"
     else:
         out["verdict"] = "no significant difference"
+    return out
+
+
+def _welch(la, lb, ratio, alpha):
+    """Welch's t test on the logs of the launches' medians, and the
+    interval of B/A it implies (exp of the difference of mean logs)."""
+    x, y = np.log(la), np.log(lb)
+    out = {"ratio": ratio, "level": float(1 - alpha), "unit": "launches", "n": [len(x), len(y)]}
+    d = float(y.mean() - x.mean())
+    if x.var() == 0 and y.var() == 0:
+        # every launch alike on both sides: no spread to test against
+        out.update(low=math.exp(d), high=math.exp(d), p=1.0 if d == 0 else 0.0)
+    else:
+        res = sps.ttest_ind(y, x, equal_var=False)
+        ci = res.confidence_interval(1 - alpha)
+        out.update(low=math.exp(float(ci.low)), high=math.exp(float(ci.high)),
+                   p=float(res.pvalue))
+    out["verdict"] = ("no significant difference" if out["p"] > alpha
+                      else "faster" if d > 0 else "slower")
     return out
 
 

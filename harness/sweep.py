@@ -7,6 +7,7 @@ file rewritten after every point, so that a sweep cut short keeps what it
 measured.  A signal does not cut a write in half: it is taken once the file
 is whole (harness/signals.py).
 """
+import itertools
 import sys
 from dataclasses import dataclass
 
@@ -28,20 +29,23 @@ __all__ = ["PointFailed", "Repeats", "measure", "run"]
 class Repeats:
     """How many windows a point takes: `fixed` of them, or (fixed None)
     between `least` and `most`, until the median's 95% interval is within
-    `target` of it."""
+    `target` of it; and over how many launches (a fresh segment and fresh
+    workers each, Bench.relaunch) at least."""
     fixed: int = None
     least: int = 6
     most: int = 30
     target: float = 0.02
+    launches: int = 1
 
     @classmethod
     def of(cls, opts):
+        launches = opts["launches"]
         if opts["repeats"] != "auto":
-            return cls(fixed=opts["repeats"])
+            return cls(fixed=opts["repeats"], launches=launches)
         if opts["min_repeats"] > opts["max_repeats"]:
             raise UsageError("--min-repeats %d is over --max-repeats %d"
                              % (opts["min_repeats"], opts["max_repeats"]))
-        return cls(None, opts["min_repeats"], opts["max_repeats"], opts["target_ci"])
+        return cls(None, opts["min_repeats"], opts["max_repeats"], opts["target_ci"], launches)
 
     def more(self, runs):
         """Whether a point with windows `runs` takes another."""
@@ -55,6 +59,15 @@ class Repeats:
         hw = stats.half_width(runs)
         _, _, level = stats.median_ci(runs)
         return hw is not None and level >= stats.LEVEL and hw <= self.target
+
+    def per_launch(self):
+        """Rounds of windows in one launch: the windows a point is sure to
+        take, spread evenly over the launches (a point of --repeats 3
+        --launches 3 takes each window in a launch of its own); under
+        --repeats auto, the rounds past --min-repeats go on launching at
+        that pace."""
+        sure = self.fixed if self.fixed is not None else self.least
+        return max(1, -(-sure // max(1, self.launches)))
 
     def outcome(self, runs):
         """What a point of --repeats auto records of it."""
@@ -90,11 +103,16 @@ def run(bench, todo, repeats, results, on_error="stop", prog="iommu-stress", ord
     seeded with `order_seed`, so that the machine's drift hits every
     design alike.  `repeats` is a Repeats or a number of windows.  The
     points of a thread count are recorded once all their windows are
-    measured.  A failed point is recorded and, with on_error "stop", ends
-    the sweep.  Returns True if every point was measured."""
+    measured.  Every `repeats.per_launch()` rounds the bench is launched
+    anew (a fresh segment and fresh workers), so that a point's windows
+    span launches: two launches differ by more than two windows of one
+    do, and `compare` tests the launches, not the windows.  A failed
+    point is recorded and, with on_error "stop", ends the sweep.  Returns
+    True if every point was measured."""
     if not isinstance(repeats, Repeats):
         repeats = Repeats(fixed=repeats)
     rng = np.random.default_rng(order_seed if order_seed is not None else 1)
+    per = repeats.per_launch()
     ok = True
     seq = 0                   # windows measured so far in the run
 
@@ -111,17 +129,23 @@ def run(bench, todo, repeats, results, on_error="stop", prog="iommu-stress", ord
         for t, designs in groups(todo):
             windows = {i: [] for i in designs}
             at = {i: [] for i in designs}
+            launch = {i: [] for i in designs}
             failed = set()
-            while True:
+            first = bench.launches
+            for rnd in itertools.count():
                 want = [i for i in designs if i not in failed
                         and repeats.more([w["ops_per_sec"] for w in windows[i]])]
                 if not want:
                     break
+                if rnd and rnd % per == 0:
+                    bar.set_description("launching anew")
+                    bench.relaunch()
                 for i in rng.permutation(want).tolist():
                     bar.set_description("%s at %d threads" % (bench.designs[i].name, t))
                     try:
                         windows[i].append(readout.window(bench.window(i, t)))
                         at[i].append(seq)
+                        launch[i].append(bench.launches - first)
                         seq += 1
                     except PointFailed as e:
                         ok = False
@@ -137,6 +161,7 @@ def run(bench, todo, repeats, results, on_error="stop", prog="iommu-stress", ord
                 pt = readout.point(bench.designs[i], t, windows[i],
                                    oversubscribed=bench.busy(t) > len(bench.cores))
                 pt["window_order"] = at[i]
+                pt["window_launch"] = launch[i]
                 auto = repeats.outcome(pt["runs"])
                 if auto is not None:
                     pt["repeats_auto"] = auto

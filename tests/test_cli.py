@@ -130,8 +130,11 @@ def test_unknown_option_is_one_line(capsys):
 def test_sweep_writes_results_and_cleans_up(tmp_path):
     out = tmp_path / "out.json"
     r = run_cli("sweep", "--designs", "direct,bitmap", "--threads", "1-4", "--duration", "0.1",
-                "--warmup", "0", "--repeats", "2", "--check", "--json", str(out))
+                "--warmup", "0", "--repeats", "2", "--check", "--json", str(out), "-v")
     assert r.returncode == 0, r.stderr
+    # 2 windows a point over the default 3 launches: a fresh segment and
+    # workers between the two rounds of each thread count
+    assert r.stderr.count("launching anew") == 3
     lines = r.stdout.splitlines()
     assert lines[0].startswith("machine: ")
     rows = [l.split()[0] for l in lines if l[:1].isdigit()]
@@ -145,6 +148,7 @@ def test_sweep_writes_results_and_cleans_up(tmp_path):
     for p in doc["points"]:
         assert p["design"] in ("direct", "bitmap")
         assert len(p["runs"]) == 2 and all(r > 0 for r in p["runs"])
+        assert p["window_launch"] == [0, 1]
         assert sorted(p["runs"])[0] <= p["ops_per_sec"] <= sorted(p["runs"])[-1]
         assert len(p["per_worker_ops"]) == p["threads"]
         assert all(n > 0 for n in p["per_worker_ops"])

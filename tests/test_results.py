@@ -200,6 +200,7 @@ class _Bench:
         self.designs = [types.SimpleNamespace(name="direct")]
         self.cores = [0]
         self.timings = {}
+        self.launches = 1
 
     def window(self, i, threads):
         raise self.error

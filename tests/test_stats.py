@@ -64,7 +64,7 @@ def test_repeats_auto_stops_at_the_target_or_the_most():
     assert sweep.Repeats(fixed=3).more([1.0, 2.0]) and not sweep.Repeats(fixed=3).more([1.0] * 3)
     with pytest.raises(UsageError, match="--min-repeats 9 is over --max-repeats 8"):
         sweep.Repeats.of({"repeats": "auto", "min_repeats": 9, "max_repeats": 8,
-                          "target_ci": 0.02})
+                          "target_ci": 0.02, "launches": 3})
 
 
 class _Bench:
@@ -79,6 +79,11 @@ class _Bench:
         self.calls = []
         self.rng = np.random.default_rng(0)
         self.noise = noise
+        self.launches = 1
+
+    def relaunch(self):
+        self.calls.append("relaunch")
+        self.launches += 1
 
     def window(self, i, threads):
         self.calls.append((threads, i))
@@ -141,10 +146,16 @@ def _source(tmp_path, name, runs_by_point):
     res = results.ResultsFile(tmp_path / name, {"cpu_model": "x", "cores_allowed": 2},
                               {"designs": [], "threads": []}, "test")
     for (design, threads), runs in runs_by_point.items():
-        res.add({"design": design, "spec": design, "allocator": design, "variant": "",
-                 "flush": "none" if design == "direct" else "strict", "threads": threads,
-                 "ops_per_sec": float(np.median(runs)), "runs": list(runs),
-                 "ci": stats.point_ci(runs)})
+        launch = None
+        if isinstance(runs, tuple):
+            runs, launch = runs
+        pt = {"design": design, "spec": design, "allocator": design, "variant": "",
+              "flush": "none" if design == "direct" else "strict", "threads": threads,
+              "ops_per_sec": float(np.median(runs)), "runs": list(runs),
+              "ci": stats.point_ci(runs)}
+        if launch is not None:
+            pt["window_launch"] = launch
+        res.add(pt)
     res.finish()
     return report.load_sources([str(tmp_path / name)])[0]
 
@@ -164,7 +175,91 @@ def test_compare_says_the_verdict_in_words(tmp_path):
     # 3 windows a side: no p can be under 0.05, and the table says so
     text = report.compare_table(_source(tmp_path, "e.json", {k: v[:3] for k, v in same.items()}),
                                 _source(tmp_path, "d.json", {k: v[:3] for k, v in slower.items()}))
-    assert text.count("too few windows to decide") == 2 and "the smallest p is 0.10" in text
+    assert text.count("too few windows to decide") == 2 and "0.10 with 3 windows a side" in text
+    assert "one launch a side" in text
+
+
+def _hierarchical(rng, launches, windows, launch_sd, window_sd, mean=1e6):
+    """Windows of `launches` launches: each launch's luck (log-normal,
+    `launch_sd`) shared by its windows, which add their own."""
+    runs, launch = [], []
+    for k in range(launches):
+        luck = rng.normal(0, launch_sd)
+        runs += list(mean * np.exp(luck + rng.normal(0, window_sd, windows)))
+        launch += [k] * windows
+    return runs, launch
+
+
+def test_launches_not_windows_are_the_draws_of_a_comparison():
+    """Two runs of the same thing, whose launches differ by more than their
+    windows do (as on a real machine): a test on the windows calls a
+    difference far more often than its 5%; the test on the launches keeps
+    to its level."""
+    rng = np.random.default_rng(2)
+    false_windows = false_launches = 0
+    trials = 200
+    for _ in range(trials):
+        a, la = _hierarchical(rng, 3, 3, 0.05, 0.01)
+        b, lb = _hierarchical(rng, 3, 3, 0.05, 0.01)
+        false_windows += stats.compare(a, b)["verdict"] != "no significant difference"
+        c = stats.compare(a, b, la, lb)
+        assert c["unit"] == "launches" and c["n"] == [3, 3]
+        false_launches += c["verdict"] != "no significant difference"
+    assert false_windows > 0.15 * trials
+    assert false_launches < 0.1 * trials
+    # a real difference, of 20%, is found launch by launch
+    a, la = _hierarchical(rng, 3, 3, 0.02, 0.01)
+    b, lb = _hierarchical(rng, 3, 3, 0.02, 0.01, mean=1.2e6)
+    c = stats.compare(a, b, la, lb)
+    assert c["verdict"] == "faster" and c["low"] > 1 and c["p"] < 0.01
+
+
+def test_a_launch_interval_excludes_one_exactly_when_welch_rejects():
+    rng = np.random.default_rng(9)
+    for _ in range(60):
+        na, nb = rng.integers(2, 6, size=2)
+        a, la = _hierarchical(rng, na, 2, 0.05, 0.02)
+        b, lb = _hierarchical(rng, nb, 2, 0.05, 0.02, mean=1e6 * rng.uniform(0.9, 1.1))
+        c = stats.compare(a, b, la, lb, alpha=0.0125)
+        assert c["unit"] == "launches" and c["level"] == pytest.approx(0.9875)
+        assert (c["low"] > 1 or c["high"] < 1) == (c["p"] <= 0.0125), c
+    # one launch on a side: the windows are the draws again
+    c = stats.compare([1.0, 2, 3, 4, 5], [6.0, 7, 8, 9, 10], [0] * 5, [0, 0, 1, 1, 1])
+    assert c["unit"] == "windows" and c["verdict"] == "faster"
+    assert stats.launch_medians([1.0, 5, 2, 8], [0, 1, 0, 1]) == [1.5, 6.5]
+
+
+def test_the_windows_of_a_point_span_its_launches(monkeypatch):
+    b = _Bench(2)
+    pts = _run(b, [(1, 0), (1, 1), (2, 0), (2, 1)], sweep.Repeats(fixed=3, launches=3), 1,
+               monkeypatch)
+    assert [p["window_launch"] for p in pts] == [[0, 1, 2]] * 4
+    # a launch between rounds, none before a thread count's first round
+    assert b.calls.count("relaunch") == 4
+    assert [c == "relaunch" for c in b.calls[:7]] == [False, False, True, False, False, True,
+                                                       False]
+    assert sweep.Repeats(fixed=10, launches=3).per_launch() == 4
+    assert sweep.Repeats(fixed=2, launches=3).per_launch() == 1
+    assert sweep.Repeats(None, least=6, most=30, launches=3).per_launch() == 2
+    pts = _run(_Bench(1), [(1, 0)], sweep.Repeats(fixed=10, launches=3), 1, monkeypatch)
+    assert pts[0]["window_launch"] == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2]
+
+
+def test_compare_tests_launches_at_the_tables_level(tmp_path):
+    rng = np.random.default_rng(4)
+
+    def side(name, mean):
+        pts = {}
+        for k in [("direct", 1), ("direct", 2), ("bitmap", 1), ("bitmap", 2)]:
+            runs, launch = _hierarchical(rng, 3, 2, 0.03, 0.01, mean * (1 if k[0] == "direct"
+                                                                        else 0.01))
+            pts[k] = (runs, launch)
+        return _source(tmp_path, name, pts)
+
+    text = report.compare_table(side("a.json", 1e8), side("b.json", 1e8))
+    assert "Welch's t test on the logs of each launch's median" in text
+    assert "covering 98.75%" in text and "0.05 over the 4 points tested together" in text
+    assert "one launch a side" not in text
 
 
 def test_two_files_of_one_design_each_are_compared_by_thread_count(tmp_path):
