@@ -48,7 +48,14 @@ def test_diag_times_the_loop_between_the_steps(no_leaks):
     o = defaults()
     o.update(threads=[1], duration=0.2, warmup=0.0, repeats=1, diag=True, profile="none")
     with Bench(o, [designs.resolve("bitmap")]) as bench:
-        w = sweep.measure(bench, 0, 1, 1)
+        # the loop is what a whole I/O leaves over its steps and the
+        # stamps' calibrated cost, some 15 ns of a difference: on a loaded
+        # machine one window's estimate can come out at or under zero
+        # (seen once in a suite run beside other work), not three
+        for _ in range(3):
+            w = sweep.measure(bench, 0, 1, 1)
+            if w["breakdown_ns"]["loop"] > 0:
+                break
     b = w["breakdown_ns"]
     assert 0 < b["loop"] < b["total"]
     assert 0 < b["tick"] < b["loop"] + b["tick"] < b["total"]

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHM = "/dev/shm"
 FAST = ["--designs", "direct,bitmap", "--duration", "0.4", "--warmup", "0", "--repeats", "1"]
 START_TIMEOUT = 600     # the first run after an edit compiles the loops (minutes on a busy box)
+EXEC_GRACE_S = 0.25     # longer than any fork-to-exec, shorter than any window
 POINT_RE = r"worker (\d+) died \(killed by SIGKILL\) at %s, %d threads"
 
 
@@ -94,7 +95,12 @@ class Command:
             out = []
             for p in parent.children():
                 try:
-                    if p.cmdline() == cmdline and _alive(p):
+                    # a child forked to exec (git, for the results'
+                    # commit) shows the parent's command line until it
+                    # does: a worker is one that still does after a while
+                    if (p.cmdline() == cmdline and _alive(p)
+                            and time.time() - p.create_time() > EXEC_GRACE_S
+                            and p.cmdline() == cmdline):
                         out.append(p)
                 except psutil.NoSuchProcess:
                     pass
