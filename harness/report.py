@@ -762,10 +762,11 @@ def compare_table(a, b, fmt="simple"):
               " (0.05 over the %d points tested together, so that the table as a whole "
               "calls a false difference at most 5%% of the time)" % round((1 - stats.LEVEL) / alpha))
     if "launches" in units:
-        notes.append("interval: of B/A, from Welch's t test on the logs of each launch's median "
-                     "(a launch: a fresh segment and fresh workers; its windows are not "
-                     "independent draws), covering %s; B faster or slower where the two-sided "
-                     "p is under %s%s, and then the interval excludes 1"
+        notes.append("interval: of B/A as the ratio of the geometric means of each launch's "
+                     "median, from Welch's t test on their logs (a launch: a fresh segment and "
+                     "fresh workers; its windows are not independent draws), covering %s; B "
+                     "faster or slower where the two-sided p is under %s%s, and then the "
+                     "interval excludes 1"
                      % (_pct(1 - alpha), _pct(alpha), family))
     if "windows" in units and levels:
         notes.append("interval%s: of B/A, the Hodges-Lehmann interval of the Mann-Whitney U test "
