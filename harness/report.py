@@ -209,7 +209,8 @@ def throughput_table(points, fmt="simple", cores=None):
         return _throughput_csv(fig)
     heads = ["threads"]
     for d in fig.designs:
-        heads += [d + " ops/s"] + (["x direct"] if fig.has_direct else []) + ["x linear"]
+        unit = "maps/s" if is_replay([p for p in points if p["design"] == d]) else "ops/s"
+        heads += ["%s %s" % (d, unit)] + (["x direct"] if fig.has_direct else []) + ["x linear"]
     rows = []
     marks = set()
     for t in fig.threads:
@@ -442,10 +443,23 @@ def cluster_lines(doc, prefix=""):
     return lines
 
 
-def _options_line(opts):
+# what a concurrent replay takes from the trace or does not do: the sizes
+# are the trace's own, each window is one pass (no duration, no warm-up)
+NOT_REPLAYED = ("duration", "warmup", "depth", "unmap_fraction")
+
+
+def is_replay(points):
+    """Points of a concurrent replay (harness/tracereplay.py): their figure
+    is maps a second over a pass of the trace."""
+    return bool(points) and all("replay" in p for p in points)
+
+
+def _options_line(opts, replay=False):
     parts = []
     for k in SHOWN_OPTIONS:
         if k not in opts or opts[k] in (None, "", False) or (k == "dma_passes" and opts[k] == 1):
+            continue
+        if replay and k in NOT_REPLAYED:
             continue
         v = opts[k]
         if k == "sizes" and isinstance(v, list):
@@ -456,7 +470,9 @@ def _options_line(opts):
             v = "%g s" % v
         elif k.endswith("_ns"):
             v = "%g ns" % v
-        parts.append("%s %s" % (k.replace("_", "-"), v))
+        if replay and k == "sizes":
+            k = "the trace's sizes"
+        parts.append("%s %s" % ("passes" if replay and k == "repeats" else k.replace("_", "-"), v))
     return "options: " + ", ".join(parts) if parts else None
 
 
@@ -500,7 +516,8 @@ def describe_sources(sources):
                                               if s.doc.get("started") else ""))
         lines += placement_lines(s.doc, prefix) + system_lines(s.doc, prefix)
         mixed = results.mixed_keys(s.doc)
-        ol = _options_line({k: v for k, v in s.options.items() if k not in mixed})
+        ol = _options_line({k: v for k, v in s.options.items() if k not in mixed},
+                           is_replay(s.doc["points"]))
         if ol and not several:
             lines.append(ol)
     if several:

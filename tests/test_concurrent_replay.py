@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from harness import cli, tracereplay
+from harness import cli, report, tracereplay
 from harness.errors import UsageError
 from harness.replayloop import B_BEGIN, B_END, B_LEFT, BOUND_WORDS, OP_MAP, Q_HOLD, Q_OP, Q_OWNER
 from harness.trace import parse
@@ -132,6 +132,10 @@ def test_cross_cpu_frees_complete_with_exact_counts(tmp_path, capsys, no_leaks):
     assert pt["locks"][0]["name"] == "bitmap" and pt["locks"][0]["acquisitions"] == 2 * MAPS
     assert "CPU 0 -> worker 0, CPU 1 -> worker 1" in out
     assert "bitmap+strict" in out and "clean" in out and "bitmap+strict: locks" in out
+    # the second pass in a launch of its own, a fresh segment: exact all the same
+    assert pt["window_launch"] == [0, 1]
+    text, _ = report.render_report(report.load_sources([str(out_json)]))
+    assert "bitmap+strict maps/s" in text and "passes 2" in text and "duration" not in text
 
 
 def test_folded_onto_fewer_workers(tmp_path, capsys, no_leaks):

@@ -257,7 +257,7 @@ def test_compare_tests_launches_at_the_tables_level(tmp_path):
         return _source(tmp_path, name, pts)
 
     text = report.compare_table(side("a.json", 1e8), side("b.json", 1e8))
-    assert "Welch's t test on the logs of each launch's median" in text
+    assert "geometric means of each launch's median, from Welch's t test on their logs" in text
     assert "covering 98.75%" in text and "0.05 over the 4 points tested together" in text
     assert "one launch a side" not in text
 
