@@ -5,7 +5,9 @@ Constructing a Bench only computes the arena's layout.  `open` makes the
 segment, binds every design's state (one allocator instance per design and
 domain), calibrates the cycle counter and compiles (or loads) every loop
 before any worker is forked; the pool is forked at the first window, with
-the largest number of workers the bench was made for.  After every window
+the workers it needs, and grows with the windows' thread counts.  A
+relaunch makes a new launch of the bench: a fresh segment, fresh workers
+(sweep.py spreads a point's windows over launches).  After every window
 each worker has unmapped all it held and the last one out has drained the
 flush queues; the allocator must then be back to its fresh state and the
 page tables empty with no stale IOTLB entry, or the window fails.  What a
@@ -188,6 +190,7 @@ class Bench:
         self.timings = {"compile_s": 0.0, "fork_s": 0.0}
         self.runs_warned = set()      # other runs already named on stderr
         self.launches = 1             # segments and pools this bench has had (relaunch)
+        self.forks = []               # (workers, seconds) of each fork of workers
 
     def _params(self, d):
         o = self.opts
@@ -249,7 +252,7 @@ class Bench:
     def relaunch(self):
         """A new launch: a new segment (fresh pages, wherever the kernel
         puts them now) bound to the same compiled loops, and new workers
-        at the next window.  Two launches of the same bench differ by more
+        at the next window, as many as it needs.  Two launches of the same bench differ by more
         than two windows of one launch do (docs/performance.md), so a
         figure that is to stand for the machine, not for one launch, is
         measured over several."""
@@ -381,15 +384,35 @@ class Bench:
                 rogue_loop(self.env)
         ctl[:] = 0
 
-    def start_workers(self):
-        if self.pool is None:
-            self.say("starting %d workers" % self.max_threads)
-            t0 = time.perf_counter()
-            with numa.bound(self.placement.node):
-                self.pool = Pool(self.max_threads, self.env, self.arena.views["bell"],
+    def start_workers(self, threads=None):
+        """Workers enough for a window of `threads` (default: the run's
+        most): the pool is forked at the first window and grows with the
+        thread counts, so that a relaunch forks what its windows need."""
+        n = threads or self.max_threads
+        if self.pool is not None and self.pool.n >= n:
+            return
+        have = self.pool.n if self.pool is not None else 0
+        self.say("starting %d workers" % (n - have))
+        t0 = time.perf_counter()
+        with numa.bound(self.placement.node):
+            if self.pool is None:
+                self.pool = Pool(n, self.env, self.arena.views["bell"],
                                  self.stacked, self.entries, self.cores, self.placement.pinned)
-            self.timings["fork_s"] += time.perf_counter() - t0
-            signals.check()
+            else:
+                self.pool.grow(n)
+        took = time.perf_counter() - t0
+        self.timings["fork_s"] += took
+        self.forks.append((n - have, took))
+        signals.check()
+
+    def relaunch_cost(self, threads):
+        """Seconds a relaunch for windows of `threads` workers would spend
+        forking them (None before any fork): at the best rate a worker
+        took so far, the larger forks' (a pool's set-up, a collection of
+        the heap, weighs on a fork of one worker)."""
+        if not self.forks:
+            return None
+        return min(took / n for n, took in self.forks) * threads
 
     def _abandon_pool(self):
         """A window that failed leaves workers in an unknown state: replace them."""
@@ -469,7 +492,7 @@ class Bench:
 
     def window(self, i, threads):
         """One window of design i at `threads` workers.  Raises PointFailed."""
-        self.start_workers()
+        self.start_workers(threads)
         d = self.designs[i]
         self.reset(i, threads)
         ctl = self.env.ctl

@@ -175,11 +175,9 @@ class Pool:
     def __init__(self, n, env, bell, states, entries, cores=None, pin=True):
         self.env = env
         self.bell = bell
-        self.n = n
+        self.n = 0
         self.cores = cores or allowed_cores()
-        anywhere = frozenset(self.cores)
-        _raise_fd_limit(n)
-        ctx = mp.get_context("fork")
+        self._args = (env, bell, states, entries, pin)
         bell[:] = 0
         env.ctl[CTL_CMD] = 0
         env.ctl[CTL_GEN] = 0
@@ -187,15 +185,25 @@ class Pool:
         # every child would cost each one megabytes of private memory
         atomic_load(bell, 0)
         atomic_add(env.ctl, CTL_DONE, 0)
-        gc.collect()
-        gc.freeze()      # forked children then leave the heap's pages shared
         self.procs = []
         # one epoll set of the workers' sentinels, made once: building a
         # selector of 1024 descriptors at every poll costs the parent
         # milliseconds it does not get back when 1024 workers share 2 cores
         self._watch = selectors.DefaultSelector()
+        self.grow(n)
+
+    def grow(self, n):
+        """Fork workers up to `n` in all, beside the parked ones: a sweep's
+        pool grows with its thread counts, so that a relaunch at a few
+        workers forks a few."""
+        env, bell, states, entries, pin = self._args
+        anywhere = frozenset(self.cores)
+        _raise_fd_limit(n)
+        ctx = mp.get_context("fork")
+        gc.collect()
+        gc.freeze()      # forked children then leave the heap's pages shared
         try:
-            for w in range(n):
+            for w in range(self.n, n):
                 core = self.cores[w % len(self.cores)] if pin else anywhere
                 p = ctx.Process(target=_worker_main, name="iommu-stress-w%d" % w,
                                 args=(w, core, env, bell, states, entries), daemon=True)
@@ -205,6 +213,7 @@ class Pool:
                     p.start()
                     self.procs.append(p)
                     self._watch.register(p.sentinel, selectors.EVENT_READ, w)
+                    self.n = w + 1
         except BaseException:
             self.close()
             raise

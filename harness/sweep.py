@@ -9,6 +9,7 @@ is whole (harness/signals.py).
 """
 import itertools
 import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,13 @@ from harness.errors import UsageError
 tqdm.monitor_interval = 0
 
 __all__ = ["PointFailed", "Repeats", "measure", "run"]
+
+# A relaunch forks the round's workers anew.  It is made where that costs at
+# most LAUNCH_SHARE of the last round's windows, or LAUNCH_FREE_S in all:
+# at 1024 workers on 2 cores a fork of them all takes some 6 s against a
+# round of 1.4 s, and the windows of such a point stay in one launch.
+LAUNCH_SHARE = 0.25
+LAUNCH_FREE_S = 0.25
 
 
 @dataclass
@@ -113,6 +121,7 @@ def run(bench, todo, repeats, results, on_error="stop", prog="iommu-stress", ord
         repeats = Repeats(fixed=repeats)
     rng = np.random.default_rng(order_seed if order_seed is not None else 1)
     per = repeats.per_launch()
+    one_launch = {}           # thread count -> the relaunch it did without (s)
     ok = True
     seq = 0                   # windows measured so far in the run
 
@@ -132,14 +141,20 @@ def run(bench, todo, repeats, results, on_error="stop", prog="iommu-stress", ord
             launch = {i: [] for i in designs}
             failed = set()
             first = bench.launches
+            round_s = None
             for rnd in itertools.count():
                 want = [i for i in designs if i not in failed
                         and repeats.more([w["ops_per_sec"] for w in windows[i]])]
                 if not want:
                     break
                 if rnd and rnd % per == 0:
-                    bar.set_description("launching anew")
-                    bench.relaunch()
+                    cost = bench.relaunch_cost(t)
+                    if cost is None or cost <= max(LAUNCH_SHARE * round_s, LAUNCH_FREE_S):
+                        bar.set_description("launching anew")
+                        bench.relaunch()
+                    elif t not in one_launch:
+                        one_launch[t] = cost
+                t0 = time.monotonic()
                 for i in rng.permutation(want).tolist():
                     bar.set_description("%s at %d threads" % (bench.designs[i].name, t))
                     try:
@@ -154,6 +169,12 @@ def run(bench, todo, repeats, results, on_error="stop", prog="iommu-stress", ord
                         tqdm.write("%s: point failed: %s" % (prog, e), file=sys.stderr)
                         if on_error == "stop":
                             return False
+                round_s = time.monotonic() - t0
+            if t in one_launch:
+                tqdm.write("%s: at %d workers the windows stay in one launch: forking them anew "
+                           "would take %.1f s, over a quarter of a round's windows (compare "
+                           "tests such points window by window)" % (prog, t, one_launch[t]),
+                           file=sys.stderr)
             for i in designs:
                 bar.update(1)
                 if i in failed:

@@ -287,7 +287,7 @@ class ReplayBench(Bench):
 
     def window(self, i, threads):
         """One pass of design i over the trace.  Raises PointFailed."""
-        self.start_workers()
+        self.start_workers(threads)
         self._pace_cycles()
         d = self.designs[i]
         self.reset(i, threads)

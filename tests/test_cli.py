@@ -133,8 +133,10 @@ def test_sweep_writes_results_and_cleans_up(tmp_path):
                 "--warmup", "0", "--repeats", "2", "--check", "--json", str(out), "-v")
     assert r.returncode == 0, r.stderr
     # 2 windows a point over the default 3 launches: a fresh segment and
-    # workers between the two rounds of each thread count
-    assert r.stderr.count("launching anew") == 3
+    # workers between the two rounds of each thread count, unless forking
+    # them would cost more than the windows (a loaded machine), as it says
+    kept = [t for t in (1, 2, 4) if "at %d workers the windows stay in one launch" % t in r.stderr]
+    assert r.stderr.count("launching anew") == 3 - len(kept)
     lines = r.stdout.splitlines()
     assert lines[0].startswith("machine: ")
     rows = [l.split()[0] for l in lines if l[:1].isdigit()]
@@ -148,7 +150,7 @@ def test_sweep_writes_results_and_cleans_up(tmp_path):
     for p in doc["points"]:
         assert p["design"] in ("direct", "bitmap")
         assert len(p["runs"]) == 2 and all(r > 0 for r in p["runs"])
-        assert p["window_launch"] == [0, 1]
+        assert p["window_launch"] == ([0, 0] if p["threads"] in kept else [0, 1])
         assert sorted(p["runs"])[0] <= p["ops_per_sec"] <= sorted(p["runs"])[-1]
         assert len(p["per_worker_ops"]) == p["threads"]
         assert all(n > 0 for n in p["per_worker_ops"])

@@ -81,9 +81,14 @@ class _Bench:
         self.noise = noise
         self.launches = 1
 
+    fork_s = 0.0                     # what a relaunch's fork would cost
+
     def relaunch(self):
         self.calls.append("relaunch")
         self.launches += 1
+
+    def relaunch_cost(self, threads):
+        return self.fork_s * threads
 
     def window(self, i, threads):
         self.calls.append((threads, i))
@@ -243,6 +248,19 @@ def test_the_windows_of_a_point_span_its_launches(monkeypatch):
     assert sweep.Repeats(None, least=6, most=30, launches=3).per_launch() == 2
     pts = _run(_Bench(1), [(1, 0)], sweep.Repeats(fixed=10, launches=3), 1, monkeypatch)
     assert pts[0]["window_launch"] == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2]
+
+
+def test_a_launch_that_costs_more_than_its_windows_is_not_made(monkeypatch, capsys):
+    """Forking 1024 workers takes seconds: where a relaunch would cost over
+    a quarter of a round (and over a quarter second), the point's windows
+    stay in one launch, and the run says so."""
+    b = _Bench(2)
+    b.fork_s = 0.01                  # 10 ms a worker: 40 ms for 4, 10 s for 1024
+    pts = _run(b, [(4, 0), (4, 1), (1024, 0), (1024, 1)], sweep.Repeats(fixed=3, launches=3),
+               1, monkeypatch)
+    assert [p["window_launch"] for p in pts] == [[0, 1, 2]] * 2 + [[0, 0, 0]] * 2
+    err = capsys.readouterr().err
+    assert "at 1024 workers the windows stay in one launch" in err and "at 4 " not in err
 
 
 def test_compare_tests_launches_at_the_tables_level(tmp_path):
