@@ -52,7 +52,7 @@ from allocators.rbtree import (DOMAIN_BYTES, IOVA_ANCHOR, IOVA_BYTES, M_NODES,
 from hwmodel import stack
 from hwmodel.cpu import cas, fetch_add, fls, hot, inline_into_callers, load, out_of_line
 from hwmodel.cpu import uidx as _u
-from hwmodel.locks import acquire, counted, release
+from hwmodel.locks import acquire, acquire_fast, acquire_wait, counted, release
 
 NAME = "magazines"
 LOCK_CLASSES = ("rbtree", "magazine", "depot")
@@ -345,29 +345,32 @@ def _pcpu_line(cpu, c):
 
 
 @hot
-def _lock_cpu_rcache(st, w, cpu, c):
-    """This CPU's line of size class c, its lock taken (spin_lock_irqsave)."""
-    inline_into_callers()
-    acquire(st.lk, _cpu_lock(cpu, c), w)
-    return _pcpu_line(cpu, c)
-
-
-@hot
 def _depot_lock(meta, c):
     return 1 + meta[C_NCPUS] * NCLS + c
 
 
 # ------------------------------------------------------------ the rcache
+#
+# What is inlined into the caller's loop is the kernel's common case alone:
+# the CPU's lock taken with its one cmpxchg, the loaded magazine's size word
+# and entry, the lock's release.  Everything else an operation may do (wait
+# for the lock, swap or exchange magazines, go to the tree) is one
+# out-of-line call, `_free_slow` or `_alloc_slow`, from one cold branch.
+# One call site, because numba gives every call a return slot and an
+# exception slot on the stack, and every value live across a call is kept
+# where the call cannot clobber it; and made through a function of its own
+# inlined into that branch (`_free_slow_call`), because numba zeroes a
+# call's slots at the start of the function that makes the call, which for
+# a function inlined into a loop is the loop's common path.
 
 
 @hot
-def _rcache_insert(st, w, cpu, c, pfn):
-    """__iova_rcache_insert: True if the cache took pfn.  Only the common
-    case, a loaded magazine with room, is inlined into the caller."""
-    inline_into_callers()
+def _rcache_insert_locked(st, w, cpu, c, pfn):
+    """__iova_rcache_insert past its spin_lock: True if the cache took
+    pfn.  Releases the CPU's lock."""
     mags = st.mags
     pcpu = st.pcpu
-    pc = _lock_cpu_rcache(st, w, cpu, c)
+    pc = _pcpu_line(cpu, c)
     can_insert = True
     to_free = -1
     if mags[_u(pcpu[_u(pc + PC_LOADED)])] >= st.meta[C_MAGSIZE]:
@@ -459,26 +462,32 @@ def _make_room(st, w, cpu, c):
 
 
 @hot
-def _rcache_get(st, w, cpu, c, limit_pfn):
-    """__iova_rcache_get: a cached pfn at or below limit_pfn, or 0.  Only
-    the common case, a loaded magazine with IOVAs, is inlined."""
-    inline_into_callers()
+def _rcache_get_locked(st, w, cpu, c, limit_pfn):
+    """__iova_rcache_get past its spin_lock: a cached pfn at or below
+    limit_pfn, or 0.  Releases the CPU's lock."""
     mags = st.mags
     pcpu = st.pcpu
-    pc = _lock_cpu_rcache(st, w, cpu, c)
+    pc = _pcpu_line(cpu, c)
     has_pfn = True
     if mags[_u(pcpu[_u(pc + PC_LOADED)])] == 0:
         has_pfn = _refill(st, w, cpu, c)
     pfn = 0
     if has_pfn:
         pfn = _mag_pop(mags, pcpu[_u(pc + PC_LOADED)], limit_pfn)
-    if counted(st.lk):
-        if pfn != 0:
-            pcpu[_u(pc + PC_HITS)] += 1
-        else:
-            pcpu[_u(pc + PC_MISSES)] += 1
+    _count(st, pc, pfn)
     release(st.lk, _cpu_lock(cpu, c), w)
     return pfn
+
+
+@hot
+def _count(st, pc, pfn):
+    """A lookup's hit or miss, where the locks keep statistics."""
+    inline_into_callers()
+    if counted(st.lk):
+        if pfn != 0:
+            st.pcpu[_u(pc + PC_HITS)] += 1
+        else:
+            st.pcpu[_u(pc + PC_MISSES)] += 1
 
 
 @hot
@@ -610,14 +619,50 @@ def rcache_request(pages, limit):
 
 @hot
 def alloc(st, w, cpu, pages, limit):
-    """alloc_iova_fast(iovad, pages, limit, true): pfn, or -1."""
+    """alloc_iova_fast(iovad, pages, limit, true): pfn, or -1.  Inlined:
+    a pfn the CPU's loaded magazine holds; all else is `_alloc_slow`."""
     inline_into_callers()
     check_cpu(st.meta[C_NCPUS], cpu)
     if pages < 1:
         return -1
     size, c, lim = rcache_request(pages, limit)
+    step = -1                      # no cache for this size: the tree
     if c < NCLS:
-        pfn = _rcache_get(st, w, cpu, c, lim)
+        step = acquire_fast(st.lk, _cpu_lock(cpu, c), w)
+        if step == 0:
+            mags = st.mags
+            pc = _pcpu_line(cpu, c)
+            b = st.pcpu[_u(pc + PC_LOADED)]
+            if mags[_u(b)] != 0:
+                pfn = _mag_pop(mags, b, lim)
+                _count(st, pc, pfn)
+                release(st.lk, _cpu_lock(cpu, c), w)
+                if pfn != 0:
+                    return pfn
+                step = -1          # none at or below the limit: the tree
+    return _alloc_slow_call(st, w, cpu, pages, limit, step)
+
+
+@hot
+def _alloc_slow_call(st, w, cpu, pages, limit, step):
+    """The one call of `_alloc_slow`, inlined into its cold branch so that
+    its slots are zeroed there (see "the rcache" above)."""
+    inline_into_callers()
+    return _alloc_slow(st, w, cpu, pages, limit, step)
+
+
+@hot
+def _alloc_slow(st, w, cpu, pages, limit, step):
+    """The rest of alloc_iova_fast.  `step`: -1, straight to the tree (a
+    size no cache holds, or a loaded magazine with nothing at or below the
+    limit); 0, the CPU's lock is held and its loaded magazine is empty;
+    else the token of a contended acquisition of that lock."""
+    out_of_line()
+    size, c, lim = rcache_request(pages, limit)
+    if step != -1:
+        if step != 0:
+            acquire_wait(st.lk, _cpu_lock(cpu, c), w, step)
+        pfn = _rcache_get_locked(st, w, cpu, c, lim)
         if pfn != 0:
             return pfn
     return _alloc_from_tree(st, w, size, limit)
@@ -656,14 +701,48 @@ def _flush_and_retry(st, w, size, limit):
 @hot
 def free(st, w, cpu, pfn, pages):
     """free_iova_fast(iovad, pfn, pages): into this CPU's cache, or, for
-    an uncached size or a cache that cannot take it, into the tree."""
+    an uncached size or a cache that cannot take it, into the tree.
+    Inlined: a loaded magazine with room; all else is `_free_slow`."""
     inline_into_callers()
     check_cpu(st.meta[C_NCPUS], cpu)
     if pages < 1:
         return
     c = fls(pages - 1)                             # order_base_2
-    if c < NCLS and _rcache_insert(st, w, cpu, c, pfn):
-        return
+    step = -1                      # no cache for this size: the tree
+    if c < NCLS:
+        step = acquire_fast(st.lk, _cpu_lock(cpu, c), w)
+        if step == 0:
+            mags = st.mags
+            b = st.pcpu[_u(_pcpu_line(cpu, c) + PC_LOADED)]
+            n = mags[_u(b)]
+            if n < st.meta[C_MAGSIZE]:
+                mags[_u(b + 1 + n)] = pfn
+                mags[_u(b)] = n + 1
+                release(st.lk, _cpu_lock(cpu, c), w)
+                return
+    _free_slow_call(st, w, cpu, pfn, pages, step)
+
+
+@hot
+def _free_slow_call(st, w, cpu, pfn, pages, step):
+    """The one call of `_free_slow`, inlined into its cold branch so that
+    its slots are zeroed there (see "the rcache" above)."""
+    inline_into_callers()
+    _free_slow(st, w, cpu, pfn, pages, step)
+
+
+@hot
+def _free_slow(st, w, cpu, pfn, pages, step):
+    """The rest of free_iova_fast.  `step`: -1, a size no cache holds; 0,
+    the CPU's lock is held and its loaded magazine is full; else the token
+    of a contended acquisition of that lock."""
+    out_of_line()
+    if step != -1:
+        c = fls(pages - 1)
+        if step != 0:
+            acquire_wait(st.lk, _cpu_lock(cpu, c), w, step)
+        if _rcache_insert_locked(st, w, cpu, c, pfn):
+            return
     _free_to_tree(st, w, pfn, pages)
 
 

@@ -519,9 +519,9 @@ def _kind(lk):
 
 
 @hot(inline="always")
-def acquire(lk, i, w):
-    """spin_lock: take lock i as worker w."""
-    b = i * STRIDE
+def _attempt(lk, b, w):
+    """One uncontended attempt of the lock's kind: 0 when it took the lock
+    at block b, else what its wait needs (> 0)."""
     kind = _kind(lk)
     if kind == TTAS:
         token = _trylock_ttas(lk, b)
@@ -533,8 +533,12 @@ def acquire(lk, i, w):
         token = _trylock_qspin(lk, b)
     else:
         token = _trylock_mcs(lk, b, lk.word[uidx(b + W_CLASS)], w)
-    if token != 0:
-        _contended(lk, b, lk.word[uidx(b + W_CLASS)], w, kind, token)
+    return token
+
+
+@hot(inline="always")
+def _acquired(lk, b, w):
+    """A counted lock's acquisition, once it is held."""
     if counted(lk):
         word = lk.word
         word[uidx(b + W_ACQ)] += 1
@@ -545,6 +549,41 @@ def acquire(lk, i, w):
             word[uidx(b + W_LAST)] = w + 1
         if lk.cfg[C_TIMING] != 0:
             _hold_begin(lk, b)
+
+
+@hot(inline="always")
+def acquire(lk, i, w):
+    """spin_lock: take lock i as worker w."""
+    b = i * STRIDE
+    token = _attempt(lk, b, w)
+    if token != 0:
+        _contended(lk, b, lk.word[uidx(b + W_CLASS)], w, _kind(lk), token)
+    _acquired(lk, b, w)
+
+
+@hot(inline="always")
+def acquire_fast(lk, i, w):
+    """spin_lock split in two: its uncontended attempt at lock i as worker
+    w, inlined, gives 0 when it took the lock (the acquisition counted),
+    else a token (> 0) that `acquire_wait` finishes the acquisition with.
+    For a caller that gathers every slow path of an operation in one
+    out-of-line call: `acquire` puts a call of its own, the contended wait,
+    on the caller's common path, and with it the stack slots numba zeroes
+    for every call (allocators/magazines.py)."""
+    b = i * STRIDE
+    token = _attempt(lk, b, w)
+    if token == 0:
+        _acquired(lk, b, w)
+    return token
+
+
+@hot(inline="always")
+def acquire_wait(lk, i, w, token):
+    """The rest of an acquisition whose `acquire_fast` gave `token` (> 0): wait
+    for lock i, then count the contention and the acquisition."""
+    b = i * STRIDE
+    _contended(lk, b, lk.word[uidx(b + W_CLASS)], w, _kind(lk), token)
+    _acquired(lk, b, w)
 
 
 @hot(inline="always")
