@@ -47,7 +47,7 @@ from numba import njit
 
 from allocators import IOVA_RANGE_CACHE_MAX_SIZE, MAX_GLOBAL_MAGS, STAT_LINE
 from allocators import rbtree
-from allocators.rbtree import (DOMAIN_BYTES, IOVA_ANCHOR, IOVA_BYTES, M_NODES,
+from allocators.rbtree import (DOMAIN_BYTES, IOVA_BYTES, M_NODES,
                                alloc_locked, free_locked)
 from hwmodel import stack
 from hwmodel.cpu import cas, fetch_add, fls, hot, inline_into_callers, load, out_of_line
@@ -301,10 +301,11 @@ def _mag_free(st, i):
 
 @hot
 def _mag_pop(mags, b, limit_pfn):
-    """iova_magazine_pop: the topmost pfn at or below limit_pfn, the hole
-    it leaves filled with the top entry; 0 if none qualifies."""
+    """iova_magazine_pop: the topmost pfn at or below limit_pfn (both
+    unsigned, as the kernel's), the hole it leaves filled with the top
+    entry; 0 if none qualifies."""
     i = mags[_u(b)] - 1
-    while mags[_u(b + 1 + i)] > limit_pfn:
+    while _u(mags[_u(b + 1 + i)]) > _u(limit_pfn):
         if i == 0:
             return 0
         i -= 1
@@ -610,11 +611,9 @@ def rcache_request(pages, limit):
     if size < (1 << (NCLS - 1)):
         size = np.int64(1) << fls(size - 1)        # roundup_pow_of_two
     # iova_rcache_get(iovad, size, limit + 1): entries up to
-    # limit + 1 - size, an unsigned subtraction in the kernel
-    lim = limit + 1 - size
-    if lim < 0:
-        lim = IOVA_ANCHOR
-    return size, fls(size - 1), lim                # order_base_2
+    # limit + 1 - size, an unsigned subtraction in the kernel, and so
+    # compared by _mag_pop (below zero, it wraps above every pfn)
+    return size, fls(size - 1), limit + 1 - size   # order_base_2
 
 
 @hot

@@ -17,7 +17,7 @@ from harness import arena, entries
 from harness.compose import private
 from harness.errors import UsageError
 from harness.trace import OP_ALLOC, OP_FREE, parse, prefill_trace, read, subset
-from hwmodel.cpu import calibrate, hot, stamp, stamp_cost
+from hwmodel.cpu import calibrate, hot, inline_into_callers, stamp, stamp_cost
 from hwmodel.cpu import uidx as _u
 
 MAG_SIZES = (127, 128)
@@ -33,6 +33,17 @@ ROW = 6
 
 
 @hot
+def _check_rows(req):
+    """A row of `req` is ROW words: past this test the compiler knows it,
+    and steps from row to row by a constant, where a row length read from
+    the array took a multiply and a register the allocator's hit path
+    needs (docs/performance.md)."""
+    inline_into_callers()
+    if req.shape[1] != ROW:
+        raise ValueError("a request row is not ROW words")
+
+
+@hot
 def replay_loop(alloc, free, st, req, held):
     """Replay every request row as worker 0; req[i, R_RESULT] is what
     allocation i got (-1: failed), or for a free what it freed.  held[k] is
@@ -40,6 +51,7 @@ def replay_loop(alloc, free, st, req, held):
     Returns -1, or the first request whose tag is in the wrong state: an
     allocation of a tag still live, a free of one whose allocation failed
     (see harness/trace.py)."""
+    _check_rows(req)
     for i in range(req.shape[0]):
         k = _u(req[i, R_SLOT])
         if req[i, R_OP] == OP_ALLOC:
@@ -61,6 +73,7 @@ def replay_loop(alloc, free, st, req, held):
 def replay_timed_loop(alloc, free, st, req, held, spent):
     """replay_loop with each request timed between two stamps (whose own
     cost the caller subtracts): spent[i] is the cycles of request i."""
+    _check_rows(req)
     for i in range(req.shape[0]):
         k = _u(req[i, R_SLOT])
         if req[i, R_OP] == OP_ALLOC:
