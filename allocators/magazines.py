@@ -362,13 +362,18 @@ def _depot_lock(meta, c):
 # where the call cannot clobber it; and made through a function of its own
 # inlined into that branch (`_free_slow_call`), because numba zeroes a
 # call's slots at the start of the function that makes the call, which for
-# a function inlined into a loop is the loop's common path.
+# a function inlined into a loop is the loop's common path.  Inside the
+# slow call, what it reaches on its way (a magazine exchange, the tree) is
+# inlined in turn: each call hands over the State, a hundred words copied
+# onto the stack, and a slow path that called _refill, then the tree,
+# copied it three times.
 
 
 @hot
 def _rcache_insert_locked(st, w, cpu, c, pfn):
     """__iova_rcache_insert past its spin_lock: True if the cache took
     pfn.  Releases the CPU's lock."""
+    inline_into_callers()
     mags = st.mags
     pcpu = st.pcpu
     pc = _pcpu_line(cpu, c)
@@ -393,7 +398,7 @@ def _make_room(st, w, cpu, c):
     """The rest of __iova_rcache_insert, with the CPU's lock held and its
     loaded magazine full: swap in prev, or hand loaded to the depot and
     start an empty one.  Returns (can insert, magazine to free or -1)."""
-    out_of_line()
+    inline_into_callers()
     meta = st.meta
     variant = meta[C_VARIANT]
     ms = meta[C_MAGSIZE]
@@ -466,6 +471,7 @@ def _make_room(st, w, cpu, c):
 def _rcache_get_locked(st, w, cpu, c, limit_pfn):
     """__iova_rcache_get past its spin_lock: a cached pfn at or below
     limit_pfn, or 0.  Releases the CPU's lock."""
+    inline_into_callers()
     mags = st.mags
     pcpu = st.pcpu
     pc = _pcpu_line(cpu, c)
@@ -496,7 +502,7 @@ def _refill(st, w, cpu, c):
     """The rest of __iova_rcache_get, with the CPU's lock held and its
     loaded magazine empty: swap in prev, or take a full magazine from the
     depot.  True if loaded then holds IOVAs."""
-    out_of_line()
+    inline_into_callers()
     meta = st.meta
     variant = meta[C_VARIANT]
     ms = meta[C_MAGSIZE]
@@ -671,7 +677,7 @@ def _alloc_slow(st, w, cpu, pages, limit, step):
 def _alloc_from_tree(st, w, size, limit):
     """Past the cache, the tree.  The footprint can only grow here or with
     a new magazine, so only these fold it into the peak."""
-    out_of_line()
+    inline_into_callers()
     t = st.tree
     rbtree.lock(t, w)
     pfn = alloc_locked(t, w, size, limit)
@@ -747,7 +753,7 @@ def _free_slow(st, w, cpu, pfn, pages, step):
 
 @hot
 def _free_to_tree(st, w, pfn, pages):
-    out_of_line()
+    inline_into_callers()
     size = pages
     if size < (1 << (NCLS - 1)):
         size = np.int64(1) << fls(size - 1)        # what alloc gave out
