@@ -221,7 +221,7 @@ class Bench:
             self._bind_node()
             self._bind()
             self.cycles_per_ns = calibrate()
-            self._calibrate_reads()
+            self.calibrate_reads()
             t0 = time.perf_counter()
             self._compile_ahead()
             self._compile()
@@ -232,12 +232,13 @@ class Bench:
             raise
         return self
 
-    def _calibrate_reads(self):
+    def calibrate_reads(self):
         """What a read of the cycle counter, a stamp and a histogram record
-        cost, as the machine runs now: the breakdown subtracts some 80 ns
-        of them from a sampled I/O's 15 ns of loop, and a calibration taken
-        at the start of a run, on a machine loaded then and not later (or
-        the other way), once ate the loop's whole share.  Some 1.4 ms."""
+        cost, measured in this process before any worker is forked.  Taken
+        again before each window, in the parent beside parked workers, they
+        came out larger and the breakdown's named share of the fast designs
+        fell from 93-103% to 84-91% on an idle machine (docs/performance.md),
+        so they are taken once."""
         self.clock_read_cycles = clock_read_cost()
         self.stamp_cycles = stamp_cost()
         self.record_cycles = hist.record_cost()
@@ -502,7 +503,6 @@ class Bench:
         """One window of design i at `threads` workers.  Raises PointFailed."""
         self.start_workers(threads)
         d = self.designs[i]
-        self._calibrate_reads()
         self.reset(i, threads)
         ctl = self.env.ctl
         rogue = None

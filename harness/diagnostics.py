@@ -305,7 +305,7 @@ def latency_table(point, fmt="simple"):
     if "cost_ns_per_io" in lat:
         share = lat.get("cost_share")
         notes.append("collecting them cost %.2f ns per I/O%s: %s value(s) recorded at %.1f ns "
-                     "each (one record measured as the window started, out of level-1 cache: a "
+                     "each (one record measured at the run's start, out of level-1 cache: a "
                      "floor; benchmarks/histogram_cost.py measures them where they run)"
                      % (lat["cost_ns_per_io"], "" if share is None else
                         " (%.2f%% of the I/O's time%s)" % (100 * share, "" if

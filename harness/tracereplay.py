@@ -289,7 +289,6 @@ class ReplayBench(Bench):
         """One pass of design i over the trace.  Raises PointFailed."""
         self.start_workers(threads)
         self._pace_cycles()
-        self._calibrate_reads()
         d = self.designs[i]
         self.reset(i, threads)
         rq = self.rq
