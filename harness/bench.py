@@ -237,7 +237,7 @@ class Bench:
         cost, measured in this process before any worker is forked.  Taken
         again before each window, in the parent beside parked workers, they
         came out larger and the breakdown's named share of the fast designs
-        fell from 93-103% to 84-91% on an idle machine (docs/performance.md),
+        fell by 5 to 10 points on an idle machine (docs/performance.md),
         so they are taken once."""
         self.clock_read_cycles = clock_read_cost()
         self.stamp_cycles = stamp_cost()
