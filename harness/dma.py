@@ -217,9 +217,6 @@ def _exposure(env, w, c):
     hist.record(env.exp, w * EXP_WORDS, c)
 
 
-bucket_upper = hist.bucket_upper
-
-
 @hot(inline="always", inner=True)
 def _latency(env, w, which, c):
     """A sampled map or unmap, timed whole, into its worker's histogram

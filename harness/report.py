@@ -5,7 +5,6 @@ table, and the `report` and `compare` commands over results files."""
 import csv
 import io
 import json
-import math
 import statistics
 import sys
 
@@ -638,10 +637,6 @@ def cmd_report(args):
 
 # ------------------------------------------------------------------- compare
 
-def _geomean(xs):
-    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
-
-
 def _one_design_each(a_points, b_points):
     """(A's design, B's) when each file holds one design and they differ."""
     da, db = _designs(a_points), _designs(b_points)
@@ -770,7 +765,7 @@ def compare_table(a, b, fmt="simple"):
     text = tabulate(out, headers=heads, tablefmt=fmt, disable_numparse=True,
                     colalign=["left", "left", "right", "right", "right", "right", "left"])
     notes = []
-    gm = _geomean(ratios)
+    gm = stats.geomean(ratios)
     if gm is not None:
         notes.append("geometric mean of B/A over %d point%s measured in both: %.3f%s"
                      % (len(ratios), "" if len(ratios) == 1 else "s", gm,

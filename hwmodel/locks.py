@@ -552,16 +552,6 @@ def _acquired(lk, b, w):
 
 
 @hot(inline="always")
-def acquire(lk, i, w):
-    """spin_lock: take lock i as worker w."""
-    b = i * STRIDE
-    token = _attempt(lk, b, w)
-    if token != 0:
-        _contended(lk, b, lk.word[uidx(b + W_CLASS)], w, _kind(lk), token)
-    _acquired(lk, b, w)
-
-
-@hot(inline="always")
 def acquire_fast(lk, i, w):
     """spin_lock split in two: its uncontended attempt at lock i as worker
     w, inlined, gives 0 when it took the lock (the acquisition counted),
@@ -584,6 +574,14 @@ def acquire_wait(lk, i, w, token):
     b = i * STRIDE
     _contended(lk, b, lk.word[uidx(b + W_CLASS)], w, _kind(lk), token)
     _acquired(lk, b, w)
+
+
+@hot(inline="always")
+def acquire(lk, i, w):
+    """spin_lock: take lock i as worker w."""
+    token = acquire_fast(lk, i, w)
+    if token != 0:
+        acquire_wait(lk, i, w, token)
 
 
 @hot(inline="always")

@@ -29,10 +29,11 @@ from harness.dma import (EXP_BUCKETS, EXP_WORDS, E_COUNT, E_MAX, E_SUM, FLUSH_NA
                          HIGH_WATER_MARK, IOVA_FQ_SIZE, IOVA_FQ_TIMEOUT, IOVA_SINGLE_FQ_SIZE,
                          IOVA_SINGLE_FQ_TIMEOUT, M_COUNT, M_DEADLINE,
                          M_FINISH_CNT, M_FLUSHED_ENTRIES, M_FLUSHES, M_START_CNT,
-                         M_TIMER_FLUSHES, M_TIMER_ON, PENDING, bucket_upper)
+                         M_TIMER_FLUSHES, M_TIMER_ON, PENDING)
 from harness.loop import MODES, attach, clock
 from harness.rogue import rogue_loop
 from hwmodel import iommu
+from hwmodel.hist import bucket_upper
 from hwmodel import locks as lockmod
 from hwmodel.cpu import calibrate, cycles, fetch_add, hot, load, sched_yield
 from hwmodel.locks import CTL_ABORT
