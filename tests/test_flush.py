@@ -199,7 +199,7 @@ def make_env(flush, cpn, pages=PAGES, inv_page=0, inv_domain=0, rogue=False, max
               ("spy.meta", np.int64, (NDOM, LINE))]
     v = shared_arrays(specs)
     lk = lockmod.Locks(v["fq.lock.word"], v["fq.lock.qnode"], v["fq.lock.stats"],
-                       v["fq.lock.cfg"], v["ctl"], v["fq.lock.hist"])
+                       v["fq.lock.cfg"], v["ctl"], v["fq.lock.hist"], v["waited"])
     lockmod.init(lk, "ttas", classes)
     env = dma.make(v, lk)
     iommu.init(env.io, NDOM, pages, 64, 4, inv_page, inv_domain, 0)
