@@ -32,8 +32,8 @@ first to see one pass moves the phase on.
 import numpy as np
 
 from harness import dma
-from harness.dma import lock_waits
 from harness.compose import pick
+from harness.dma import lock_waits
 from harness.abi import (CTL_ATTACHED, CTL_FINISHED, CTL_NACTIVE, CTL_PHASE, CTL_PRODUCERS_LEFT,
                          CTL_ROGUE_READY, CTL_T_MEASURE, CTL_T_STOP, DIAG_SAMPLE, E_DEVICE_WAIT,
                          E_HANDOFF_WAIT, E_INV_QUEUE, E_INV_WAIT, E_TICKS, E_UNMAPS, E_WAITED,
@@ -182,9 +182,10 @@ def _put(ring, o, iova, pages, t_done, dom):
 def _io_waits(env, w):
     """What a sampled I/O's steps leave out and the breakdown counts in
     full elsewhere: a full queue's flush, invalidation waits, the device,
-    contended lock waits."""
+    contended lock waits, a hand-off producer's waits for room."""
+    c = env.cnt[w]
     return (env.steps[w].flush_cycles + env.io.stats[w * LINE + iommu.S_INV_WAIT]
-            + env.cnt[w].device_wait_cycles + lock_waits(env, w))
+            + c.device_wait_cycles + c.handoff_wait_cycles + lock_waits(env, w))
 
 
 @hot(inline="always", inner=True)
