@@ -18,7 +18,7 @@ loops of its workers agree on, in one place.
 """
 import numpy as np
 
-from hwmodel.locks import CTL_ABORT, waited_words
+from hwmodel.locks import CTL_ABORT
 
 LINE = 16                     # int64 words per 128-byte line
 LINE_BYTES = 8 * LINE
@@ -178,9 +178,6 @@ STEPS = _line([
     ("unmap_pte_cycles", np.int64),   # page-table clears
     ("free_cycles", np.int64),        # the free, or the queueing of a deferred one,
                                       # less the invalidations waited for in it
-                                      # (every step here, the flush and the service
-                                      # leave out the contended lock waits, which the
-                                      # breakdown counts whole from Env's `waited`)
     ("hypercall_cycles", np.int64),   # PVDMA: the hypercalls of a map and an unmap
     ("access_cycles", np.int64),      # the device's translations through the IOTLB
     ("service_cycles", np.int64),     # expired flush timers and the trim, less their
@@ -189,8 +186,7 @@ STEPS = _line([
     ("flush_cycles", np.int64),       # an unmap's flush of a full queue and the
                                       # deferred frees it releases, less their
                                       # invalidations: every one timed, not sampled
-    ("flush_inv", np.int64),          # scratch: the invalidation wait when one began,
-    ("flush_waited", np.int64),       # and the lock waits
+    ("flush_inv", np.int64),          # scratch: the invalidation wait when one began
     ("outliers", np.int64),           # sampled maps and unmaps left out (SAMPLE_OUTLIER_NS)
     ("outlier_cycles", np.int64),     # their time
     ("inv_submit_cycles", np.int64),  # strict: submitting an invalidation and polling
@@ -199,7 +195,7 @@ STEPS = _line([
     ("io_cycles", np.int64),          # before the map to after the unmap, less a full
                                       # queue's flush, invalidation and device waits
     ("io_outliers", np.int64),        # scratch: `outliers` when the timed I/O began
-    ("io_waits", np.int64),           # scratch: those waits (and lock waits) when it began
+    ("io_waits", np.int64),           # scratch: those waits when it began
     ("ticks_timed", np.int64),        # ticks timed, one in DIAG_SAMPLE,
     ("tick_cycles", np.int64),        # and their cycles, less their service
     ("map_cycles", np.int64),         # the sampled maps whole, first stamp to last,
@@ -208,34 +204,7 @@ STEPS = _line([
     ("unmaps_whole", np.int64),       # the sampled unmaps whole, waits and a full
     ("unmap_cycles", np.int64),       # queue's flush included, those of them not over
     ("unmap_sq", np.int64),           # SAMPLE_OUTLIER_NS: their count, sum and squares
-    ("clean_ios", np.int64),          # I/Os between two ticks none of which was sampled
-    ("clean_cycles", np.int64),       # (harness/loop.py `_between_ticks`), and their
-                                      # cycles less the waits counted elsewhere
-    ("stall_ios", np.int64),          # I/Os between two ticks that took, less those waits,
-    ("stall_cycles", np.int64),       # over SAMPLE_OUTLIER_NS, and their cycles
-    ("dirty_ios", np.int64),          # the other I/Os between two ticks (some sampled, or
-    ("dirty_cycles", np.int64),       # after a timed tick or the service), and their cycles
-    ("tick_prev", np.int64),          # scratch: the last tick's read of the clock,
-    ("tick_ops", np.int64),           # the I/O count then,
-    ("tick_waits", np.int64),         # the waits counted elsewhere then,
-    ("tick_dirty", np.int64),         # and 1 once an I/O since was sampled
 ])
-
-# --diag's window edges (Env.edges): per worker, two records of the counts
-# the breakdown reads, as the worker saw its window open and then close
-# (harness/loop.py `_edge`), so that the breakdown holds the window, as the
-# throughput does, not the warm-up or the drain: its steps record word for
-# word, then the counts kept elsewhere.
-EDGE_STEPS = STEPS.itemsize // 8
-E_WAITED = EDGE_STEPS             # contended lock waits (Env.waited)
-E_INV_WAIT = EDGE_STEPS + 1       # hwmodel/iommu.py S_INV_WAIT, S_INV_QUEUE
-E_INV_QUEUE = EDGE_STEPS + 2
-E_DEVICE_WAIT = EDGE_STEPS + 3    # COUNTERS' device_wait_cycles, handoff_wait_cycles,
-E_HANDOFF_WAIT = EDGE_STEPS + 4   # ticks and unmaps
-E_TICKS = EDGE_STEPS + 5
-E_UNMAPS = EDGE_STEPS + 6
-EDGE_WORDS = -(-(EDGE_STEPS + 7) // LINE) * LINE
-
 
 # ------------------------------------------------------------------- rings
 
@@ -259,11 +228,7 @@ def layout(nworkers):
             ("ring", np.int64, (nworkers * RING_STRIDE,)),
             ("hand", np.int64, (nworkers * HAND_STRIDE,)),
             ("sizes", np.int64, (SIZE_TABLE,)),
-            ("bell", np.int64, (nworkers * LINE,)),
-            # each worker's contended lock waits, any lock of the run
-            # (hwmodel/locks.py `waited`; every lock set is handed it)
-            ("waited", np.int64, (waited_words(nworkers),)),
-            ("edges", np.int64, (nworkers * 2 * EDGE_WORDS,))]
+            ("bell", np.int64, (nworkers * LINE,))]
 
 
 _problems = check_words()

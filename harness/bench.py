@@ -93,8 +93,6 @@ class Raw:
     alloc_lock_hists: list = None     # per lock class: lockmod.class_hists, all domains
     fq_lock_hists: list = None        # ... of the flush queues' locks
     record_cycles: float = 0.0        # what recording one value in a histogram costs
-    edges: np.ndarray = None          # (workers, 2, abi.EDGE_WORDS): --diag's counts as each
-                                      # worker's window opened and closed
 
 
 def consumers(threads, fraction):
@@ -290,7 +288,7 @@ class Bench:
     def _bind(self, views=None):
         v = views or self.arena.views
         fq_lk = lockmod.Locks(v["fq.lock.word"], v["fq.lock.qnode"], v["fq.lock.stats"],
-                              v["fq.lock.cfg"], v["ctl"], v["fq.lock.hist"], v["waited"])
+                              v["fq.lock.cfg"], v["ctl"], v["fq.lock.hist"])
         self.env = dma.make(v, fq_lk)
         o = self.opts
         self.stacked = []
@@ -298,8 +296,8 @@ class Bench:
         for i, (d, p) in enumerate(zip(self.designs, self.params)):
             with _buildable(d):
                 sts, each = compose.bind_stacked(d.module(), p, v, self._prefix(i), self.ndomains,
-                                                 self.env.ctl, v["waited"], o["lock"],
-                                                 o["spin_bound"], v.get("lock.hist"))
+                                                 self.env.ctl, o["lock"], o["spin_bound"],
+                                                 v.get("lock.hist"))
             self.stacked.append(sts)
             self.states.append(each)
         # per design, its loop of each mode (loop.MODE_*)
@@ -459,8 +457,6 @@ class Bench:
         dma.init(env)
         env.cnt[:] = 0
         env.steps[:] = 0
-        env.waited[:] = 0
-        env.edges[:] = 0
         env.hand[:] = 0
         premapped = o["premapped"] or d.premapped
         ncons = 0 if premapped else consumers(threads, o["unmap_fraction"])
@@ -620,7 +616,6 @@ class Bench:
                    cycles_per_ns=self.cycles_per_ns, lock_timing=self.lock_timing,
                    ctl=env.ctl.copy(), cnt=env.cnt[:threads].copy(),
                    steps=env.steps[:threads].copy(),
-                   edges=env.edges.reshape(-1, 2, abi.EDGE_WORDS)[:threads].copy(),
                    io_stats=env.io.stats.reshape(-1, LINE)[:threads].copy(),
                    exp=env.exp.reshape(-1, dma.EXP_WORDS)[:threads].copy(),
                    lat=env.lat.reshape(-1, dma.LAT_WORDS)[:threads].copy(),

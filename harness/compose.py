@@ -33,17 +33,13 @@ def specs(mod, p, prefix):
 
 
 def bind(mod, p, views, prefix, ctl, lock_kind="qspinlock", spin_bound=1000,
-         timing=False, counted=True, waited=None):
+         timing=False, counted=True):
     """The allocator's State over `views`, initialised empty; its locks
-    keep statistics unless `counted` is False (hwmodel.locks.Quiet).
-    `waited`: the run's count of each worker's lock waits, else one of
-    its own."""
+    keep statistics unless `counted` is False (hwmodel.locks.Quiet)."""
     kind = lockmod.Locks if counted else lockmod.Quiet
-    if waited is None:
-        waited = np.zeros(lockmod.waited_words(p.nworkers), dtype=np.int64)
     lk = kind(views[prefix + "lock.word"], views[prefix + "lock.qnode"],
               views[prefix + "lock.stats"], views[prefix + "lock.cfg"], ctl,
-              views[prefix + "lock.hist"], waited)
+              views[prefix + "lock.hist"])
     lockmod.init(lk, lock_kind, mod.locks(p), spin_bound, timing)
     local = {name[len(prefix):]: v for name, v in views.items()
              if name.startswith(prefix) and not name.startswith(prefix + "lock.")}
@@ -110,20 +106,17 @@ def shared(x, ndomains):
     return type(x)(*(shared(f, ndomains) for f in x))
 
 
-def bind_stacked(mod, p, views, prefix, ndomains, ctl, waited, lock_kind="qspinlock",
-                 spin_bound=1000, lock_hist=None):
+def bind_stacked(mod, p, views, prefix, ndomains, ctl, lock_kind="qspinlock", spin_bound=1000,
+                 lock_hist=None):
     """(the stacked State of `ndomains` instances, the tuple of each
-    domain's own State), every instance initialised empty.  `ctl` and
-    `waited` are the run's, every domain's locks sharing them.
-    `lock_hist`: an array for the locks' latency histograms that every
-    domain shares (each worker writes only its own rows), else each has a
-    line."""
+    domain's own State), every instance initialised empty.  `lock_hist`:
+    an array for the locks' latency histograms that every domain shares
+    (each worker writes only its own rows), else each has a line."""
     typed = {name[len(prefix):]: _typed(views[name], dtype, shape)
              for name, dtype, shape in specs(mod, p, prefix)}
     hist = typed["lock.hist"] if lock_hist is None else shared(lock_hist, ndomains)
     lk = lockmod.Locks(typed["lock.word"], typed["lock.qnode"], typed["lock.stats"],
-                       typed["lock.cfg"], shared(ctl, ndomains), hist,
-                       shared(waited, ndomains))
+                       typed["lock.cfg"], shared(ctl, ndomains), hist)
     local = {name: v for name, v in typed.items() if not name.startswith("lock.")}
     sts = mod.make(local, lk)
     each = tuple(pick(sts, k) for k in range(ndomains))

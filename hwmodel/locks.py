@@ -31,13 +31,6 @@ timed holds of one acquisition in HIST_PERIOD also go into a log-linear
 histogram per (class, worker) (hwmodel/hist.py), for their percentiles:
 `class_hists`.
 
-Every contended wait is also added to its worker's line of `waited`, one
-array that all the lock sets of a run share (as they share `ctl`): what a
-worker has waited for any lock, in cycles.  A caller that times a stretch
-of code reads it before and after (`waited`) and so can leave the waits
-out of the stretch and count them whole, every one, where a sample of the
-stretch would catch them at its own rate (harness/dma.py, --diag).
-
 A replay's locks are `Quiet`: the same words, but no acquisition count, no
 last holder, no timed hold, since the kernel keeps none of these and a
 replay reads none of them; and their kind is the kernel's, `qspinlock`,
@@ -114,7 +107,7 @@ NO_HIST = LINE
 # millions of holds draws as well.
 HIST_PERIOD = 16
 
-Locks = namedtuple("Locks", ["word", "qnode", "stats", "cfg", "ctl", "hist", "waited"])
+Locks = namedtuple("Locks", ["word", "qnode", "stats", "cfg", "ctl", "hist"])
 Quiet = namedtuple("Quiet", Locks._fields)
 
 
@@ -128,12 +121,6 @@ def counted(lk):
 def _counted(lk):
     keep = getattr(lk, "instance_class", None) is not Quiet
     return lambda lk: keep
-
-
-def waited_words(nworkers):
-    """Words of a run's `waited` array: a line per worker, so that no two
-    workers' counts share one."""
-    return nworkers * LINE
 
 
 def hist_words(nclasses, nworkers):
@@ -473,7 +460,6 @@ def _contended(lk, b, cls, w, kind, token):
     else:
         _wait_mcs(lk, cls, w, token)
     wait = cycles() - t0
-    lk.waited[uidx(w * LINE)] += wait
     st = lk.stats
     s = _stat_base(lk, cls, w)
     st[s + S_CONTENDED] += 1
@@ -483,13 +469,6 @@ def _contended(lk, b, cls, w, kind, token):
     last = lk.word[b + W_LAST]
     if last != 0 and last != w + 1:
         st[s + S_CON_BOUNCES] += 1
-
-
-@hot(inline="always")
-def waited(lk, w):
-    """Cycles worker w has waited for contended locks so far, any lock of
-    the run (not only lk's: the sets share the array)."""
-    return lk.waited[uidx(w * LINE)]
 
 
 @hot(inline="always")

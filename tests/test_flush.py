@@ -199,7 +199,7 @@ def make_env(flush, cpn, pages=PAGES, inv_page=0, inv_domain=0, rogue=False, max
               ("spy.meta", np.int64, (NDOM, LINE))]
     v = shared_arrays(specs)
     lk = lockmod.Locks(v["fq.lock.word"], v["fq.lock.qnode"], v["fq.lock.stats"],
-                       v["fq.lock.cfg"], v["ctl"], v["fq.lock.hist"], v["waited"])
+                       v["fq.lock.cfg"], v["ctl"], v["fq.lock.hist"])
     lockmod.init(lk, "ttas", classes)
     env = dma.make(v, lk)
     iommu.init(env.io, NDOM, pages, 64, 4, inv_page, inv_domain, 0)
@@ -210,7 +210,7 @@ def make_env(flush, cpn, pages=PAGES, inv_page=0, inv_domain=0, rogue=False, max
              fq_timeout_cycles=ms(cpn, dma.TIMEOUT_MS.get(flush, IOVA_FQ_TIMEOUT)),
              ncpus=ncpus, pages=pages, trim_cycles=0, diag=0, outlier_cycles=0, warmup_cycles=0,
              window_cycles=0, phase_every=1, dma_passes=1, slot_pages=64, lat_hist=0)
-    rb, _ = compose.bind_stacked(rbtree, p, v, "rb.", NDOM, v["ctl"], v["waited"])
+    rb, _ = compose.bind_stacked(rbtree, p, v, "rb.", NDOM, v["ctl"])
     v["spy.meta"][:, 0] = np.arange(NDOM)
     return env, Spy(rb, compose.shared(env.io, NDOM), v["spy.log"], v["spy.meta"])
 

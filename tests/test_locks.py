@@ -36,8 +36,7 @@ def _child(lk, counter, w, rounds):
 
 def _make(arena, kind, timing, kind_of_set=locks.Locks, preemptible=False):
     v = arena.views
-    lk = kind_of_set(v["word"], v["qnode"], v["stats"], v["cfg"], v["ctl"], v["hist"],
-                     v["waited"])
+    lk = kind_of_set(v["word"], v["qnode"], v["stats"], v["cfg"], v["ctl"], v["hist"])
     locks.init(lk, kind, [0], spin_bound=50, timing=timing, preemptible=preemptible)
     return lk
 
@@ -47,8 +46,7 @@ def _hammered(kind, kind_of_set=locks.Locks, preemptible=False):
     the lock guards (exact if it excludes), and the lock's statistics."""
     timing = kind in ("ticket", "mcs")
     specs = [(n, np.int64, s) for n, s in locks.layout(1, WORKERS, 1)]
-    specs += [("ctl", np.int64, (16,)), ("counter", np.int64, (32,)),
-              ("waited", np.int64, (locks.waited_words(WORKERS),))]
+    specs += [("ctl", np.int64, (16,)), ("counter", np.int64, (32,))]
     with Arena(specs) as arena:
         lk = _make(arena, kind, timing, kind_of_set, preemptible)
         counter = arena["counter"]
@@ -62,11 +60,7 @@ def _hammered(kind, kind_of_set=locks.Locks, preemptible=False):
         for p in procs:
             p.join(120)
         assert all(p.exitcode == 0 for p in procs)
-        st = locks.class_stats(lk)[0]
-        # every contended wait is counted twice: in its class's row, and
-        # in its worker's line of the run's `waited` (which the loop reads)
-        st["waited"] = int(lk.waited.reshape(WORKERS, locks.LINE)[:, 0].sum())
-        return int(counter[0]), st, lk.word.copy()
+        return int(counter[0]), locks.class_stats(lk)[0], lk.word.copy()
 
 
 @pytest.mark.parametrize("kind", locks.KINDS)
@@ -80,7 +74,6 @@ def test_lock_counts_exactly(kind, no_leaks):
     assert st["con_bounces"] <= st["acq_bounces"]
     if st["contentions"]:
         assert st["wait_total"] > 0 and st["wait_max"] >= st["wait_min"] > 0
-    assert st["waited"] == st["wait_total"]
     if kind in ("ticket", "mcs"):
         assert st["timed"] == WORKERS * ROUNDS
         assert st["hold_total"] > 0 and st["hold_max"] >= st["hold_min"] > 0
@@ -129,7 +122,7 @@ def _drop(lk, i, w):
 def _private_locks(nworkers, kind, timing=0, kind_of_set=locks.Locks):
     v = {n: np.zeros(s, dtype=np.int64) for n, s in locks.layout(1, nworkers, 1)}
     lk = kind_of_set(v["word"], v["qnode"], v["stats"], v["cfg"], np.zeros(16, dtype=np.int64),
-                     v["hist"], np.zeros(locks.waited_words(nworkers), dtype=np.int64))
+                     v["hist"])
     locks.init(lk, kind, [0], spin_bound=10, timing=timing)
     return lk
 
@@ -202,8 +195,7 @@ def test_contended_records_a_wait(kind, no_leaks):
     one contention, a wait of about the time the holder kept it, and a
     bounce, since the lock comes from another worker."""
     specs = [(n, np.int64, s) for n, s in locks.layout(1, 2, 1)]
-    specs += [("ctl", np.int64, (16,)), ("flag", np.int64, (16,)),
-              ("waited", np.int64, (locks.waited_words(2),))]
+    specs += [("ctl", np.int64, (16,)), ("flag", np.int64, (16,))]
     with Arena(specs) as arena:
         lk = _make(arena, kind, timing=0)
         flag = arena["flag"]
@@ -228,8 +220,6 @@ def test_contended_records_a_wait(kind, no_leaks):
         assert st["contentions"] == 1
         assert st["con_bounces"] == 1 and st["acq_bounces"] == 1
         assert st["wait_total"] == st["wait_min"] == st["wait_max"] >= held // 2
-        # the wait is the waiter's, in its line of the run's count
-        assert lk.waited[locks.LINE] == st["wait_total"] and lk.waited[0] == 0
 
 
 def _word_becomes(lk, value, timeout=30.0):
@@ -247,8 +237,7 @@ def test_qspinlock_goes_through_the_kernels_states(no_leaks):
     (n,0,1), the queue's head next, clearing the tail as the last one
     (0,0,1), and the word is free again (kernel/locking/qspinlock.c)."""
     specs = [(n, np.int64, s) for n, s in locks.layout(1, 3, 1)]
-    specs += [("ctl", np.int64, (16,)), ("flag", np.int64, (16,)),
-              ("waited", np.int64, (locks.waited_words(3),))]
+    specs += [("ctl", np.int64, (16,)), ("flag", np.int64, (16,))]
     with Arena(specs) as arena:
         lk = _make(arena, "qspinlock", timing=0)
         flag = arena["flag"]
@@ -283,8 +272,7 @@ def test_qspinlock_on_preemptible_cpus_never_queues(no_leaks):
     nor queues (virt_spin_lock): the word shows the holder alone while it
     waits, and it takes the lock once the holder drops it."""
     specs = [(n, np.int64, s) for n, s in locks.layout(1, 2, 1)]
-    specs += [("ctl", np.int64, (16,)), ("flag", np.int64, (16,)),
-              ("waited", np.int64, (locks.waited_words(2),))]
+    specs += [("ctl", np.int64, (16,)), ("flag", np.int64, (16,))]
     with Arena(specs) as arena:
         lk = _make(arena, "qspinlock", timing=0, preemptible=True)
         flag = arena["flag"]
@@ -308,21 +296,17 @@ def test_qspinlock_on_preemptible_cpus_never_queues(no_leaks):
 
 def test_qspinlock_tail_names_a_bounded_number_of_cpus():
     v = {n: np.zeros(s, dtype=np.int64) for n, s in locks.layout(1, 1 << 14, 1)}
-    lk = locks.Locks(v["word"], v["qnode"], v["stats"], v["cfg"], np.zeros(16, np.int64), v["hist"],
-                     np.zeros(locks.waited_words(1 << 14), np.int64))
+    lk = locks.Locks(v["word"], v["qnode"], v["stats"], v["cfg"], np.zeros(16, np.int64), v["hist"])
     with pytest.raises(ValueError, match="names at most 16383 CPUs, not 16384"):
         locks.init(lk, "qspinlock", [0])
 
 
 def test_abort_ends_a_wait():
     """A waiter on a lock whose holder is gone leaves when the run aborts."""
-    specs = [(n, np.int64, s) for n, s in locks.layout(1, 2, 1)] + [("ctl", np.int64, (16,)),
-                                                                     ("waited", np.int64,
-                                                                      (locks.waited_words(2),))]
+    specs = [(n, np.int64, s) for n, s in locks.layout(1, 2, 1)] + [("ctl", np.int64, (16,))]
     with Arena(specs) as arena:
         v = arena.views
-        lk = locks.Locks(v["word"], v["qnode"], v["stats"], v["cfg"], v["ctl"], v["hist"],
-                         v["waited"])
+        lk = locks.Locks(v["word"], v["qnode"], v["stats"], v["cfg"], v["ctl"], v["hist"])
         locks.init(lk, "ttas", [0], spin_bound=10)
         locks.acquire(lk, 0, 0)              # held, never released
         v["ctl"][locks.CTL_ABORT] = 1
