@@ -10,7 +10,10 @@ whether the IOTLB still holds any of its pages.  Run-level tests measure a
 few short windows of the real loop with the rogue device and the ownership
 check on.  Times are checked by lower bounds; upper bounds are generous.
 """
+import os
+import signal
 import sys
+import threading
 import time
 from collections import namedtuple
 
@@ -23,7 +26,7 @@ from harness import abi, compose, designs, dma, readout
 from harness.abi import (CTL_ERR, CTL_ERR_CLAIMANT, CTL_ERR_KIND, CTL_ERR_PAGE, CTL_PHASE,
                          CTL_ROGUE_PROBES, CTL_ROGUE_READY, CTL_ROGUE_STALE, LINE, PH_MEASURE,
                          PH_STOP, PH_WAIT, STATUS_ABORTED, STATUS_RAN)
-from harness.bench import Bench
+from harness.bench import ROGUE_TRIES, Bench, PointFailed
 from harness.config import defaults, load_preset, load_profile
 from harness.dma import (EXP_BUCKETS, EXP_WORDS, E_COUNT, E_MAX, E_SUM, FLUSH_NAMES, FQ_WORDS,
                          HIGH_WATER_MARK, IOVA_FQ_SIZE, IOVA_FQ_TIMEOUT, IOVA_SINGLE_FQ_SIZE,
@@ -897,3 +900,41 @@ def test_rogue_device_waits_for_its_window():
         sw._start_rogue = late_parent
         for _ in range(2):
             assert readout.window(sw.window(0, 1))["rogue_probes"] > 0
+
+
+def test_a_starved_rogue_device_gets_the_window_again(capfd):
+    """A rogue device kept off the cores for a whole window (here, stopped
+    from its ready report to the window's end) probes nothing: the window
+    is measured again, with a warning, and the point fails only when every
+    try was starved."""
+    o = defaults()
+    o.update(threads=[1], duration=0.1, warmup=0.0, repeats=1, rogue_device=True)
+    with _PublisherBench(o, [designs.resolve("rbtree+strict")]) as sw:
+        start = sw._start_rogue
+        ctl = sw.env.ctl
+        starve = [0]
+
+        def resume(pid):
+            wait_until(lambda: ctl[CTL_PHASE] == PH_STOP)
+            os.kill(pid, signal.SIGCONT)
+
+        def starved():
+            p = start()
+            if starve[0] > 0:
+                starve[0] -= 1
+                wait_until(lambda: ctl[CTL_ROGUE_READY] == 1)
+                os.kill(p.pid, signal.SIGSTOP)
+                threading.Thread(target=resume, args=(p.pid,), daemon=True).start()
+            return p
+
+        sw._start_rogue = starved
+        starve[0] = 1
+        assert readout.window(sw.window(0, 1))["rogue_probes"] > 0
+        assert starve[0] == 0
+        err = capfd.readouterr().err
+        assert "the rogue device never probed in the window" in err and "measured again" in err
+
+        starve[0] = ROGUE_TRIES
+        with pytest.raises(PointFailed, match="never probed in the window.*in %d windows" % ROGUE_TRIES):
+            sw.window(0, 1)
+        assert starve[0] == 0
