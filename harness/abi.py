@@ -104,6 +104,10 @@ CTL_ROGUE_READY = 17
 CTL_T_MEASURE = 18           # cycle counter at which the warm-up ends and the window opens
 CTL_T_STOP = 19              # ... and at which the window closes
 CTL_WORDS = 32
+# after them, a line per worker: what it has waited for contended locks so
+# far, any lock of the run (hwmodel/locks.py C_WAITED; --diag leaves the
+# waits out of the steps it times and counts them whole)
+CTL_WAITED = CTL_WORDS
 
 # phases of a point (CTL_PHASE)
 PH_WAIT, PH_WARMUP, PH_MEASURE, PH_STOP = 0, 1, 2, 3
@@ -116,7 +120,7 @@ ERR_DOUBLE_MAP, ERR_NOT_HELD, ERR_EARLY_REUSE = 1, 2, 3
 def control_words():
     """{name: index} of every control word."""
     return {name: value for name, value in globals().items()
-            if name.startswith("CTL_") and name != "CTL_WORDS"}
+            if name.startswith("CTL_") and name not in ("CTL_WORDS", "CTL_WAITED")}
 
 
 def check_words():
@@ -178,6 +182,9 @@ STEPS = _line([
     ("unmap_pte_cycles", np.int64),   # page-table clears
     ("free_cycles", np.int64),        # the free, or the queueing of a deferred one,
                                       # less the invalidations waited for in it
+                                      # (every step here, the flush and the service
+                                      # leave out the contended lock waits, which the
+                                      # breakdown counts whole from CTL_WAITED)
     ("hypercall_cycles", np.int64),   # PVDMA: the hypercalls of a map and an unmap
     ("access_cycles", np.int64),      # the device's translations through the IOTLB
     ("service_cycles", np.int64),     # expired flush timers and the trim, less their
@@ -186,7 +193,8 @@ STEPS = _line([
     ("flush_cycles", np.int64),       # an unmap's flush of a full queue and the
                                       # deferred frees it releases, less their
                                       # invalidations: every one timed, not sampled
-    ("flush_inv", np.int64),          # scratch: the invalidation wait when one began
+    ("flush_inv", np.int64),          # scratch: the invalidation wait when one began,
+    ("flush_waited", np.int64),       # and the lock waits
     ("outliers", np.int64),           # sampled maps and unmaps left out (SAMPLE_OUTLIER_NS)
     ("outlier_cycles", np.int64),     # their time
     ("inv_submit_cycles", np.int64),  # strict: submitting an invalidation and polling
@@ -195,7 +203,7 @@ STEPS = _line([
     ("io_cycles", np.int64),          # before the map to after the unmap, less a full
                                       # queue's flush, invalidation and device waits
     ("io_outliers", np.int64),        # scratch: `outliers` when the timed I/O began
-    ("io_waits", np.int64),           # scratch: those waits when it began
+    ("io_waits", np.int64),           # scratch: those waits (and lock waits) when it began
     ("ticks_timed", np.int64),        # ticks timed, one in DIAG_SAMPLE,
     ("tick_cycles", np.int64),        # and their cycles, less their service
     ("map_cycles", np.int64),         # the sampled maps whole, first stamp to last,
@@ -204,7 +212,34 @@ STEPS = _line([
     ("unmaps_whole", np.int64),       # the sampled unmaps whole, waits and a full
     ("unmap_cycles", np.int64),       # queue's flush included, those of them not over
     ("unmap_sq", np.int64),           # SAMPLE_OUTLIER_NS: their count, sum and squares
+    ("clean_ios", np.int64),          # I/Os between two ticks none of which was sampled
+    ("clean_cycles", np.int64),       # (harness/loop.py `_between_ticks`), and their
+                                      # cycles less the waits counted elsewhere
+    ("stall_ios", np.int64),          # I/Os between two ticks that took, less those waits,
+    ("stall_cycles", np.int64),       # over SAMPLE_OUTLIER_NS, and their cycles
+    ("dirty_ios", np.int64),          # the other I/Os between two ticks (some sampled, or
+    ("dirty_cycles", np.int64),       # after a timed tick or the service), and their cycles
+    ("tick_prev", np.int64),          # scratch: the last tick's read of the clock,
+    ("tick_ops", np.int64),           # the I/O count then,
+    ("tick_waits", np.int64),         # the waits counted elsewhere then,
+    ("tick_dirty", np.int64),         # and 1 once an I/O since was sampled
 ])
+
+# --diag's window edges (Env.edges): per worker, two records of the counts
+# the breakdown reads, as the worker saw its window open and then close
+# (harness/loop.py `_edge`), so that the breakdown holds the window, as the
+# throughput does, not the warm-up or the drain: its steps record word for
+# word, then the counts kept elsewhere.
+EDGE_STEPS = STEPS.itemsize // 8
+E_WAITED = EDGE_STEPS             # contended lock waits (CTL_WAITED)
+E_INV_WAIT = EDGE_STEPS + 1       # hwmodel/iommu.py S_INV_WAIT, S_INV_QUEUE
+E_INV_QUEUE = EDGE_STEPS + 2
+E_DEVICE_WAIT = EDGE_STEPS + 3    # COUNTERS' device_wait_cycles, handoff_wait_cycles,
+E_HANDOFF_WAIT = EDGE_STEPS + 4   # ticks and unmaps
+E_TICKS = EDGE_STEPS + 5
+E_UNMAPS = EDGE_STEPS + 6
+EDGE_WORDS = -(-(EDGE_STEPS + 7) // LINE) * LINE
+
 
 # ------------------------------------------------------------------- rings
 
@@ -221,14 +256,15 @@ HAND_STRIDE = RING_STRIDE + 2 * LINE
 
 def layout(nworkers):
     """The harness's own arrays of a run of `nworkers` workers."""
-    return [("ctl", np.int64, (CTL_WORDS,)),
+    return [("ctl", np.int64, (CTL_WAITED + nworkers * LINE,)),
             ("cfg", CONFIG, (1,)),
             ("cnt", COUNTERS, (nworkers,)),
             ("steps", STEPS, (nworkers,)),
             ("ring", np.int64, (nworkers * RING_STRIDE,)),
             ("hand", np.int64, (nworkers * HAND_STRIDE,)),
             ("sizes", np.int64, (SIZE_TABLE,)),
-            ("bell", np.int64, (nworkers * LINE,))]
+            ("bell", np.int64, (nworkers * LINE,)),
+            ("edges", np.int64, (nworkers * 2 * EDGE_WORDS,))]
 
 
 _problems = check_words()

@@ -101,6 +101,8 @@ class Raw:
     alloc_lock_hists: list = None     # per lock class: lockmod.class_hists, all domains
     fq_lock_hists: list = None        # ... of the flush queues' locks
     record_cycles: float = 0.0        # what recording one value in a histogram costs
+    edges: np.ndarray = None          # (workers, 2, abi.EDGE_WORDS): --diag's counts as each
+                                      # worker's window opened and closed
 
 
 def consumers(threads, fraction):
@@ -308,8 +310,9 @@ class Bench:
                                                  v.get("lock.hist"))
             self.stacked.append(sts)
             self.states.append(each)
-        # per design, its loop of each mode (loop.MODE_*)
-        self.entries = [tuple(getattr(entries.of(d.allocator), entries.entry_name(d.flush, k))
+        # per design, its loop of each mode (loop.MODE_*), --diag's or the plain one
+        self.entries = [tuple(getattr(entries.of(d.allocator),
+                                      entries.entry_name(d.flush, k, bool(o["diag"])))
                               for k in range(len(loop.MODES)))
                         for d in self.designs]
 
@@ -355,7 +358,8 @@ class Bench:
         todo = self._uncompiled()
         if not todo:
             return
-        names = ["%s (%s)" % (self.designs[i].spec.partition("@")[0], loop.MODES[k])
+        names = ["%s (%s%s)" % (self.designs[i].spec.partition("@")[0], loop.MODES[k],
+                                ", --diag" if self.opts["diag"] else "")
                  for i, k in todo]
         parallel = min(len(todo), len(self.cores))
         compile_notice(names, parallel)
@@ -449,13 +453,15 @@ class Bench:
         d, p = self.designs[i], self.params[i]
         mod = d.module()
         preemptible = self.busy(threads) > len(self.cores)
+        # --diag counts each worker's contended waits whole, any lock
+        waited = abi.CTL_WAITED if o["diag"] else 0
         for st in self.states[i]:
             mod.init(st, p)
             lockmod.init(st.lk, o["lock"], mod.locks(p), o["spin_bound"], self.lock_timing,
-                         preemptible, self.histograms)
+                         preemptible, self.histograms, waited)
         env = self.env
         lockmod.init(env.fq.lk, o["lock"], self._fq_classes(), o["spin_bound"], self.lock_timing,
-                     preemptible, self.histograms)
+                     preemptible, self.histograms, waited)
         pr = self.profile
         huge = o["huge"] or d.huge
         iommu.init(env.io, self.ndomains, p.pages, o["tlb_entries"], o["tlb_ways"],
@@ -465,6 +471,7 @@ class Bench:
         dma.init(env)
         env.cnt[:] = 0
         env.steps[:] = 0
+        env.edges[:] = 0
         env.hand[:] = 0
         premapped = o["premapped"] or d.premapped
         ncons = 0 if premapped else consumers(threads, o["unmap_fraction"])
@@ -640,6 +647,7 @@ class Bench:
                    cycles_per_ns=self.cycles_per_ns, lock_timing=self.lock_timing,
                    ctl=env.ctl.copy(), cnt=env.cnt[:threads].copy(),
                    steps=env.steps[:threads].copy(),
+                   edges=env.edges.reshape(-1, 2, abi.EDGE_WORDS)[:threads].copy(),
                    io_stats=env.io.stats.reshape(-1, LINE)[:threads].copy(),
                    exp=env.exp.reshape(-1, dma.EXP_WORDS)[:threads].copy(),
                    lat=env.lat.reshape(-1, dma.LAT_WORDS)[:threads].copy(),

@@ -27,21 +27,23 @@ BREAKDOWN_PARTS = (
     ("free", "free IOVA, or queue it"),
     ("queue_flush", "a full queue's flush and its frees"),
     ("timers", "flush timers and depot trim"),
+    ("lock_waits", "lock waits, contended (every one timed)"),
     ("device", "device (polling it; its model's clock reads)"),
     ("handoff_wait", "hand-off wait"),
     ("preempted", "waiting for a CPU (preempted)"),
-    ("stalls", "stalls of over 100 µs, less preemption (a preempted lock holder)"),
+    ("stalls", "stalls of over 100 µs between two ticks, less preemption (the CPU taken)"),
     ("exposure_stamp", "the exposure window's start (a clock read per unmap)"),
     ("diag_timing", "timing the sampled steps (--diag's own cost)"),
     ("diag_histograms", "recording the sampled maps and unmaps (--diag's own cost)"),
-    ("loop", "the harness's loop, between the steps (timed whole I/Os less their steps)"),
+    ("loop", "the harness's loop, between the steps (unsampled I/Os less their steps)"),
     ("tick", "the loop's look at the clock, one I/O in 16"),
     ("unnamed", "not named (the loop where it is not timed)"),
     ("harness", "harness (the loop; direct's cost)"),   # results of versions 1 to 4
 )
 # what the named steps leave: not a step
 UNNAMED = ("unnamed", "harness")
-# lock waits happen inside allocate, free and the timers: a share of them
+# files of version 8 and older: the lock waits inside allocate, free and
+# the timers, a share of them (version 9 counts them apart, `lock_waits`)
 NESTED_PARTS = (("lock_wait", "lock wait (within allocate, free, timers)"),)
 
 
@@ -238,7 +240,7 @@ def breakdown_table(point, fmt="simple"):
     if d.get("outliers"):
         notes.append("%d of %d sampled maps and unmaps left out of the steps: longer than "
                      "%.0f µs, they held a preemption or a wait on a preempted holder "
-                     "(counted in 'waiting for a CPU' and 'stalls')"
+                     "(counted in 'waiting for a CPU', 'stalls' and the lock waits)"
                      % (d["outliers"], d.get("sampled", 0) + d["outliers"],
                         d.get("outlier_ns", 0) / 1e3))
     share = attributed(b)

@@ -36,12 +36,12 @@ from collections import namedtuple
 import numpy as np
 
 from harness.abi import (CTL_ERR, CTL_ERR_CLAIMANT, CTL_ERR_HOLDER, CTL_ERR_KIND, CTL_ERR_PAGE,
-                         ERR_DOUBLE_MAP, ERR_EARLY_REUSE, ERR_NOT_HELD, LINE)
+                         CTL_WAITED, ERR_DOUBLE_MAP, ERR_EARLY_REUSE, ERR_NOT_HELD, LINE)
 from harness.compose import pick
 from hwmodel import hist, iommu
 from hwmodel.cpu import (busy_wait_cycles, cas, chosen, cycles, fetch_add, hot,
                          inline_into_callers, load, stamp, store, xchg)
-from hwmodel.locks import CTL_ABORT, acquire, release
+from hwmodel.locks import CTL_ABORT, acquire, release, waited
 
 FLUSH_NONE, FLUSH_STRICT, FLUSH_BATCHED, FLUSH_PERCPU, FLUSH_SINGLE = range(5)
 FLUSH_NAMES = ("none", "strict", "batched", "percpu", "single")
@@ -92,8 +92,9 @@ R_INDEX = 2 * RECENT         # the ring's next slot; then probe and hit counts
 FlushQ = namedtuple("FlushQ", ["q", "meta", "ends", "ring", "lk"])
 # the run's arrays as compiled code sees them: those of harness/abi.py, then
 # map and unmap's own
+# (`stepw`: `steps` word for word, to copy it into `edges`)
 Env = namedtuple("Env", ["ctl", "cfg", "cnt", "steps", "ring", "hand", "sizes",
-                         "own", "exp", "lat", "recent", "gen", "io", "fq"])
+                         "own", "exp", "lat", "recent", "gen", "io", "fq", "edges", "stepw"])
 
 
 # The kernel's memory for a queue (x86-64, 6.7+): struct iova_fq_entry is
@@ -161,8 +162,8 @@ def make(views, fq_lk):
     fq = FlushQ(views["fq.q"], views["fq.meta"], views["fq.ends"], views["fq.ring"], fq_lk)
     return Env(views["ctl"], views["cfg"], views["cnt"], views["steps"], views["ring"],
                views["hand"], views["sizes"], views["own"], views["exp"], views["lat"],
-               views["recent"],
-               views["gen"], io, fq)
+               views["recent"], views["gen"], io, fq, views["edges"],
+               views["steps"].view(np.int64))
 
 
 # --- the ownership map ---------------------------------------------------
@@ -239,6 +240,16 @@ def _publish(env, dom, iova):
 # --- map and unmap -------------------------------------------------------
 
 @hot(inline="always", inner=True)
+def lock_waits(env, w):
+    """Cycles worker w has waited for contended locks so far, whatever
+    the lock: --diag leaves them out of the steps it times and counts
+    them whole, every one (a sampled I/O, slowed by its stamps, meets
+    fewer of them than the others do).  Every lock set of the run counts
+    into the one count, in the run's control words."""
+    return waited(env.ctl, CTL_WAITED, w)
+
+
+@hot(inline="always", inner=True)
 def _hypercall(env):
     """PVDMA: a guest's map or unmap is a hypercall the host serves (the
     profile's hypercall_ns, polled as the guest waits for it)."""
@@ -258,10 +269,12 @@ def dma_map(alloc, st, env, w, cpu, dom, pages, phys, sample):
     t0 = stamp() if sample else 0
     _hypercall(env)
     t1 = stamp() if sample else 0
+    w1 = lock_waits(env, w) if sample else 0
     iova = alloc(st, w, cpu, pages, cfg.limit)
     if iova < 0:
         return -1
     t2 = stamp() if sample else 0
+    w2 = lock_waits(env, w) if sample else 0
     if cfg.check != 0:
         _claim(env, w, dom, iova, pages)
     if cfg.rogue != 0:
@@ -273,12 +286,14 @@ def dma_map(alloc, st, env, w, cpu, dom, pages, phys, sample):
         s = env.steps[w]
         t3 = stamp()
         _latency(env, w, LAT_MAP, t3 - t0)
-        if t3 - t0 > cfg.outlier_cycles:
+        # the lock waits are counted whole elsewhere: a step is the rest
+        own = t3 - t0 - (w2 - w1)
+        if own > cfg.outlier_cycles:
             s.outliers += 1
-            s.outlier_cycles += t3 - t0
+            s.outlier_cycles += own
         else:
             s.hypercall_cycles += t1 - t0
-            s.alloc_cycles += t2 - t1
+            s.alloc_cycles += t2 - t1 - (w2 - w1)
             s.map_pte_cycles += t3 - t2
             s.maps += 1
             s.map_cycles += t3 - t0
@@ -302,6 +317,7 @@ def dma_unmap(free, sts, env, w, cpu, owner, dom, iova, pages, sample, policy):
     th = stamp() if sample else 0
     inv0 = io.stats[w * LINE + iommu.S_INV_WAIT] if sample else 0
     fl0 = env.steps[w].flush_cycles if sample else 0
+    w0 = lock_waits(env, w) if sample else 0
     iommu.clear_ptes(io, dom, iova, pages)
     if cfg.check != 0:
         _release(env, owner, dom, iova, pages)
@@ -314,14 +330,16 @@ def dma_unmap(free, sts, env, w, cpu, owner, dom, iova, pages, sample, policy):
         _publish(env, dom, iova)
     if sample:
         # the invalidations waited for here are accounted by the IOMMU's
-        # statistics, and a queue's flush in full on its own; a strict
-        # invalidation's submission and polling is its own step; the free's
-        # share is the rest
+        # statistics, a queue's flush in full on its own, and the lock
+        # waits (the flush's among them) whole; a strict invalidation's
+        # submission and polling is its own step; the free's share is the
+        # rest
         s = env.steps[w]
         inv = io.stats[w * LINE + iommu.S_INV_WAIT] - inv0
         t2 = stamp()
         _latency(env, w, LAT_UNMAP, t2 - t0)
-        own = t2 - t1 - (s.flush_cycles - fl0) - (tinv if tinv > 0 else inv)
+        own = t2 - t1 - (s.flush_cycles - fl0) - (tinv if tinv > 0 else inv) \
+            - (lock_waits(env, w) - w0)
         if own + tinv + t1 - t0 > cfg.outlier_cycles:
             s.outliers += 1
             s.outlier_cycles += own + tinv + t1 - t0
@@ -366,11 +384,13 @@ def _flush_begin(env, w):
     """With --diag, the start of a queue's flush and frees inside an unmap
     (every one is timed: they come once in hundreds of unmaps, and a
     sampled unmap would catch them at a rate set by the sampling period,
-    not by their own); the invalidations waited for are noted to be left
-    out.  0 without --diag."""
+    not by their own); the invalidations and lock waits in it are noted
+    to be left out.  0 without --diag."""
     if env.cfg[0].diag == 0:
         return 0
-    env.steps[w].flush_inv = env.io.stats[w * LINE + iommu.S_INV_WAIT]
+    s = env.steps[w]
+    s.flush_inv = env.io.stats[w * LINE + iommu.S_INV_WAIT]
+    s.flush_waited = lock_waits(env, w)
     return stamp()
 
 
@@ -379,7 +399,7 @@ def _flush_end(env, w, t0):
     if t0 != 0:
         s = env.steps[w]
         inv = env.io.stats[w * LINE + iommu.S_INV_WAIT] - s.flush_inv
-        s.flush_cycles += stamp() - t0 - inv
+        s.flush_cycles += stamp() - t0 - inv - (lock_waits(env, w) - s.flush_waited)
 
 
 # --- batched: one global queue (2008) ----------------------------------------

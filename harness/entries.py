@@ -167,13 +167,15 @@ def compile_record(names, took):
             os.unlink(tmp)
 
 
-# One loop per flush policy and mode of the workers, with both written as
+# One loop per flush policy, mode of the workers and --diag, written as
 # numbers: numba compiles a callee for a number written in the call (not
 # for a module's constant), and the loop chooses its code by them
-# (loop.run_worker).  Each is compiled when a run first needs it.
+# (loop.run_worker).  Each is compiled when a run first needs it.  --diag's
+# loop apart: its stamps and counts, compiled into the plain loop and
+# skipped there, made that loop's code slower (docs/performance.md).
 _RUN = '''@hot(cache=True)
 def {entry}(sts, env, w, cpu):
-    loop.run_worker(m.alloc, m.free, {trim}, sts, env, w, cpu, {policy}, {mode})
+    loop.run_worker(m.alloc, m.free, {trim}, sts, env, w, cpu, {policy}, {mode}, {diag})
 '''
 
 
@@ -195,20 +197,23 @@ def _traces(trim):
                        for p, f in enumerate(dma.FLUSH_NAMES))
 
 
-def entry_name(flush, mode):
-    """The generated entry of a flush policy's name and a loop.MODE_*."""
-    return "run_%s_%s" % (flush, loop.MODES[mode])
+def entry_name(flush, mode, diag=False):
+    """The generated entry of a flush policy's name, a loop.MODE_* and
+    whether it is --diag's."""
+    return "run_%s_%s%s" % (flush, loop.MODES[mode], "_diag" if diag else "")
 
 
 def _runs(trim):
-    return "\n\n".join(_RUN.format(entry=entry_name(f, k), trim=trim, policy=p, mode=k)
-                       for p, f in enumerate(dma.FLUSH_NAMES) for k in range(len(loop.MODES)))
+    return "\n\n".join(_RUN.format(entry=entry_name(f, k, diag), trim=trim, policy=p, mode=k,
+                                   diag=int(diag))
+                       for p, f in enumerate(dma.FLUSH_NAMES) for k in range(len(loop.MODES))
+                       for diag in (False, True))
 
 
 def of(name):
     """The generated module of allocator `name`: `run_<flush>_<mode>(sts,
     env, w, cpu)`, a worker's whole point under that flush policy and mode
-    (entry_name), and `replay(st, req, held)`, a trace (`replay_timed`:
+    (`run_<flush>_<mode>_diag` with --diag; entry_name), and `replay(st, req, held)`, a trace (`replay_timed`:
     with each request timed)."""
     if name not in _modules:
         usable_cache()

@@ -33,8 +33,11 @@ import numpy as np
 
 from harness import dma
 from harness.compose import pick
+from harness.dma import lock_waits
 from harness.abi import (CTL_ATTACHED, CTL_FINISHED, CTL_NACTIVE, CTL_PHASE, CTL_PRODUCERS_LEFT,
-                         CTL_ROGUE_READY, CTL_T_MEASURE, CTL_T_STOP, DIAG_SAMPLE, HAND_HEAD,
+                         CTL_ROGUE_READY, CTL_T_MEASURE, CTL_T_STOP, DIAG_SAMPLE, E_DEVICE_WAIT,
+                         E_HANDOFF_WAIT, E_INV_QUEUE, E_INV_WAIT, E_TICKS, E_UNMAPS, E_WAITED,
+                         EDGE_STEPS, EDGE_WORDS, HAND_HEAD,
                          HAND_STRIDE, HAND_TAIL, LINE, MAX_DEPTH, PH_MEASURE, PH_STOP, PH_WAIT,
                          PH_WARMUP, RING_DOMAIN, RING_IOVA, RING_PAGES, RING_STRIDE, RING_T_DONE,
                          RING_WORDS, SIZE_TABLE, STATUS_ABORTED, STATUS_RAN)
@@ -178,15 +181,18 @@ def _put(ring, o, iova, pages, t_done, dom):
 @hot(inline="always", inner=True)
 def _io_waits(env, w):
     """What a sampled I/O's steps leave out and the breakdown counts in
-    full elsewhere: a full queue's flush, invalidation waits, the device."""
+    full elsewhere: a full queue's flush, invalidation waits, the device,
+    contended lock waits, a hand-off producer's waits for room."""
+    c = env.cnt[w]
     return (env.steps[w].flush_cycles + env.io.stats[w * LINE + iommu.S_INV_WAIT]
-            + env.cnt[w].device_wait_cycles)
+            + c.device_wait_cycles + c.handoff_wait_cycles + lock_waits(env, w))
 
 
 @hot(inline="always", inner=True)
 def _io_begin(env, w):
     """The start of a sampled I/O of the local ring, timed whole."""
     s = env.steps[w]
+    s.tick_dirty = 1
     s.io_outliers = s.outliers
     s.io_waits = _io_waits(env, w)
     return stamp()
@@ -204,6 +210,62 @@ def _io_end(env, w, t_io):
     if s.outliers == s.io_outliers and t <= env.cfg[0].outlier_cycles:
         s.ios += 1
         s.io_cycles += t
+
+
+@hot(inline="always", inner=True)
+def _between_ticks(env, w, ops, now, timed):
+    """--diag, at a tick: the I/Os since the last tick, timed together by
+    the two ticks' reads of the clock, less the waits and the service
+    counted elsewhere, fall in one of three sums, which together hold
+    every cycle of the worker's loop between its first tick and its last.
+    Over SAMPLE_OUTLIER_NS they held a stall (the CPU taken away: a
+    preemption, the hypervisor).  Else, when none of them was sampled and
+    the tick before them was neither timed nor ran the service, they are
+    *clean*: what an I/O costs without --diag.  The rest hold --diag's
+    stamps: less as many clean I/Os, what is left is --diag's own cost,
+    the sampled I/Os' stamps and their wake on the I/Os after them.  So
+    the breakdown's loop is the clean cost less the steps, and --diag's
+    cost is measured, where the stamps' cost calibrated out of context
+    was off by a few cycles a stamp, a dozen stamps an I/O: a tenth of a
+    fast design's I/O."""
+    s = env.steps[w]
+    waits = _io_waits(env, w) + s.service_cycles
+    if s.tick_prev != 0:
+        t = now - s.tick_prev - (waits - s.tick_waits)
+        if t > env.cfg[0].outlier_cycles:
+            s.stall_cycles += t
+            s.stall_ios += ops - s.tick_ops
+        elif s.tick_dirty == 0 and not timed:
+            s.clean_cycles += t
+            s.clean_ios += ops - s.tick_ops
+        else:
+            s.dirty_cycles += t
+            s.dirty_ios += ops - s.tick_ops
+    s.tick_prev = now
+    s.tick_ops = ops
+    s.tick_waits = waits
+    s.tick_dirty = timed
+
+
+@hot(inner=True)
+def _edge(env, w, which):
+    """--diag: the counts the breakdown reads, as this worker's window
+    opens (0) or closes (1), at the tick that notes its I/O count and
+    cycle; the breakdown takes the one from the other."""
+    out_of_line()
+    e = env.edges
+    b = (w * 2 + which) * EDGE_WORDS
+    src = w * EDGE_STEPS
+    for k in range(EDGE_STEPS):
+        e[b + k] = env.stepw[src + k]
+    c = env.cnt[w]
+    e[b + E_WAITED] = lock_waits(env, w)
+    e[b + E_INV_WAIT] = env.io.stats[w * LINE + iommu.S_INV_WAIT]
+    e[b + E_INV_QUEUE] = env.io.stats[w * LINE + iommu.S_INV_QUEUE]
+    e[b + E_DEVICE_WAIT] = c.device_wait_cycles
+    e[b + E_HANDOFF_WAIT] = c.handoff_wait_cycles
+    e[b + E_TICKS] = c.ticks
+    e[b + E_UNMAPS] = c.unmaps
 
 
 # ------------------------------------------------------ the start line, the clock
@@ -256,28 +318,33 @@ def clock(ctl, now):
 
 
 @hot(inner=True)
-def _service(free, trim, sts, env, w, cpu, now, policy):
+def _service(free, trim, sts, env, w, cpu, now, policy, diagnose):
     """What any worker does besides I/O, when the tick finds some due: fire
     expired flush timers and, on worker 0, the allocator's trim.  With
     --diag its time is the breakdown's `timers`, less the invalidations
-    it waits for (the IOMMU's share)."""
+    it waits for (the IOMMU's share) and its lock waits (counted whole).
+    Returns the cycle it ended at (`now` without --diag)."""
     out_of_line()
     cfg = env.cfg[0]
-    diag = cfg.diag != 0
+    diag = diagnose != 0
     inv = env.io.stats[w * LINE + iommu.S_INV_WAIT] if diag else 0
+    waits = lock_waits(env, w) if diag else 0
     dma.timers(free, sts, env, w, cpu, now, policy)
     c = env.cnt[w]
     if w == 0 and now >= c.next_trim:
         for d in range(cfg.ndomains):
             trim(pick(sts, d), w, cfg.ncpus)
         c.next_trim = now + cfg.trim_cycles
-    if diag:
-        inv = env.io.stats[w * LINE + iommu.S_INV_WAIT] - inv
-        env.steps[w].service_cycles += cycles() - now - inv
+    if not diag:
+        return now
+    inv = env.io.stats[w * LINE + iommu.S_INV_WAIT] - inv
+    end = cycles()
+    env.steps[w].service_cycles += end - now - inv - (lock_waits(env, w) - waits)
+    return end
 
 
 @hot(inner=True)
-def tick(free, trim, sts, env, w, cpu, ops, seen, policy):
+def tick(free, trim, sts, env, w, cpu, ops, seen, policy, diagnose):
     """One look at the clock: the phase now (PH_STOP ends the loop), the
     window's edges noted with the I/O count and cycle they were seen at,
     then the timers and the trim if one is due.  Returns the phase.
@@ -286,8 +353,11 @@ def tick(free, trim, sts, env, w, cpu, ops, seen, policy):
     inline_into_callers()
     c = env.cnt[w]
     # --diag times one tick in DIAG_SAMPLE, less the service it may run
-    timed = env.cfg[0].diag != 0 and c.ticks & (DIAG_SAMPLE - 1) == 0
+    diag = diagnose != 0
+    timed = diag and c.ticks & (DIAG_SAMPLE - 1) == 0
     now = stamp() if timed else cycles()
+    if diag:
+        _between_ticks(env, w, ops, now, timed)
     ph = clock(env.ctl, now)
     c.ops_live = ops
     c.ticks += 1
@@ -295,18 +365,25 @@ def tick(free, trim, sts, env, w, cpu, ops, seen, policy):
         if seen < PH_MEASURE and ph >= PH_MEASURE:
             c.ops_start = ops
             c.t_start = now
+            if diag:
+                _edge(env, w, 0)
         if ph >= PH_STOP:
             c.ops_end = ops
             c.t_end = now
+            if diag:
+                _edge(env, w, 1)
             return ph
-    served = env.steps[w].service_cycles
+    end = now
     if dma.timer_due(env, now, policy) or (w == 0 and now >= c.next_trim):
-        _service(free, trim, sts, env, w, cpu, now, policy)
+        end = _service(free, trim, sts, env, w, cpu, now, policy, diagnose)
+        if diag:
+            env.steps[w].tick_dirty = 1     # the service is not an I/O's
     if timed:
-        # its own cycles: the service, timed whole as `timers`, left out
+        # its own cycles: the service (counted whole in `timers`, its
+        # invalidations and lock waits in theirs) left out
         t = stamp()
         s = env.steps[w]
-        s.tick_cycles += t - now - (s.service_cycles - served)
+        s.tick_cycles += t - end
         s.ticks_timed += 1
     return ph
 
@@ -314,7 +391,7 @@ def tick(free, trim, sts, env, w, cpu, ops, seen, policy):
 # ------------------------------------------------------------------- modes
 
 @hot(inner=True)
-def local_ring(alloc, free, trim, sts, env, w, cpu, policy):
+def local_ring(alloc, free, trim, sts, env, w, cpu, policy, diagnose):
     """Map, let the device use it, unmap the oldest once `depth` are out.
     Returns (I/Os, failed allocations); the ring is empty again."""
     cfg = env.cfg[0]
@@ -322,7 +399,7 @@ def local_ring(alloc, free, trim, sts, env, w, cpu, policy):
     depth = cfg.depth
     device = cfg.device_cycles
     mask = cfg.phase_every - 1
-    diag = cfg.diag != 0
+    diag = diagnose != 0
     ring = env.ring
     rb = w * RING_STRIDE
     stride = cfg.slot_pages
@@ -338,7 +415,7 @@ def local_ring(alloc, free, trim, sts, env, w, cpu, policy):
     rng = _xorshift(rng)
     while True:
         if it & mask == 0:
-            seen = tick(free, trim, sts, env, w, cpu, ops, seen, policy)
+            seen = tick(free, trim, sts, env, w, cpu, ops, seen, policy, diagnose)
             if seen >= PH_STOP:
                 break
         it += 1
@@ -384,7 +461,7 @@ def _hand_base(w):
 
 
 @hot(inner=True)
-def handoff_producer(alloc, free, trim, sts, env, w, cpu, policy):
+def handoff_producer(alloc, free, trim, sts, env, w, cpu, policy, diagnose):
     """Map, let the device use it, and hand the mapping to this worker's
     unmap worker; wait when `depth` are handed and not yet unmapped."""
     cfg = env.cfg[0]
@@ -393,7 +470,7 @@ def handoff_producer(alloc, free, trim, sts, env, w, cpu, policy):
     depth = cfg.depth
     device = cfg.device_cycles
     mask = cfg.phase_every - 1
-    diag = cfg.diag != 0
+    diag = diagnose != 0
     hand = env.hand
     hb = _hand_base(w)
     stride = cfg.slot_pages
@@ -406,7 +483,7 @@ def handoff_producer(alloc, free, trim, sts, env, w, cpu, policy):
     it = 0
     while True:
         if it & mask == 0:
-            seen = tick(free, trim, sts, env, w, cpu, ops, seen, policy)
+            seen = tick(free, trim, sts, env, w, cpu, ops, seen, policy, diagnose)
             if seen >= PH_STOP:
                 break
         it += 1
@@ -454,7 +531,7 @@ def _serve(free, sts, env, w, cpu, k, first, stride, policy):
 
 
 @hot(inner=True)
-def unmap_worker(free, trim, sts, env, w, cpu, first, policy):
+def unmap_worker(free, trim, sts, env, w, cpu, first, policy, diagnose):
     """A worker that only unmaps: it serves the hand-off rings of the
     mapping workers k, k + n, k + 2n, ... (n unmap workers) until they
     have all stopped and their rings are empty."""
@@ -467,7 +544,7 @@ def unmap_worker(free, trim, sts, env, w, cpu, first, policy):
     it = 0
     while True:
         if it & mask == 0:
-            seen = tick(free, trim, sts, env, w, cpu, 0, seen, policy)
+            seen = tick(free, trim, sts, env, w, cpu, 0, seen, policy, diagnose)
         it += 1
         if _serve(free, sts, env, w, cpu, k, first, stride, policy):
             continue
@@ -482,7 +559,7 @@ def unmap_worker(free, trim, sts, env, w, cpu, first, policy):
 
 
 @hot(inner=True)
-def premapped(alloc, free, trim, sts, env, w, cpu, policy):
+def premapped(alloc, free, trim, sts, env, w, cpu, policy, diagnose):
     """The driver's pool: `depth` buffers of the largest size mapped once,
     then recycled; only the device's use of them is measured.  Returns
     (I/Os, failed allocations); the pool is unmapped again."""
@@ -514,7 +591,7 @@ def premapped(alloc, free, trim, sts, env, w, cpu, policy):
     k = 0
     while True:
         if it & mask == 0:
-            seen = tick(free, trim, sts, env, w, cpu, ops, seen, policy)
+            seen = tick(free, trim, sts, env, w, cpu, ops, seen, policy, diagnose)
             if seen >= PH_STOP:
                 break
         it += 1
@@ -550,33 +627,36 @@ def _finish(free, sts, env, w, cpu, policy):
 
 
 @hot(inline="always", inner=True)
-def _ring_mode(alloc, free, trim, sts, env, w, cpu, policy, first):
-    return local_ring(alloc, free, trim, sts, env, w, cpu, policy)
+def _ring_mode(alloc, free, trim, sts, env, w, cpu, policy, first, diagnose):
+    return local_ring(alloc, free, trim, sts, env, w, cpu, policy, diagnose)
 
 
 @hot(inline="always", inner=True)
-def _premapped_mode(alloc, free, trim, sts, env, w, cpu, policy, first):
-    return premapped(alloc, free, trim, sts, env, w, cpu, policy)
+def _premapped_mode(alloc, free, trim, sts, env, w, cpu, policy, first, diagnose):
+    return premapped(alloc, free, trim, sts, env, w, cpu, policy, diagnose)
 
 
 @hot(inline="always", inner=True)
-def _handoff_mode(alloc, free, trim, sts, env, w, cpu, policy, first):
+def _handoff_mode(alloc, free, trim, sts, env, w, cpu, policy, first, diagnose):
     if w >= first:
-        unmap_worker(free, trim, sts, env, w, cpu, first, policy)
+        unmap_worker(free, trim, sts, env, w, cpu, first, policy, diagnose)
         return 0, 0
-    return handoff_producer(alloc, free, trim, sts, env, w, cpu, policy)
+    return handoff_producer(alloc, free, trim, sts, env, w, cpu, policy, diagnose)
 
 
 @hot(inner=True)
-def run_worker(alloc, free, trim, sts, env, w, cpu, policy, mode):
+def run_worker(alloc, free, trim, sts, env, w, cpu, policy, mode, diagnose):
     """One worker's part of a point: the start line, the loop of its mode,
     what it holds given back, the queues drained by the last one out.
 
-    `policy`, the flush policy (dma.FLUSH_*), and `mode`, the point's
-    workers' modes (MODE_*), are passed down as arguments, not read from
-    the run's configuration: each generated entry writes them as numbers,
-    and gets a loop compiled for them alone (hwmodel.cpu.chosen), a third
-    of the compile a new user waits for, and of the machine code."""
+    `policy`, the flush policy (dma.FLUSH_*), `mode`, the point's
+    workers' modes (MODE_*), and `diagnose` (1: --diag's loop, with its
+    stamps and counts) are passed down as arguments, not read from the
+    run's configuration: each generated entry writes them as numbers, and
+    gets a loop compiled for them alone (hwmodel.cpu.chosen), a third of
+    the compile a new user waits for, and of the machine code; the plain
+    loop holds none of --diag's code, which made it slower when it was
+    only skipped."""
     c = env.cnt[w]
     if not attach(env):
         c.status = STATUS_ABORTED
@@ -584,7 +664,7 @@ def run_worker(alloc, free, trim, sts, env, w, cpu, policy, mode):
     cfg = env.cfg[0]
     first_consumer = env.ctl[CTL_NACTIVE] - cfg.consumers
     ops, fails = chosen(mode, _ring_mode, _premapped_mode, _handoff_mode)(
-        alloc, free, trim, sts, env, w, cpu, policy, first_consumer)
+        alloc, free, trim, sts, env, w, cpu, policy, first_consumer, diagnose)
     c.ops = ops
     c.fails = fails
     _finish(free, sts, env, w, cpu, policy)

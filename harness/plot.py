@@ -17,7 +17,7 @@ DIRECT_COLOR = "0.15"
 PART_COLORS = {"allocate": "#4c72b0", "page_table": "#a6bddb", "invalidation_own": "#e6842a",
                "invalidation_queued": "#f7c38f",
                "invalidation_submit": "#fdd0a2", "free": "#55a868", "queue_flush": "#8fd19e",
-               "lock_wait": "#c44e52",
+               "lock_waits": "#c44e52", "lock_wait": "#c44e52",
                "device": "#8172b2", "loop": "#909090", "unnamed": "#d0d0d0",
                "harness": "#b0b0b0"}
 OTHER_PART_COLORS = ("#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd")

@@ -7,13 +7,16 @@ and its unit).  Nothing is renamed after this: report, diagnostics, plot
 and compare read exactly these keys.
 """
 import statistics
+from collections import namedtuple
 
 import numpy as np
 
 from harness import dma, stats
 from harness.abi import (CTL_ERR_CLAIMANT, CTL_ERR_HOLDER, CTL_ERR_KIND, CTL_ERR_PAGE,
                          CTL_ROGUE_PROBES, CTL_ROGUE_STALE, CTL_T_MEASURE, CTL_T_STOP,
-                         DIAG_SAMPLE, ERR_DOUBLE_MAP, ERR_EARLY_REUSE, SAMPLE_OUTLIER_NS)
+                         DIAG_SAMPLE, E_DEVICE_WAIT, E_HANDOFF_WAIT, E_INV_QUEUE, E_INV_WAIT,
+                         E_TICKS, E_UNMAPS, E_WAITED, EDGE_STEPS, ERR_DOUBLE_MAP, ERR_EARLY_REUSE,
+                         SAMPLE_OUTLIER_NS, STEPS)
 from hwmodel import hist as histmod
 from hwmodel import iommu
 from hwmodel import locks as lockmod
@@ -216,12 +219,11 @@ def clock_reads_per_io(raw):
 
 # ------------------------------------------------------------- breakdown
 
-def _tick(raw, s, read, sread):
-    """The loop's looks at the clock, every PHASE_EVERY I/Os, in cycles:
-    one in DIAG_SAMPLE is timed (its closing stamp taken off, its opening
-    one counted as the plain read the others take); without any timed, a
-    read's cost each."""
-    ticks = int(raw.cnt["ticks"].sum())
+def _tick(ticks, s, read, sread):
+    """The loop's `ticks` looks at the clock, every PHASE_EVERY I/Os, in
+    cycles: one in DIAG_SAMPLE is timed (its closing stamp taken off, its
+    opening one counted as the plain read the others take); without any
+    timed, a read's cost each."""
     timed = int(s["ticks_timed"].sum())
     if not timed:
         return ticks * read
@@ -236,106 +238,183 @@ def _latency_recorded(raw):
         .sum())
 
 
-def _loop(raw, s, sread):
-    """The harness's own loop per I/O, ns: a sampled I/O of the local ring
-    timed whole, less its waits counted elsewhere (loop._io_end), less its
-    steps as timed and the in-order reads that open them (a map's, its
-    translations', an unmap's) and close the whole; less the device model's
-    two plain reads, and its map's and unmap's records in their latency
-    histograms (a part of their own).  0 where no I/O was timed whole (the
-    hand-off and premapped modes): their loop stays in what is not named."""
-    ios = int(s["ios"].sum())
-    if not ios:
+# the parts of an I/O that an unsampled one holds, timed between two ticks
+# (loop._between_ticks): its steps, its read of the clock at an unmap, the tick
+INSIDE = ("hypercall", "allocate", "page_table", "device_access", "invalidation_submit", "free",
+          "exposure_stamp", "tick")
+
+
+def _unsampled(raw, s):
+    """ns an I/O costs unsampled, its waits counted elsewhere left out, as
+    the ticks time runs of them (loop._between_ticks); None without one."""
+    n = int(s["clean_ios"].sum())
+    return s["clean_cycles"].sum() / n / raw.cycles_per_ns if n else None
+
+
+def _loop(raw, s, out, unsampled):
+    """The harness's own loop per I/O, ns: what an unsampled I/O costs,
+    less the parts it holds (its steps, its reads of the clock, the
+    device model's two, the tick's share).  0 where no I/O of the local
+    ring is timed whole (the hand-off and premapped modes, whose loop
+    stays in what is not named), or none went unsampled between ticks."""
+    if unsampled is None or not int(s["ios"].sum()):
         return 0.0
-    maps = int(s["maps"].sum())
-    unmaps = int(s["unmaps"].sum())
-    steps = 0.0
-    if maps:
-        steps += (s["hypercall_cycles"].sum() + s["alloc_cycles"].sum()
-                  + s["map_pte_cycles"].sum() + s["access_cycles"].sum()) / maps
-    if unmaps:
-        steps += (s["unmap_pte_cycles"].sum() + s["free_cycles"].sum()
-                  + s["inv_submit_cycles"].sum()) / unmaps
-    opening = 1 + (2 if maps else 0) + (1 if unmaps else 0)
-    device = 2 * raw.clock_read_cycles if raw.device_modelled else 0.0
-    records = 2 * raw.record_cycles if _latency_recorded(raw) else 0.0
-    own = s["io_cycles"].sum() / ios - steps - opening * sread - device - records
-    return max(0.0, own) / raw.cycles_per_ns
+    inside = sum(out[k] for k in INSIDE)
+    if raw.device_modelled:
+        inside += 2 * raw.clock_read_cycles / raw.cycles_per_ns
+    return max(0.0, unsampled - inside)
 
 
-def breakdown(raw, lock_rows):
-    """ns per I/O of each step of a mapping worker's I/O: the steps of the
-    sampled I/Os (one in DIAG_SAMPLE) per sampled step; the timers and the
-    trim, the invalidations, the device and the hand-off waits counted in
-    full.  What is left of the worker's wall time per I/O is the harness's
-    loop (about what `direct` costs)."""
+def _stalls(raw, s, unsampled, ops_all, preempted):
+    """ns per I/O the CPU was taken from a mapping worker in stalls of over
+    SAMPLE_OUTLIER_NS, as the ticks find them (loop._between_ticks), every
+    one: the runs of I/Os holding one, less what those I/Os cost
+    unstalled, less the wait for a CPU that `preempted` counts.  What is
+    left is the CPU taken where the worker's own count does not see it (the
+    hypervisor's steal, interrupts) or a wait it does not name."""
+    if unsampled is None:
+        return 0.0
     cpn = raw.cycles_per_ns
-    s = raw.steps
+    excess = s["stall_cycles"].sum() / cpn - int(s["stall_ios"].sum()) * unsampled
+    return max(0.0, excess / ops_all - preempted)
+
+
+def _stamps_per_io(design):
+    """The stamps of a sampled I/O timed whole: its two; with an IOMMU a
+    map's four, its translations' two, an unmap's four (a strict one's
+    five: the invalidation's end)."""
+    if not design.translates:
+        return 2
+    return 2 + 4 + 2 + 4 + (design.flush == "strict")
+
+
+def _stamp_in_place(raw, s, unsampled):
+    """What a stamp costs where --diag takes it, cycles: a sampled I/O
+    timed whole less an unsampled one (both without their waits), less
+    its records in the latency histograms, over its stamps (one of them,
+    the unmap's exposure stamp, taken instead of a plain read).  Beside
+    a loop it came out a few cycles under the cost calibrated apart from
+    one (docs/performance.md), which is the fallback where nothing is
+    timed whole or nothing went unsampled."""
+    ios = int(s["ios"].sum())
+    if unsampled is None or not ios:
+        return raw.stamp_cycles
+    excess = s["io_cycles"].sum() / ios - unsampled * raw.cycles_per_ns
+    if _latency_recorded(raw):
+        excess -= 2 * raw.record_cycles
+    if raw.design.translates:
+        excess += raw.clock_read_cycles
+    return max(0.0, excess / _stamps_per_io(raw.design))
+
+
+def _diag_timing(raw, s, unsampled, sread, ops_all, histograms):
+    """--diag's stamps, ns per I/O: what the runs of I/Os between two ticks
+    that held a sampled I/O or a timed tick cost beyond as many I/Os
+    unsampled (loop._between_ticks), less the sampled I/Os' records in
+    the latency histograms (a part of their own).  Measured, where the
+    stamps' cost calibrated out of context, a dozen of them an I/O, was
+    off by a tenth of a fast design's I/O, and where a sampled I/O's wake
+    on the I/O after it went unseen.  Without a run unsampled: the
+    stamps counted at their calibrated cost (a map's four and its
+    translations' two, an unmap's three, a strict one's four, a sampled
+    unmap's exposure stamp in order, a timed tick's two)."""
+    cpn = raw.cycles_per_ns
+    if unsampled is not None:
+        excess = s["dirty_cycles"].sum() / cpn - int(s["dirty_ios"].sum()) * unsampled
+        return max(0.0, excess / ops_all - histograms)
+    read = raw.clock_read_cycles
+    maps, unmaps = int(s["maps"].sum()), int(s["unmaps"].sum())
+    return ((6 * maps + (3 + (s["inv_submit_cycles"].sum() > 0)) * unmaps) * sread
+            + unmaps * max(0.0, sread - read)
+            + 2 * (int(s["ios"].sum()) + int(s["ticks_timed"].sum())) * sread) / ops_all / cpn
+
+
+Window = namedtuple("Window", ["steps", "ops", "cycles", "waited", "inv_wait", "inv_queue",
+                               "device_wait", "handoff_wait", "ticks", "unmaps"])
+
+
+def window_counts(raw):
+    """The mapping workers' counts over each one's own window, from the tick
+    that saw it open to the one that saw it close, as the throughput is
+    (loop._edge, --diag): their steps record (abi.STEPS), I/Os, cycles, and
+    the waits, ticks and unmaps kept elsewhere.  Not the warm-up, whose
+    state the window has left, nor the drain after it."""
+    nprod = raw.threads - raw.consumers
+    d = raw.edges[:nprod, 1] - raw.edges[:nprod, 0]
+    c = raw.cnt[:nprod]
+    seen = c["t_end"] > c["t_start"]
+    d[~seen] = 0
+    return Window(steps=np.ascontiguousarray(d[:, :EDGE_STEPS]).view(STEPS).reshape(-1),
+                  ops=int(np.where(seen, c["ops_end"] - c["ops_start"], 0).sum()),
+                  cycles=int(np.where(seen, c["t_end"] - c["t_start"], 0).sum()),
+                  waited=int(d[:, E_WAITED].sum()), inv_wait=int(d[:, E_INV_WAIT].sum()),
+                  inv_queue=int(d[:, E_INV_QUEUE].sum()),
+                  device_wait=int(d[:, E_DEVICE_WAIT].sum()),
+                  handoff_wait=int(d[:, E_HANDOFF_WAIT].sum()), ticks=int(d[:, E_TICKS].sum()),
+                  unmaps=int(d[:, E_UNMAPS].sum()))
+
+
+def breakdown(raw):
+    """ns per I/O of each step of a mapping worker's I/O, over its window:
+    the steps of the sampled I/Os (one in DIAG_SAMPLE) per sampled step;
+    the timers and the trim, a full queue's flush, the contended lock
+    waits, the invalidations, the device and the hand-off waits, the
+    stalls counted in full; the loop, what an unsampled I/O costs less its
+    steps, and --diag's own cost, what the sampled ones cost beyond it.
+    What is left of the worker's wall time per I/O is the time outside
+    every run of I/Os between two ticks (loop._between_ticks)."""
+    cpn = raw.cycles_per_ns
+    win = window_counts(raw)
+    s = win.steps
     maps = max(1, int(s["maps"].sum()))
     unmaps = max(1, int(s["unmaps"].sum()))
-    ops_all = max(1, int(raw.cnt["ops"].sum()))
-    inv_wait = raw.io_stats[:, iommu.S_INV_WAIT].sum()
-    inv_queue = raw.io_stats[:, iommu.S_INV_QUEUE].sum()
+    ops = max(1, win.ops)
     read = raw.clock_read_cycles
+    unsampled = _unsampled(raw, s)
     # each timed step's interval holds one in-order read too much
-    sread = raw.stamp_cycles
+    sread = _stamp_in_place(raw, s, unsampled)
 
     def step(field, n):
         return max(0.0, s[field].sum() / n - sread) / cpn
 
-    ops = worker_ops(raw)
-    window_ops = max(1, int(ops.sum()))
-    preempted = sum((raw.run_delay_ns or [])[:len(ops)]) / window_ops
-    # a sampled I/O is a map and an unmap
-    samples = max(1, int(s["maps"].sum() + s["unmaps"].sum() + s["outliers"].sum()))
+    preempted = sum((raw.run_delay_ns or [])[:raw.threads - raw.consumers]) / ops
     out = {
         "hypercall": step("hypercall_cycles", maps) if raw.hypercalls else 0.0,
         "allocate": step("alloc_cycles", maps),
         "page_table": step("map_pte_cycles", maps) + step("unmap_pte_cycles", unmaps),
         "device_access": step("access_cycles", maps),
-        "invalidation_own": (inv_wait - inv_queue) / ops_all / cpn,
+        "invalidation_own": (win.inv_wait - win.inv_queue) / ops / cpn,
         "invalidation_submit": step("inv_submit_cycles", unmaps),
-        "invalidation_queued": inv_queue / ops_all / cpn,
+        "invalidation_queued": win.inv_queue / ops / cpn,
         "free": step("free_cycles", unmaps),
-        # a mapping worker's flushes of a full queue, all of them timed
-        "queue_flush": s["flush_cycles"][:len(ops)].sum() / window_ops / cpn,
-        "timers": s["service_cycles"].sum() / ops_all / cpn,
+        # a full queue's flushes, all of them timed
+        "queue_flush": s["flush_cycles"].sum() / ops / cpn,
+        # every contended wait, whatever the lock and wherever it fell:
+        # the steps, the flush and the timers leave them out
+        "lock_waits": win.waited / ops / cpn,
+        "timers": s["service_cycles"].sum() / ops / cpn,
         # polling for the device, and the model's two reads of the clock
         # per I/O (the completion stamp, the first poll)
-        "device": (raw.cnt["device_wait_cycles"].sum() / ops_all
-                   + (2 * read if raw.device_modelled else 0)) / cpn,
-        "handoff_wait": raw.cnt["handoff_wait_cycles"].sum() / ops_all / cpn,
+        "device": (win.device_wait / ops + (2 * read if raw.device_modelled else 0)) / cpn,
+        "handoff_wait": win.handoff_wait / ops / cpn,
         # waiting for a CPU: the mapping workers' run-queue time in the window
         "preempted": preempted,
-        # sampled maps and unmaps of over SAMPLE_OUTLIER_NS, left out of the
-        # steps: per I/O, less what `preempted` already holds of them
-        "stalls": max(0.0, s["outlier_cycles"].sum() / cpn / samples * 2 - preempted),
+        "stalls": _stalls(raw, s, unsampled, ops, preempted),
         # the read of the clock that starts every unmap's exposure window
-        "exposure_stamp": (int(raw.cnt["unmaps"].sum()) * read / ops_all / cpn
-                           if raw.design.translates else 0.0),
-        # --diag's own cost: the in-order reads that time the sampled steps
-        # (a map's four and its translations' two, an unmap's three, a
-        # strict one's four), which the steps leave out, and a sampled
-        # unmap's exposure stamp taken in order
-        "diag_timing": ((6 * int(s["maps"].sum()) + (3 + (s["inv_submit_cycles"].sum() > 0))
-                         * int(s["unmaps"].sum())) * sread
-                        + int(s["unmaps"].sum()) * max(0.0, sread - read)) / ops_all / cpn,
+        "exposure_stamp": (win.unmaps * read / ops / cpn if raw.design.translates else 0.0),
+        "tick": _tick(win.ticks, s, read, sread) / ops / cpn,
     }
-    out["diag_timing"] += 2 * int(s["ios"].sum()) * sread / ops_all / cpn
-    out["loop"] = _loop(raw, s, sread)
-    out["tick"] = _tick(raw, s, read, sread) / ops_all / cpn
-    out["diag_timing"] += 2 * int(s["ticks_timed"].sum()) * sread / ops_all / cpn
     # the sampled maps' and unmaps' records in their latency histograms,
     # outside every step (the locks' fall inside allocate, free, timers)
     if _latency_recorded(raw):
-        lat = raw.lat.reshape(len(raw.lat), 2, histmod.WORDS)
-        n = int(lat[:, :, histmod.BUCKETS + histmod.H_COUNT].sum())
-        out["diag_histograms"] = n * raw.record_cycles / ops_all / cpn
-    total = window_seconds(raw) * 1e9 * len(ops) / window_ops
+        n = int(s["maps"].sum() + s["unmaps"].sum() + s["outliers"].sum())
+        out["diag_histograms"] = n * raw.record_cycles / ops / cpn
+    out["diag_timing"] = _diag_timing(raw, s, unsampled, sread, ops,
+                                      out.get("diag_histograms", 0.0))
+    out["loop"] = _loop(raw, s, out, unsampled)
+    total = win.cycles / cpn / ops
     out["unnamed"] = max(0.0, total - sum(out.values()))
     out["total"] = total
-    # inside allocate, free and the timers: a share of them, not a part
-    out["lock_wait"] = sum(l["wait_ns_total"] for l in lock_rows) / ops_all
     return {k: float(v) for k, v in out.items()}
 
 
@@ -503,7 +582,7 @@ def window(raw):
     lat = latency(raw)
     if raw.series is not None:
         out["series"] = series(raw)
-        out["breakdown_ns"] = breakdown(raw, lock_rows)
+        out["breakdown_ns"] = breakdown(raw)
         timing = ("every lock hold timed" if raw.lock_timing == 1 else
                   "one lock hold in %d timed, totals scaled" % raw.lock_timing)
         st = raw.steps

@@ -99,7 +99,7 @@ def _service_tick(free, trim, sts, env, w, cpu, ops, policy):
     c.ops_live = ops
     c.ticks += 1
     if dma.timer_due(env, now, policy) or (w == 0 and now >= c.next_trim):
-        loop._service(free, trim, sts, env, w, cpu, now, policy)
+        loop._service(free, trim, sts, env, w, cpu, now, policy, env.cfg[0].diag)
 
 
 @hot(inner=True)

@@ -31,6 +31,16 @@ timed holds of one acquisition in HIST_PERIOD also go into a log-linear
 histogram per (class, worker) (hwmodel/hist.py), for their percentiles:
 `class_hists`.
 
+Where the run asks for it (`C_WAITED`), every contended wait is also added
+to its worker's line of one count that all the lock sets of a run share,
+in their shared control array: what a worker has waited for any lock so
+far, in cycles (`waited`).  A caller that times a stretch of code reads it
+before and after, and so can leave the waits out of the stretch and count
+them whole, every one, where a sample of the stretch would catch them at
+its own rate (harness/dma.py, --diag).  It is a word of `ctl`, not an
+array of the set's own: a seventh array in every set passed around made
+the measured loop's code slower (docs/performance.md).
+
 A replay's locks are `Quiet`: the same words, but no acquisition count, no
 last holder, no timed hold, since the kernel keeps none of these and a
 replay reads none of them; and their kind is the kernel's, `qspinlock`,
@@ -89,6 +99,8 @@ C_NCLASSES = 4
 C_VIRT = 5       # qspinlock: its CPUs can lose their core while they wait
 C_HIST = 6       # 0: no histograms; n (a power of two): every contended wait, and the
                  # timed holds of one acquisition in n, go into their class's histograms
+C_WAITED = 7     # 0: none; n: index in `ctl` of worker 0's line of the run's count of
+                 # contended waits, any lock (`waited`); worker w's is LINE words on
 
 CTL_ABORT = 0    # index in the run's control array that every wait watches
 
@@ -139,7 +151,8 @@ def layout(nlocks, nworkers, nclasses, hist=False):
             ("hist", (hist_words(nclasses, nworkers) if hist else NO_HIST,))]
 
 
-def init(lk, kind, classes, spin_bound=1000, timing=0, preemptible=False, histograms=True):
+def init(lk, kind, classes, spin_bound=1000, timing=0, preemptible=False, histograms=True,
+         waited=0):
     """Reset every lock to free and every statistic to zero.
     `classes[i]` is the class of lock i; `timing`: 0 off, n (a power of
     two) to time one acquisition in n (True: every one).  `preemptible`:
@@ -147,7 +160,9 @@ def init(lk, kind, classes, spin_bound=1000, timing=0, preemptible=False, histog
     qspinlock then waits as the kernel's does where that is so
     (virt_spin_lock, below).  With timing on and room for them in
     `lk.hist`, waits and timed holds also fill the latency histograms,
-    unless `histograms` is False (to measure what they cost)."""
+    unless `histograms` is False (to measure what they cost).  `waited`:
+    where in `lk.ctl` the run's count of contended waits starts (C_WAITED;
+    0 for none), a line per worker; the caller zeroes it."""
     timing = int(timing)
     if not counted(lk) and kind != QUIET_KIND:
         raise ValueError("a Quiet lock is %s, not %s" % (QUIET_KIND, kind))
@@ -167,6 +182,10 @@ def init(lk, kind, classes, spin_bound=1000, timing=0, preemptible=False, histog
     lk.cfg[C_VIRT] = int(bool(preemptible))
     lk.cfg[C_NCLASSES] = nclasses
     lk.cfg[C_NWORKERS] = nworkers_classes // nclasses
+    if waited and len(lk.ctl) < waited + lk.cfg[C_NWORKERS] * LINE:
+        raise ValueError("the wait count at %d needs %d control words, not %d"
+                         % (waited, waited + lk.cfg[C_NWORKERS] * LINE, len(lk.ctl)))
+    lk.cfg[C_WAITED] = waited
     room = len(lk.hist) >= hist_words(nclasses, lk.cfg[C_NWORKERS])
     lk.cfg[C_HIST] = max(timing, HIST_PERIOD) if histograms and timing and counted(lk) and room \
         else 0
@@ -460,6 +479,8 @@ def _contended(lk, b, cls, w, kind, token):
     else:
         _wait_mcs(lk, cls, w, token)
     wait = cycles() - t0
+    if lk.cfg[C_WAITED] != 0:
+        lk.ctl[uidx(lk.cfg[C_WAITED] + w * LINE)] += wait
     st = lk.stats
     s = _stat_base(lk, cls, w)
     st[s + S_CONTENDED] += 1
@@ -469,6 +490,13 @@ def _contended(lk, b, cls, w, kind, token):
     last = lk.word[b + W_LAST]
     if last != 0 and last != w + 1:
         st[s + S_CON_BOUNCES] += 1
+
+
+@hot(inline="always")
+def waited(ctl, at, w):
+    """Cycles worker w has waited for contended locks so far, any lock of
+    the run, from the count that starts at `ctl[at]` (C_WAITED)."""
+    return ctl[uidx(at + w * LINE)]
 
 
 @hot(inline="always")

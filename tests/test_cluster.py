@@ -128,7 +128,7 @@ def test_points_are_merged_in_order_each_with_its_machine(two, tmp_path):
     r = sweep(addr, "--designs", "direct,bitmap", "--threads", "1,2", *QUICK, "--json", str(out))
     assert r.returncode == 0, r.stderr
     doc = results.load(out)
-    assert doc["version"] == results.VERSION == 8 and doc["complete"] and doc["failures"] == []
+    assert doc["version"] == results.VERSION == 9 and doc["complete"] and doc["failures"] == []
     assert doc["cluster"] == {"scheduler": addr, "mode": "spread"}
     # the sweep's order, whichever machine finished first
     assert points_of(out) == [("direct", 1), ("bitmap", 1), ("direct", 2), ("bitmap", 2)]

@@ -37,8 +37,27 @@ def _child(lk, counter, w, rounds):
 def _make(arena, kind, timing, kind_of_set=locks.Locks, preemptible=False):
     v = arena.views
     lk = kind_of_set(v["word"], v["qnode"], v["stats"], v["cfg"], v["ctl"], v["hist"])
-    locks.init(lk, kind, [0], spin_bound=50, timing=timing, preemptible=preemptible)
+    # the run's count of each worker's contended waits, after 16 words of
+    # its own control
+    locks.init(lk, kind, [0], spin_bound=50, timing=timing, preemptible=preemptible,
+               waited=WAITED if counted(kind_of_set) else 0)
     return lk
+
+
+WAITED = 16
+
+
+def _ctl(nworkers):
+    return ("ctl", np.int64, (WAITED + nworkers * locks.LINE,))
+
+
+def counted(kind_of_set):
+    return kind_of_set is locks.Locks
+
+
+def _waited(lk, nworkers):
+    """Each worker's count of contended waits."""
+    return lk.ctl[WAITED:WAITED + nworkers * locks.LINE].reshape(nworkers, locks.LINE)[:, 0]
 
 
 def _hammered(kind, kind_of_set=locks.Locks, preemptible=False):
@@ -46,13 +65,14 @@ def _hammered(kind, kind_of_set=locks.Locks, preemptible=False):
     the lock guards (exact if it excludes), and the lock's statistics."""
     timing = kind in ("ticket", "mcs")
     specs = [(n, np.int64, s) for n, s in locks.layout(1, WORKERS, 1)]
-    specs += [("ctl", np.int64, (16,)), ("counter", np.int64, (32,))]
+    specs += [_ctl(WORKERS), ("counter", np.int64, (32,))]
     with Arena(specs) as arena:
         lk = _make(arena, kind, timing, kind_of_set, preemptible)
         counter = arena["counter"]
         hammer(lk, counter, 0, 1)           # compile before forking
         counter[:] = 0
-        locks.init(lk, kind, [0], spin_bound=50, timing=timing, preemptible=preemptible)
+        locks.init(lk, kind, [0], spin_bound=50, timing=timing, preemptible=preemptible,
+                   waited=lk.cfg[locks.C_WAITED])
         ctx = mp.get_context("fork")
         procs = [ctx.Process(target=_child, args=(lk, counter, w, ROUNDS)) for w in range(WORKERS)]
         for p in procs:
@@ -60,7 +80,11 @@ def _hammered(kind, kind_of_set=locks.Locks, preemptible=False):
         for p in procs:
             p.join(120)
         assert all(p.exitcode == 0 for p in procs)
-        return int(counter[0]), locks.class_stats(lk)[0], lk.word.copy()
+        st = locks.class_stats(lk)[0]
+        # every contended wait is counted twice: in its class's row, and
+        # in its worker's line of the run's count (which --diag reads)
+        st["waited"] = int(_waited(lk, WORKERS).sum())
+        return int(counter[0]), st, lk.word.copy()
 
 
 @pytest.mark.parametrize("kind", locks.KINDS)
@@ -74,6 +98,7 @@ def test_lock_counts_exactly(kind, no_leaks):
     assert st["con_bounces"] <= st["acq_bounces"]
     if st["contentions"]:
         assert st["wait_total"] > 0 and st["wait_max"] >= st["wait_min"] > 0
+    assert st["waited"] == st["wait_total"]
     if kind in ("ticket", "mcs"):
         assert st["timed"] == WORKERS * ROUNDS
         assert st["hold_total"] > 0 and st["hold_max"] >= st["hold_min"] > 0
@@ -91,6 +116,7 @@ def test_qspinlock_on_preemptible_cpus_excludes_exactly(no_leaks):
     test-and-set on the lock word, still one holder at a time."""
     count, st, word = _hammered("qspinlock", preemptible=True)
     assert count == st["acquisitions"] == WORKERS * ROUNDS
+    assert st["waited"] == st["wait_total"]
     assert word[locks.W_STATE] == 0
 
 
@@ -99,7 +125,7 @@ def test_quiet_lock_excludes_exactly(no_leaks):
     it still excludes 64 processes, and counts nothing while it does."""
     count, st, word = _hammered(locks.QUIET_KIND, locks.Quiet)
     assert count == WORKERS * ROUNDS
-    assert st["acquisitions"] == st["acq_bounces"] == st["timed"] == 0
+    assert st["acquisitions"] == st["acq_bounces"] == st["timed"] == st["waited"] == 0
     assert word[locks.W_STATE] == 0
 
 
@@ -195,7 +221,7 @@ def test_contended_records_a_wait(kind, no_leaks):
     one contention, a wait of about the time the holder kept it, and a
     bounce, since the lock comes from another worker."""
     specs = [(n, np.int64, s) for n, s in locks.layout(1, 2, 1)]
-    specs += [("ctl", np.int64, (16,)), ("flag", np.int64, (16,))]
+    specs += [_ctl(3), ("flag", np.int64, (16,))]
     with Arena(specs) as arena:
         lk = _make(arena, kind, timing=0)
         flag = arena["flag"]
@@ -203,7 +229,7 @@ def test_contended_records_a_wait(kind, no_leaks):
         _drop(lk, 0, 0)
         _announce_and_take(lk, flag, 0)
         flag[0] = 0
-        locks.init(lk, kind, [0], spin_bound=50)
+        locks.init(lk, kind, [0], spin_bound=50, waited=WAITED)
         _take(lk, 0, 0)                      # worker 0 holds it
         waiter = mp.get_context("fork").Process(target=_announce_and_take, args=(lk, flag, 1))
         waiter.start()
@@ -220,6 +246,8 @@ def test_contended_records_a_wait(kind, no_leaks):
         assert st["contentions"] == 1
         assert st["con_bounces"] == 1 and st["acq_bounces"] == 1
         assert st["wait_total"] == st["wait_min"] == st["wait_max"] >= held // 2
+        # the wait is the waiter's, in its line of the run's count
+        assert list(_waited(lk, 2)) == [0, st["wait_total"]]
 
 
 def _word_becomes(lk, value, timeout=30.0):
@@ -237,7 +265,7 @@ def test_qspinlock_goes_through_the_kernels_states(no_leaks):
     (n,0,1), the queue's head next, clearing the tail as the last one
     (0,0,1), and the word is free again (kernel/locking/qspinlock.c)."""
     specs = [(n, np.int64, s) for n, s in locks.layout(1, 3, 1)]
-    specs += [("ctl", np.int64, (16,)), ("flag", np.int64, (16,))]
+    specs += [_ctl(3), ("flag", np.int64, (16,))]
     with Arena(specs) as arena:
         lk = _make(arena, "qspinlock", timing=0)
         flag = arena["flag"]
@@ -272,7 +300,7 @@ def test_qspinlock_on_preemptible_cpus_never_queues(no_leaks):
     nor queues (virt_spin_lock): the word shows the holder alone while it
     waits, and it takes the lock once the holder drops it."""
     specs = [(n, np.int64, s) for n, s in locks.layout(1, 2, 1)]
-    specs += [("ctl", np.int64, (16,)), ("flag", np.int64, (16,))]
+    specs += [_ctl(3), ("flag", np.int64, (16,))]
     with Arena(specs) as arena:
         lk = _make(arena, "qspinlock", timing=0, preemptible=True)
         flag = arena["flag"]
@@ -299,6 +327,12 @@ def test_qspinlock_tail_names_a_bounded_number_of_cpus():
     lk = locks.Locks(v["word"], v["qnode"], v["stats"], v["cfg"], np.zeros(16, np.int64), v["hist"])
     with pytest.raises(ValueError, match="names at most 16383 CPUs, not 16384"):
         locks.init(lk, "qspinlock", [0])
+
+
+def test_the_wait_count_fits_in_the_control_words():
+    lk = _private_locks(2, "ttas")                   # 16 control words
+    with pytest.raises(ValueError, match="the wait count at 16 needs 48 control words, not 16"):
+        locks.init(lk, "ttas", [0], waited=16)
 
 
 def test_abort_ends_a_wait():

@@ -36,13 +36,30 @@ def raw(design="bitmap", threads=2, consumers=0, ops=(1000, 3000), window_cycles
     ctl[CTL_T_MEASURE], ctl[CTL_T_STOP] = 5, 5 + window_cycles
     io = np.zeros((threads, LINE), np.int64)
     io[:, iommu.S_INV] = cnt["unmaps"]
-    return Raw(design=d, threads=threads, consumers=consumers, cycles_per_ns=CPN, lock_timing=0,
-               ctl=ctl, cnt=cnt, steps=np.zeros(threads, dtype=abi.STEPS), io_stats=io,
-               exp=np.zeros((threads, dma.EXP_WORDS), np.int64),
-               fq_meta=np.zeros((1, LINE), np.int64), alloc_locks=[lock_rows(500, 5)],
-               fq_locks=lock_rows(0, 0) * 2,
-               alloc_stats=np.zeros((threads, len(d.module().STATS)), np.int64),
-               footprint={"start": 8, "peak": 16}, cores=2, preemptions=[0] * threads)
+    r = Raw(design=d, threads=threads, consumers=consumers, cycles_per_ns=CPN, lock_timing=0,
+            ctl=ctl, cnt=cnt, steps=np.zeros(threads, dtype=abi.STEPS), io_stats=io,
+            exp=np.zeros((threads, dma.EXP_WORDS), np.int64),
+            fq_meta=np.zeros((1, LINE), np.int64), alloc_locks=[lock_rows(500, 5)],
+            fq_locks=lock_rows(0, 0) * 2,
+            alloc_stats=np.zeros((threads, len(d.module().STATS)), np.int64),
+            footprint={"start": 8, "peak": 16}, cores=2, preemptions=[0] * threads,
+            edges=np.zeros((threads, 2, abi.EDGE_WORDS), np.int64))
+    for w, o in enumerate(ops):
+        set_window(r, w, E_UNMAPS=o, E_TICKS=o // 16)
+    return r
+
+
+def set_window(r, w=0, **counts):
+    """Worker w's counts over its window, as its closing edge holds them
+    (the opening one zero): abi.STEPS fields by name, the others by their
+    abi.E_* name (E_WAITED, E_TICKS, E_UNMAPS...)."""
+    e = r.edges[w, 1]
+    steps = e[:abi.EDGE_STEPS].view(abi.STEPS)
+    for k, v in counts.items():
+        if k.startswith("E_"):
+            e[getattr(abi, k)] = v
+        else:
+            steps[k] = v
 
 
 def test_throughput_is_each_workers_rate_over_its_own_window():
@@ -115,37 +132,64 @@ def test_the_sampled_ios_are_one_in_diag_sample_at_random():
     assert gaps.min() < 4 and gaps.max() > 40
 
 
-def test_the_loop_is_a_timed_io_less_its_steps():
-    """Hand-derived: 100 sampled I/Os timed whole, each its steps (each
-    interval closed by a stamp), the four stamps that open the map, its
-    translations, the unmap and close the whole, and 7 ns of the loop's
-    own.  The breakdown names those 7 ns, and the tick a read per 16 I/Os."""
+def test_every_cycle_of_the_window_is_named_once():
+    """Hand-derived, bitmap+strict at one worker, 16,000 I/Os: 6,000 of
+    them unsampled between two ticks at 100 ns (200 cycles) each; 100
+    sampled ones timed whole, each its thirteen stamps at 30 cycles (the
+    unmap's exposure stamp in place of a 20-cycle read); 9,000 between
+    ticks beside them; 1,000 between ticks that held 200 µs of stalls.
+    The steps are each less one stamp as it cost in place; the loop is the
+    unsampled I/O less its steps, its exposure read and the tick; --diag's
+    cost what the runs with sampled I/Os cost beyond as many unsampled; the
+    stalls what the others cost beyond theirs.  Together: the window."""
     r = raw(threads=1, ops=(16000,))
-    r.stamp_cycles, r.clock_read_cycles = 40.0, 20.0        # 20 ns, 10 ns at CPN 2
-    s = r.steps
-    s["maps"] = s["unmaps"] = s["ios"] = 100
-    per = {"hypercall_cycles": 2 * 40, "alloc_cycles": 90 + 40, "map_pte_cycles": 30 + 40,
-           "access_cycles": 16 + 40, "unmap_pte_cycles": 24 + 40, "free_cycles": 50 + 40}
-    for f, v in per.items():
-        s[f] = 100 * v
-    s["io_cycles"] = 100 * (sum(per.values()) + 4 * 40 + 14)
-    b = readout.breakdown(r, [])
-    assert b["loop"] == pytest.approx(7.0)
-    assert b["tick"] == pytest.approx(r.cnt["ticks"].sum() * 10.0 / r.cnt["ops"].sum())
-    # timed ticks: each interval less its closing stamp, plus the plain
-    # read an untimed tick opens with: 100 + 20 cycles a tick
-    s["ticks_timed"], s["tick_cycles"] = 10, 10 * (100 + 40)
-    b = readout.breakdown(r, [])
-    assert b["tick"] == pytest.approx(r.cnt["ticks"].sum() * 120 / 2.0 / r.cnt["ops"].sum())
-    # what is left is the total less every part: nothing is named twice
-    parts = sum(v for k, v in b.items() if k not in ("total", "lock_wait", "unnamed"))
-    assert b["unnamed"] == pytest.approx(max(0.0, b["total"] - parts))
+    r.clock_read_cycles, r.stamp_cycles = 20.0, 99.0       # the calibration is not used
+    c, u, k = 30, 200, 13
+    s_io = u + k * c - 20                                 # a sampled I/O, less its waits
+    raw_steps = {"alloc_cycles": 60, "map_pte_cycles": 20, "access_cycles": 16,
+                 "unmap_pte_cycles": 14, "free_cycles": 40, "inv_submit_cycles": 10}
+    set_window(r, maps=100, unmaps=100, ios=100, io_cycles=100 * s_io,
+               clean_ios=6000, clean_cycles=6000 * u,
+               dirty_ios=9000, dirty_cycles=9000 * u + 100 * (s_io - u),
+               stall_ios=1000, stall_cycles=1000 * u + 400_000,
+               **{f: 100 * (v + c) for f, v in raw_steps.items()})
+    cycles = 6000 * u + 9000 * u + 100 * (s_io - u) + 1000 * u + 400_000
+    r.cnt["t_end"] = r.cnt["t_start"] + cycles
+    b = readout.breakdown(r)
+    assert b["allocate"] == pytest.approx(30.0) and b["free"] == pytest.approx(20.0)
+    assert b["page_table"] == pytest.approx(17.0) and b["invalidation_submit"] == pytest.approx(5.0)
+    assert b["exposure_stamp"] == pytest.approx(10.0)
+    assert b["tick"] == pytest.approx(1000 * 20 / 16000 / CPN)
+    assert b["loop"] == pytest.approx(100.0 - (30 + 17 + 8 + 5 + 20 + 10 + 0.625))
+    assert b["diag_timing"] == pytest.approx(100 * (s_io - u) / CPN / 16000)
+    assert b["stalls"] == pytest.approx(200_000 / 16000)
+    assert b["total"] == pytest.approx(cycles / CPN / 16000)
+    parts = sum(v for key, v in b.items() if key not in ("total", "unnamed"))
+    assert parts == pytest.approx(b["total"]) and b["unnamed"] == pytest.approx(0.0, abs=1e-9)
+    # timed ticks: each interval less its closing stamp (as it cost in
+    # place), plus the plain read an untimed tick opens with
+    set_window(r, ticks_timed=10, tick_cycles=10 * (100 + c))
+    assert readout.breakdown(r)["tick"] == pytest.approx(1000 * 120 / CPN / 16000)
+
+
+def test_lock_waits_and_flushes_are_counted_whole_over_the_window():
+    """The mapping workers' contended waits and full-queue flushes, every
+    one, per I/O of theirs in their windows; an unmap worker's are not
+    theirs, nor what came before the window opened."""
+    r = raw(threads=3, consumers=1, ops=(1000, 3000))
+    for w, (waited, flush) in enumerate([(2000, 400), (6000, 1200), (10 ** 9, 10 ** 9)]):
+        set_window(r, w, E_WAITED=waited, flush_cycles=flush)
+        r.edges[w, 0, abi.E_WAITED] = 7         # before the window: not its
+        r.edges[w, 1, abi.E_WAITED] += 7
+    b = readout.breakdown(r)
+    assert b["lock_waits"] == pytest.approx(8000 / 4000 / CPN)
+    assert b["queue_flush"] == pytest.approx(1600 / 4000 / CPN)
 
 
 def test_no_io_timed_whole_no_loop():
     """The hand-off and premapped modes time no I/O whole: their loop is
     left in what is not named, not guessed."""
     r = raw(threads=1, ops=(16000,))
-    r.steps["maps"] = r.steps["unmaps"] = 100
-    r.steps["alloc_cycles"] = 100 * 130
-    assert readout.breakdown(r, [])["loop"] == 0.0
+    set_window(r, maps=100, unmaps=100, alloc_cycles=100 * 130, clean_ios=1000,
+               clean_cycles=1000 * 300)
+    assert readout.breakdown(r)["loop"] == 0.0

@@ -50,9 +50,10 @@ def test_an_allocator_of_ones_own_runs_everywhere(tmp_path):
     out = tmp_path / "r.json"
     # one flush policy: each more is a loop to compile (a minute of CI);
     # the policies themselves are the built-in allocators' tests' business
+    # with --diag, whose loop (compiled apart) diagnose then finds
     r = cli("sweep", "--designs", "firstfit+strict", "--threads", "1,2",
             "--duration", "0.1", "--warmup", "0", "--repeats", "1", "--pages", "4096",
-            "--sizes", "1:3,5:1", "--check", "--profile", "none", "--json", str(out))
+            "--sizes", "1:3,5:1", "--check", "--diag", "--profile", "none", "--json", str(out))
     assert r.returncode == 0, r.stderr
     doc = json.loads(out.read_text())
     assert {(p["design"], p["threads"]) for p in doc["points"]} == \
@@ -61,11 +62,12 @@ def test_an_allocator_of_ones_own_runs_everywhere(tmp_path):
         assert p["ops_per_sec"] > 0 and p["state_checked"]
         assert p["alloc_stats"]["allocs"] > 0
         assert [l["name"] for l in p["locks"]][0] == "firstfit"
+        assert p["breakdown_ns"]["allocate"] > 0
     # the sweep's loops are in the cache now: diagnose compiles nothing new
     r = cli("diagnose", "--design", "firstfit+strict", "--threads", "2", "--duration", "0.1",
             "--repeats", "1", "--pages", "4096", "--profile", "none")
     assert r.returncode == 0, r.stderr
-    assert "firstfit" in r.stdout and "-- locks" in r.stdout
+    assert "firstfit" in r.stdout and "-- locks" in r.stdout and "iommu-stress: compiling" not in r.stderr
     trace = tmp_path / "t.trace"
     trace.write_text("a x 2\na y 1\nf x\na z 1\na w 3\n")
     r = cli("replay", str(trace), "--allocator", "firstfit", "--pages", "64")
