@@ -213,8 +213,8 @@ def _runs(trim):
 def of(name):
     """The generated module of allocator `name`: `run_<flush>_<mode>(sts,
     env, w, cpu)`, a worker's whole point under that flush policy and mode
-    (`run_<flush>_<mode>_diag` with --diag; entry_name), and `replay(st, req, held)`, a trace (`replay_timed`:
-    with each request timed)."""
+    (`run_<flush>_<mode>_diag` with --diag; entry_name), and `replay(st,
+    req, held)`, a trace (`replay_timed`: with each request timed)."""
     if name not in _modules:
         usable_cache()
         mod = allocators.module(name)
